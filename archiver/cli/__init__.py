@@ -1,0 +1,56 @@
+"""The ``archiver`` command line: one click group; each front-door command lives in a module.
+
+Adding commands: a module ``archiver/cli/<name>_cmds.py`` defines click commands/groups and a
+``COMMANDS`` list; register it below with one import and one entry in ``_MODULES``.
+Commands stay thin: resolve settings, call the library, print with rich.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+from rich.console import Console
+
+from .. import __version__
+from ..errors import ArchiverError
+
+err_console = Console(stderr=True)
+
+
+class ArchiverGroup(click.Group):
+    """Turns any uncaught :class:`ArchiverError` into a one-line message and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ArchiverError as exc:
+            err_console.print(f"[red]error[/red] ({exc.code}): {exc}", highlight=False, soft_wrap=True)
+            raise SystemExit(2) from None
+
+
+@click.group(cls=ArchiverGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="archiver")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TOML configuration file (default: $ARCHIVER_CONFIG, else ./config/archiver.toml if present).",
+)
+def main(config_file: str | None) -> None:
+    """Recompress stored images with a learned codec and record every result in SQL."""
+    if config_file:
+        # Every command loads settings through archiver.settings.load_settings(), which reads it.
+        os.environ["ARCHIVER_CONFIG"] = config_file
+
+
+# --- command registration: one import and one _MODULES entry per module --------------------
+from . import codec_cmds, db_cmds, pipeline_cmds, report_cmds  # noqa: E402
+
+_MODULES = (codec_cmds, pipeline_cmds, report_cmds, db_cmds)
+
+for _module in _MODULES:
+    for _command in _module.COMMANDS:
+        main.add_command(_command)

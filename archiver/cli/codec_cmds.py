@@ -1,0 +1,181 @@
+"""Codec front door: ``archiver encode|decode|info|train|eval``. Thin wrappers over archiver.codec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..errors import ArchiverError
+
+console = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+def _fail(exc: ArchiverError) -> None:
+    console.print(f"[red]error[/red] ({exc.code}): {exc}")
+    raise SystemExit(2)
+
+
+@click.command()
+@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--quality", "-q", type=click.FloatRange(0, 100), help="continuous quality 0..100")
+@click.option("--target-psnr", type=click.FloatRange(1, 99), help="smallest bitstream whose decoded PSNR meets this (dB)")
+@click.option("--model", default=None, help="model id (default from settings)")
+@click.option("--device", default="auto", show_default=True)
+def encode(src: Path, dst: Path, quality: float | None, target_psnr: float | None, model: str | None, device: str) -> None:
+    """Encode an image file into a .cxa container."""
+    from ..codec import Codec
+    from ..codec.registry import DEFAULT_MODEL
+    from ..images import load_image
+
+    if quality is None and target_psnr is None:
+        quality = 75.0
+    if quality is not None and target_psnr is not None:
+        raise click.UsageError("give --quality or --target-psnr, not both")
+    try:
+        img = load_image(src.read_bytes(), max_pixels=400_000_000)
+        codec = Codec.load(model or DEFAULT_MODEL, device)
+        res = codec.encode_detailed(img, quality=quality, target_psnr=target_psnr)
+    except ArchiverError as e:
+        _fail(e)
+    dst.write_bytes(res.data)
+    console.print(
+        f"{src.name}: {img.original_bytes:,} -> {len(res.data):,} bytes ({res.bpp:.3f} bpp), "
+        f"quality {res.quality:.2f}, PSNR {res.psnr:.2f} dB, {res.seconds:.2f} s"
+    )
+
+
+@click.command()
+@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--device", default="auto", show_default=True)
+def decode(src: Path, dst: Path, device: str) -> None:
+    """Decode a .cxa container to an image (format from DST's extension: png, jpg, webp)."""
+    from ..codec import Codec
+    from ..codec.container import read_meta
+    from ..images import save_image
+
+    data = src.read_bytes()
+    try:
+        meta = read_meta(data)
+        codec = Codec.load(meta.model_id, device)
+        dec = codec.decode(data)
+    except ArchiverError as e:
+        _fail(e)
+    fmt = {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(dst.suffix.lower().lstrip("."), "png")
+    dst.write_bytes(save_image(dec.image, fmt, icc=dec.icc, exif=dec.exif))
+    console.print(f"{src.name} -> {dst} ({meta.width}x{meta.height} {meta.mode}, {dec.seconds:.2f} s)")
+
+
+@click.command()
+@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def info(src: Path, as_json: bool) -> None:
+    """Show a container's header without decoding it."""
+    from dataclasses import asdict
+
+    from ..codec.container import read_meta
+
+    data = src.read_bytes()
+    try:
+        meta = read_meta(data)
+    except ArchiverError as e:
+        _fail(e)
+    d = asdict(meta)
+    d["container_bytes"] = len(data)
+    d["bpp"] = round(len(data) * 8 / (meta.width * meta.height), 4)
+    if as_json:
+        click.echo(json.dumps(d, indent=2, sort_keys=True))
+        return
+    t = Table(show_header=False)
+    for k, v in d.items():
+        t.add_row(k, str(v))
+    Console().print(t)
+
+
+@click.command()
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="image folder (repeatable); e.g. ../shared/data/train/shard-00")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="output .safetensors")
+@click.option("--preset", default="compact", type=click.Choice(["compact", "paper"]), show_default=True)
+@click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="start from these weights")
+@click.option("--steps", default=1000, show_default=True)
+@click.option("--batch", default=8, show_default=True)
+@click.option("--crop", default=256, show_default=True, help="crop size, a multiple of 64")
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--compile/--no-compile", default=False, show_default=True)
+@click.option("--max-minutes", type=float, default=None, help="stop (and save) after this long")
+@click.option("--seed", default=0, show_default=True)
+def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, max_minutes, seed) -> None:
+    """Train the variable-rate model; logs loss/bpp/PSNR to OUT.log.jsonl."""
+    from ..train import TrainConfig, train as run
+
+    if crop % 64:
+        raise click.UsageError("--crop must be a multiple of 64")
+    cfg = TrainConfig(data=list(data), out=out, preset=preset, resume=resume, steps=steps, batch=batch, crop=crop,
+                      lr=lr, device=device, compile=compile, max_minutes=max_minutes, seed=seed)
+    with _progress() as prog:
+        task = prog.add_task("training", total=steps, info="")
+
+        def cb(step: int, total: int, m: dict) -> None:
+            prog.update(task, completed=step, info=f"bpp {m['bpp']:.3f} PSNR {m['psnr']:.2f} dB loss {m['loss']:.3f}")
+
+        run(cfg, cb)
+    console.print(f"weights written to {out}")
+
+
+@click.command("eval")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", default=None)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--qualities", default="0,14,28,42,56,70,85,100", show_default=True, help="comma-separated")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("rd.json"), show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="RD plot PNG")
+@click.option("--anchor", "anchors", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="anchor JSON for BD-rate (repeatable)")
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="reference curve (e.g. VTM) for BD-rate")
+@click.option("--limit", type=int, default=None, help="only the first N images")
+def evaluate(folder, model, device, qualities, out, plot, anchors, reference, limit) -> None:
+    """RD curve on FOLDER from real bitstreams, with BD-rates against anchors."""
+    from ..codec import Codec
+    from ..codec.registry import DEFAULT_MODEL
+    from ..evaluate import bd_table, evaluate_folder, plot_rd, write_result
+
+    codec = Codec.load(model or DEFAULT_MODEL, device)
+    qs = [float(v) for v in qualities.split(",")]
+    with _progress() as prog:
+        task = prog.add_task("evaluating", total=None, info="")
+        result = evaluate_folder(codec, folder, qs, limit, lambda i, n: prog.update(task, completed=i, total=n))
+    rows = bd_table(result, list(anchors), reference)
+    result["bd_rate"] = rows
+    write_result(result, out)
+    t = Table("quality", "bpp", "PSNR-RGB", "MS-SSIM", "enc s", "dec s", title=result["name"])
+    r = result["results"]
+    for i, q in enumerate(qs):
+        t.add_row(f"{q:g}", f"{r['bpp'][i]:.4f}", f"{r['psnr-rgb'][i]:.2f}", f"{r['ms-ssim-rgb'][i]:.4f}",
+                  f"{r['encoding_time'][i]:.2f}", f"{r['decoding_time'][i]:.2f}")
+    Console().print(t)
+    if rows:
+        bt = Table("anchor", "BD-rate of ours vs anchor (%)")
+        for row in rows:
+            v = row["ours_vs_anchor_pct"]
+            bt.add_row(row["anchor"], "n/a: " + row.get("note", "") if v is None else f"{v:+.2f}")
+        Console().print(bt)
+    if plot:
+        plot_rd(result, list(anchors) + ([reference] if reference else []), plot)
+    console.print(f"results written to {out}")
+
+
+COMMANDS = [encode, decode, info, train, evaluate]

@@ -1,0 +1,121 @@
+"""Distributed front door: ``archiver submit``, ``archiver status``, ``archiver cancel`` and
+``archiver serve``. Thin wrappers over :mod:`archiver.jobs` and :mod:`archiver.server`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n):,} B"
+        n /= 1024
+    return str(n)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return str(dt.timedelta(seconds=int(seconds)))
+
+
+@click.command()
+@click.argument("source")
+@click.option("--dest", default=None, help="write containers under this store URL instead of beside the originals")
+@click.option("--min-psnr", type=click.FloatRange(1, 99), default=None, help="verified PSNR floor in dB [settings]")
+@click.option("--min-saving", type=click.FloatRange(0, 0.99), default=None, help="minimum fractional saving [settings]")
+@click.option("--replace", is_flag=True, help="delete each original after its container is written, re-read and verified")
+@click.option("--chunk-size", type=click.IntRange(1, 10_000), default=None, help="objects per batch [settings: 16]")
+@click.option("--older-than-days", type=click.FloatRange(0), default=None, help="only objects last modified this long ago")
+@click.option("--db", "db_url", default=None, help="SQLAlchemy URL [settings: database_url]")
+def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_days, db_url) -> None:
+    """Queue a recompression job over SOURCE for the Celery workers; prints the job id."""
+    from .. import jobs
+    from ..settings import load_settings
+
+    st = load_settings()
+    dest = dest or (st.dest if st.dest_mode == "prefix" else None)
+    opts = jobs.make_options(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace)
+    with console.status("listing and enqueueing"):
+        job_id = jobs.submit(source, opts, dest=dest, chunk_size=chunk_size, db_url=db_url,
+                             older_than_days=older_than_days, settings=st)
+    s = jobs.status(job_id, db_url, settings=st)
+    console.print(f"job [bold]{job_id}[/bold]: {s.objects_enqueued} object(s) in batches of "
+                  f"{chunk_size or st.workers.chunk_size} queued; follow with `archiver status {job_id}`")
+    click.echo(job_id)
+
+
+@click.command()
+@click.argument("job", type=int, required=False)
+@click.option("--limit", type=int, default=20, show_default=True, help="jobs listed without JOB")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--db", "db_url", default=None, help="SQLAlchemy URL [settings: database_url]")
+def status(job, limit, as_json, db_url) -> None:
+    """Progress of JOB (counts, bytes saved, rate, ETA); without JOB, the recent jobs."""
+    from .. import jobs
+
+    rows = [jobs.status(job, db_url)] if job is not None else jobs.recent_jobs(limit, db_url)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in rows] if job is None else rows[0].as_dict(), indent=2))
+        return
+    if job is not None:
+        r = rows[0]
+        t = Table(title=f"job {r.id} ({r.kind}{', ' + r.schedule_name if r.schedule_name else ''})", show_header=False)
+        t.add_row("status", r.status + (f" ({r.error})" if r.error else ""))
+        t.add_row("source -> dest", f"{r.source} -> {r.dest or '(beside)'}")
+        t.add_row("model", r.model_id)
+        t.add_row("listed / enqueued", f"{r.objects_listed} / {r.objects_enqueued}"
+                  + ("  (still listing)" if r.status == "pending" else ""))
+        t.add_row("done", f"{r.done} / {r.objects_enqueued}")
+        t.add_row("accepted / rejected / failed / skipped",
+                  " / ".join(str(r.count(k)) for k in ("accepted", "rejected", "failed", "skipped")))
+        if r.reasons:
+            t.add_row("reasons", ", ".join(f"{k}: {v}" for k, v in sorted(r.reasons.items())))
+        pct = r.saved_bytes / r.bytes_before if r.bytes_before else 0.0
+        t.add_row("bytes (accepted)", f"{human(r.bytes_before)} -> {human(r.bytes_after)}, saved "
+                  f"{human(r.saved_bytes)} ({pct:.1%})")
+        t.add_row("rate", f"{r.rate:.2f} objects/s over {duration(r.elapsed)}")
+        t.add_row("ETA", duration(r.eta_seconds))
+        Console().print(t)
+        return
+    t = Table("job", "kind", "status", "source", "done/enqueued", "acc", "rej", "fail", "skip", "saved", "rate/s",
+              "ETA", title="recent jobs")
+    for r in rows:
+        t.add_row(str(r.id), r.schedule_name or r.kind, r.status, r.source, f"{r.done}/{r.objects_enqueued}",
+                  str(r.count("accepted")), str(r.count("rejected")), str(r.count("failed")), str(r.count("skipped")),
+                  human(r.saved_bytes), f"{r.rate:.2f}", duration(r.eta_seconds))
+    Console().print(t)
+
+
+@click.command()
+@click.argument("job", type=int)
+@click.option("--db", "db_url", default=None, help="SQLAlchemy URL [settings: database_url]")
+def cancel(job, db_url) -> None:
+    """Cancel JOB: workers stop before their next object (finished objects stay recorded)."""
+    from .. import jobs
+
+    if jobs.cancel(job, db_url):
+        console.print(f"job {job} cancelled")
+    else:
+        console.print(f"job {job} had already ended ({jobs.status(job, db_url).status})")
+
+
+@click.command()
+@click.option("--host", default=None, help="address to bind [settings: 127.0.0.1]")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="port [settings: 8080]")
+def serve(host, port) -> None:
+    """Serve archived images over HTTP: GET /objects/{bucket}/{key}?format=png|jpeg|webp, GET /health."""
+    from ..server import serve as run
+
+    run(host=host, port=port)
+
+
+COMMANDS = [submit, status, cancel, serve]

@@ -1,0 +1,161 @@
+"""Archive front door: ``archiver recompress`` and ``archiver restore``.
+
+Both are thin: they resolve settings, open stores and the database, and call
+``archiver.pipeline.run_job`` / ``archiver.restore.restore_all`` — the same functions the Celery
+tasks call.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from ..errors import ArchiverError
+
+console = Console(stderr=True)
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+DEMO_DIR = Path("archive-demo")
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n):,} B"
+        n /= 1024
+    return str(n)
+
+
+def prepare_demo() -> str:
+    """Copy the shipped sample images to ./archive-demo/source (the shipped files stay pristine)."""
+    src = DEMO_DIR / "source"
+    src.mkdir(parents=True, exist_ok=True)
+    for f in sorted(SAMPLES.iterdir()):
+        if f.is_file() and not (src / f.name).exists() and not (src / (f.name + ".cxa")).exists():
+            shutil.copy2(f, src / f.name)
+    return str(src.resolve())
+
+
+def _fail(e: ArchiverError) -> None:
+    console.print(f"[red]error[/red] ({e.code}): {e}")
+    raise SystemExit(2)
+
+
+@click.command()
+@click.argument("source", required=False)
+@click.option("--dest", default=None, help="write containers under this store URL instead of beside the originals")
+@click.option("--min-psnr", type=click.FloatRange(1, 99), default=None, help="verified PSNR floor in dB [settings: 40]")
+@click.option("--min-saving", type=click.FloatRange(0, 0.99), default=None, help="minimum fractional saving [0.1]")
+@click.option("--replace", is_flag=True, help="delete each original after its container is written, re-read and verified")
+@click.option("--dry-run", is_flag=True, help="recompress and verify in memory; write and delete nothing")
+@click.option("--limit", type=int, default=None, help="process at most N objects")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="I/O threads per process")
+@click.option("--model", default=None, help="model id [settings: compact-v1]")
+@click.option("--device", default=None, help="cpu | cuda | auto [settings]")
+@click.option("--db", "db_url", default=None, help="SQLAlchemy URL [settings: sqlite:///archiver.sqlite]")
+@click.option("--new-job", is_flag=True, help="start a new job even if an unfinished identical one exists")
+def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, workers, model, device, db_url, new_job) -> None:
+    """Recompress every image under SOURCE (s3://bucket/prefix, file:///dir or a path).
+
+    Without SOURCE, runs on the sample images shipped with the package (copied to ./archive-demo).
+    """
+    from ..codec import Codec
+    from ..db.session import session_factory, upgrade
+    from ..pipeline import JobSummary, Outcome, PipelineOptions, run_job
+    from ..settings import load_settings
+    from ..storage import open_store
+
+    try:
+        st = load_settings()
+        if source is None:
+            source = prepare_demo()
+            console.print(f"no SOURCE given: running on the shipped samples in [bold]{source}[/bold]")
+        url = db_url or st.database_url
+        upgrade(url)
+        src = open_store(source, st)
+        dest_url = dest or (st.dest if st.dest_mode == "prefix" else None)
+        dst = open_store(dest_url, st, create=True) if dest_url else src
+        opts = PipelineOptions(
+            min_psnr=min_psnr if min_psnr is not None else st.min_psnr,
+            min_saving=min_saving if min_saving is not None else st.min_saving,
+            replace=replace, dry_run=dry_run, max_object_bytes=int(st.max_object_bytes), max_pixels=st.max_pixels,
+            suffix=st.container_suffix,
+        )
+        with console.status("loading model"):
+            codec = Codec.cached(model or st.model_id, device or st.device)
+        console.print(f"model {codec.model_id} on {codec.device_name}; PSNR >= {opts.min_psnr} dB, "
+                      f"saving >= {opts.min_saving:.0%}{'; DRY RUN' if dry_run else ''}{'; REPLACE originals' if replace else ''}")
+        progress = Progress(TextColumn("[bold]recompress"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+        with progress:
+            task = progress.add_task("objects", total=limit, info="")
+
+            def on_outcome(out: Outcome, s: JobSummary) -> None:
+                elapsed = max(progress.tasks[0].elapsed or 1e-9, 1e-9)
+                progress.update(task, completed=s.seen, info=(
+                    f"ok {s.accepted} rej {s.rejected} fail {s.failed} skip {s.skipped} | "
+                    f"{human(s.bytes_before)} -> {human(s.bytes_after)} saved {human(s.saved_bytes)} | "
+                    f"{s.seen / elapsed:.2f} obj/s"))
+
+            summary = run_job(src=src, dst=dst, source_url=source, dest_url=dest_url, codec=codec, opts=opts,
+                              session_factory=session_factory(url), limit=limit, workers=workers,
+                              on_outcome=on_outcome, new_job=new_job)
+    except ArchiverError as e:
+        _fail(e)
+    t = Table(title=f"job {summary.job_id} summary", show_header=False)
+    t.add_row("objects seen", f"{summary.seen}")
+    t.add_row("accepted", f"{summary.accepted}")
+    t.add_row("rejected", f"{summary.rejected}" + (f"  ({', '.join(f'{k}: {v}' for k, v in sorted(summary.reasons.items()))})" if summary.reasons else ""))
+    t.add_row("failed", f"{summary.failed}")
+    t.add_row("skipped (already archived)", f"{summary.skipped}")
+    t.add_row("originals deleted", f"{summary.deleted}")
+    t.add_row("bytes before -> after (accepted)", f"{human(summary.bytes_before)} -> {human(summary.bytes_after)}")
+    pct = summary.saved_bytes / summary.bytes_before if summary.bytes_before else 0.0
+    t.add_row("saved", f"{human(summary.saved_bytes)} ({pct:.1%})")
+    t.add_row("time", f"{summary.seconds:.1f} s")
+    Console().print(t)
+
+
+@click.command()
+@click.argument("source")
+@click.option("--to", "to", required=True, help="output directory or store URL")
+@click.option("--format", "fmt", type=click.Choice(["png", "original", "jpeg", "webp"]), default="png", show_default=True)
+@click.option("--device", default=None)
+@click.option("--limit", type=int, default=None)
+def restore(source, to, fmt, device, limit) -> None:
+    """Decode every container under SOURCE back to images under --to."""
+    from ..restore import restore_all
+    from ..settings import load_settings
+    from ..storage import open_store
+
+    try:
+        st = load_settings()
+        src, dst = open_store(source, st), open_store(to, st, create=True)
+        ok = bad = 0
+        with Progress(TextColumn("[bold]restore"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as prog:
+            task = prog.add_task("restore", total=limit)
+            for item in restore_all(src, dst, fmt=fmt, suffix=st.container_suffix, device=device or st.device, limit=limit):
+                ok += item.ok
+                bad += not item.ok
+                if not item.ok:
+                    console.print(f"[yellow]{item.key}[/yellow]: {item.error}")
+                prog.update(task, completed=ok + bad)
+    except ArchiverError as e:
+        _fail(e)
+    console.print(f"restored {ok} image(s) to {to}; {bad} failed")
+    if bad:
+        raise SystemExit(1)
+
+
+COMMANDS = [recompress, restore]

@@ -1,0 +1,174 @@
+"""``archiver report`` (ROI report from the results table) and ``archiver pilot`` (sample + projection).
+
+Thin: resolve settings and filters, call ``archiver.report``, write the chosen format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ..report.render import FORMATS
+
+console = Console(stderr=True)
+
+
+def _emit(text: str, fmt: str, out: str | None) -> None:
+    if out:
+        Path(out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(out).expanduser().write_text(text, encoding="utf-8")
+        console.print(f"wrote {fmt} to [bold]{out}[/bold]")
+    else:
+        click.echo(text, nl=False)
+
+
+def _check_html_out(fmt: str, out: str | None) -> None:
+    if fmt == "html" and not out:
+        raise click.UsageError("--format html needs --out FILE (the report is one self-contained .html file)")
+
+
+def _session_factory(db_url: str | None, st: Any, *, migrate: bool):
+    from ..db.session import current_revision, normalize_url, session_factory, upgrade
+    from ..errors import ConfigError
+
+    url = db_url or st.database_url
+    if migrate:
+        upgrade(url)
+    elif current_revision(url) is None:
+        shown = normalize_url(url).render_as_string(hide_password=True)
+        raise ConfigError(f"the database {shown} has no archiver schema yet: run `archiver db upgrade` "
+                          "(or a recompress job) first")
+    return session_factory(url)
+
+
+_price_options = [
+    click.option("--price-per-gb-month", type=click.FloatRange(min=0), default=None,
+                 help="storage price in $ per GB-month, GB = 10^9 bytes [settings: 0.023, S3 Standard]"),
+    click.option("--gpu-price-per-hour", type=click.FloatRange(min=0), default=None,
+                 help="compute price in $ per hour (GPU time, or CPU wall time for CPU-only runs) [settings: 2.5]"),
+    click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True),
+    click.option("--out", default=None, type=click.Path(dir_okay=False), help="write to FILE instead of stdout"),
+    click.option("--db", "db_url", default=None, help="SQLAlchemy URL [settings: database_url]"),
+]
+
+
+def _with_options(options):
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+@click.command()
+@click.option("--job", "job_ids", type=int, multiple=True, help="only these jobs (repeatable); default: all "
+              "recompress/scheduled jobs, leaving out pilots and dry runs")
+@click.option("--since", default=None, help="results recorded on/after this ISO date or datetime (UTC)")
+@click.option("--until", default=None, help="results recorded before the end of this ISO date (or before this datetime)")
+@click.option("--bucket", default=None, help="only this bucket (S3 bucket name, or a local root path)")
+@click.option("--prefix", default=None, help="only keys starting with this prefix")
+@click.option("--model", default=None, help="only results of this model id")
+@click.option("--prefix-depth", type=click.IntRange(min=1), default=1, show_default=True,
+              help="group 'by prefix' on the first N path components of the key")
+@_with_options(_price_options)
+def report(job_ids, since, until, bucket, prefix, model, prefix_depth, price_per_gb_month, gpu_price_per_hour,
+           fmt, out, db_url) -> None:
+    """ROI report: objects, bytes saved, quality, storage $ saved, compute cost and payback.
+
+    Computed from the results table. GB = 10^9 bytes (as AWS bills); compute time is the
+    recorded gpu_seconds for GPU rows and t_total (wall time) for CPU-only rows.
+    """
+    from ..report import Pricing, ReportFilters, build_report, parse_when, print_report, render
+    from ..settings import load_settings
+
+    _check_html_out(fmt, out)
+    st = load_settings()
+    pricing = Pricing.from_settings(st, price_per_gb_month, gpu_price_per_hour)
+    filters = ReportFilters(job_ids=list(job_ids), since=parse_when(since), until=parse_when(until, end=True),
+                            bucket=bucket, prefix=prefix, model=model)
+    factory = _session_factory(db_url, st, migrate=False)
+    with factory() as s:
+        data = build_report(s, filters, pricing, prefix_depth=prefix_depth)
+    if fmt == "table" and not out:
+        print_report(data, Console())
+    else:
+        _emit(render(data, fmt), fmt, out)
+
+
+@click.command()
+@click.argument("source", required=False)
+@click.option("--sample", "sample", type=click.IntRange(min=1), default=300, show_default=True,
+              help="number of objects to sample")
+@click.option("--seed", type=int, default=0, show_default=True, help="random seed of the sample")
+@click.option("--min-psnr", type=click.FloatRange(1, 99), default=None, help="verified PSNR floor in dB [settings: 40]")
+@click.option("--min-saving", type=click.FloatRange(0, 0.99), default=None, help="minimum fractional saving [0.1]")
+@click.option("--model", default=None, help="model id [settings: compact-v1]")
+@click.option("--device", default=None, help="cpu | cuda | auto [settings]")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="I/O threads")
+@click.option("--job", "job_id", type=int, default=None, help="re-render the projection of a recorded pilot job "
+              "instead of running a new one (no SOURCE)")
+@_with_options(_price_options)
+def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, job_id, price_per_gb_month,
+          gpu_price_per_hour, fmt, out, db_url) -> None:
+    """Recompress a random sample of SOURCE in memory and project the saving onto all of it.
+
+    One streaming pass over the listing counts objects and bytes and keeps a seeded uniform
+    sample (reservoir sampling). Each sampled object is encoded, decoded and verified exactly as
+    by `recompress`, but nothing is written to storage; the outcomes are recorded as a job of
+    kind "pilot". Projection: ratio estimator with a 95% confidence interval (Student t, finite
+    population correction).
+    """
+    from ..report import Pricing, load_pilot, print_pilot, render, run_pilot
+    from ..settings import load_settings
+
+    _check_html_out(fmt, out)
+    if (source is None) == (job_id is None):
+        raise click.UsageError("give SOURCE to run a pilot, or --job ID to show a recorded one")
+    st = load_settings()
+    pricing = Pricing.from_settings(st, price_per_gb_month, gpu_price_per_hour)
+    if job_id is not None:
+        factory = _session_factory(db_url, st, migrate=False)
+        with factory() as s:
+            data = load_pilot(s, job_id, pricing)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ..codec import Codec
+        from ..pipeline import PipelineOptions
+        from ..storage import open_store
+
+        factory = _session_factory(db_url, st, migrate=True)
+        src = open_store(source, st)
+        opts = PipelineOptions(
+            min_psnr=min_psnr if min_psnr is not None else st.min_psnr,
+            min_saving=min_saving if min_saving is not None else st.min_saving,
+            dry_run=True, max_object_bytes=int(st.max_object_bytes), max_pixels=st.max_pixels,
+            suffix=st.container_suffix,
+        )
+        with console.status("loading model"):
+            codec = Codec.cached(model or st.model_id, device or st.device)
+        console.print(f"pilot: model {codec.model_id} on {codec.device_name}; PSNR >= {opts.min_psnr} dB, "
+                      f"saving >= {opts.min_saving:.0%}; sample {sample} (seed {seed}); nothing is written to storage")
+        progress = Progress(TextColumn("[bold]pilot"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=console)
+        with progress:
+            task = progress.add_task("listing", total=None)
+
+            def listed(n: int, nbytes: int, k: int) -> None:
+                console.print(f"listed {n:,} objects ({nbytes:,} bytes); sampled {k:,}")
+                progress.update(task, total=k)
+
+            data = run_pilot(src=src, source_url=source, codec=codec, opts=opts, session_factory=factory,
+                             sample=sample, seed=seed, pricing=pricing, workers=workers,
+                             on_outcome=lambda _o: progress.advance(task), on_listed=listed)
+    if fmt == "table" and not out:
+        print_pilot(data, Console())
+    else:
+        _emit(render(data, fmt, pilot=True), fmt, out)
+
+
+COMMANDS = [report, pilot]

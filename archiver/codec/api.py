@@ -1,0 +1,267 @@
+"""The codec's public face: ``Codec.load``, ``encode`` and ``decode``.
+
+Images are coded in independent tiles (default 1024 px) so that memory stays bounded for any
+image size; each tile is padded (edge replication) to the model's multiple of 64 and cropped on
+decode. ``target_psnr`` searches the continuous quality knob by bisection on the encoder's own
+reconstruction, which is bit-identical in latents to what the decoder will produce, so the
+search needs no entropy decoding; callers that must be sure (the pipeline) still decode the real
+bytes afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..errors import ArchiverError, ContainerError
+from ..images import LoadedImage, from_pil, to_pil
+from ..metrics import psnr
+from . import container as cx
+from .entropy import TileCoder
+from .registry import DEFAULT_MODEL, load_model
+
+PAD_MULTIPLE = 64
+DEFAULT_TILE = 1024
+SEARCH_STEPS = 7  # bisection steps on [0, 100]: resolution under one quality unit
+
+
+_CACHE: dict[tuple[str, str], "Codec"] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+class TargetNotReached(ArchiverError):
+    code = "psnr_unreachable"
+
+
+@dataclass
+class EncodeResult:
+    data: bytes
+    quality: float
+    psnr: float  # of the encoder-side reconstruction (equal latents to the decoder's)
+    width: int
+    height: int
+    seconds: float
+    probes: int = 1
+
+    @property
+    def bpp(self) -> float:
+        return len(self.data) * 8 / (self.width * self.height)
+
+
+@dataclass
+class DecodedImage:
+    rgb: np.ndarray  # (H, W, 3) uint8, as delivered (gray images replicated)
+    alpha: np.ndarray | None
+    meta: cx.ContainerMeta
+    icc: bytes | None = None
+    exif: bytes | None = None
+    seconds: float = 0.0
+    _image: Image.Image | None = field(default=None, repr=False)
+
+    @property
+    def image(self) -> Image.Image:
+        if self._image is None:
+            self._image = to_pil(self.rgb, self.alpha, self.meta.mode)
+            if self.icc:
+                self._image.info["icc_profile"] = self.icc
+        return self._image
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def delivered(rgb: np.ndarray, mode: str) -> np.ndarray:
+    """What a user gets back: gray modes come back as gray, so PSNR is measured on that."""
+    if mode in ("L", "LA", "1"):
+        g = np.floor(rgb.astype(np.float32).mean(axis=2) + 0.5).clip(0, 255).astype(np.uint8)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    return rgb
+
+
+def tile_grid(height: int, width: int, tile: int) -> list[tuple[int, int, slice, slice]]:
+    out = []
+    for r in range(math.ceil(height / tile)):
+        for c in range(math.ceil(width / tile)):
+            out.append((r, c, slice(r * tile, min((r + 1) * tile, height)), slice(c * tile, min((c + 1) * tile, width))))
+    return out
+
+
+class Codec:
+    def __init__(self, model, entry, device: torch.device, tile_size: int = DEFAULT_TILE) -> None:
+        if tile_size % PAD_MULTIPLE or not 64 <= tile_size <= 4096:
+            raise ValueError("tile_size must be a multiple of 64 in [64, 4096]")
+        self.model = model
+        self.entry = entry
+        self.model_id = entry.model_id
+        self.weights_sha256 = entry.sha256
+        self.device = device
+        self.tile_size = tile_size
+        self.coder = TileCoder(model)
+        self.gpu_seconds = 0.0  # accumulated accelerator time, for the ROI report's compute cost
+
+    @classmethod
+    def load(cls, model: str = DEFAULT_MODEL, device: str = "auto", tile_size: int = DEFAULT_TILE) -> Codec:
+        dev = pick_device(device)
+        # TF32 would change float results between GPUs; the exact path is float64 anyway.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        m, entry = load_model(model, dev)
+        return cls(m, entry, dev, tile_size)
+
+    @classmethod
+    def cached(cls, model: str = DEFAULT_MODEL, device: str = "auto") -> Codec:
+        """One codec per (model, device) per process: workers and servers load weights once."""
+        key = (model, str(pick_device(device)))
+        with _CACHE_LOCK:
+            if key not in _CACHE:
+                _CACHE[key] = cls.load(model, device)
+            return _CACHE[key]
+
+    @property
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return f"cuda:{self.device.index or 0} ({torch.cuda.get_device_name(self.device)})"
+        return "cpu"
+
+    # ------------------------------------------------------------------------------------------
+    def _gains(self, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
+        q = torch.tensor([float(quality)], dtype=torch.float32, device=self.device)
+        return self.model.gains(q)
+
+    def _to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        h, w = x.shape[2:]
+        ph, pw = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        return x
+
+    def _synth(self, y_hat: torch.Tensor, inv_gain: torch.Tensor, h: int, w: int) -> np.ndarray:
+        x = self.model.g_s(y_hat.float() * inv_gain)[:, :, :h, :w]
+        x = torch.floor(x.clamp(0, 1) * 255.0 + 0.5)
+        return x[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+
+    def _timed(self, fn):
+        t = time.perf_counter()
+        out = fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.gpu_seconds += time.perf_counter() - t
+        return out
+
+    @torch.inference_mode()
+    def _encode_at(self, img: LoadedImage, latents: list[torch.Tensor], quality: float, dry: bool
+                   ) -> tuple[list[cx.TilePayload], np.ndarray, str]:
+        gain, inv_gain = self._gains(quality)
+        recon = np.empty_like(img.rgb)
+        tiles = []
+        hasher = hashlib.sha256()
+        for (r, c, rs, cs), y in zip(tile_grid(img.height, img.width, self.tile_size), latents):
+            coded = self._timed(lambda: self.coder.encode(y * gain, hasher, code=not dry))
+            recon[rs, cs] = self._timed(lambda: self._synth(self.coder.last_y_hat, inv_gain, rs.stop - rs.start, cs.stop - cs.start))
+            if not dry:
+                tiles.append(cx.TilePayload(row=r, col=c, z=coded.z, y=[coded.y]))
+        return tiles, recon, hasher.hexdigest()
+
+    def encode_detailed(self, image: Image.Image | LoadedImage, quality: float | None = None,
+                        target_psnr: float | None = None) -> EncodeResult:
+        """Encode; with ``target_psnr`` return the smallest quality whose decoded image meets it."""
+        if (quality is None) == (target_psnr is None):
+            raise ValueError("give exactly one of quality or target_psnr")
+        t0 = time.perf_counter()
+        img = image if isinstance(image, LoadedImage) else from_pil(image)
+        with torch.inference_mode():
+            latents = [
+                self._timed(lambda: self.model.g_a(self._to_tensor(img.rgb[rs, cs])))
+                for _, _, rs, cs in tile_grid(img.height, img.width, self.tile_size)
+            ]
+        target_rgb = delivered(img.rgb, img.mode)
+        probes = 0
+
+        def quality_psnr(q: float) -> float:
+            nonlocal probes
+            probes += 1
+            _, recon, _ = self._encode_at(img, latents, q, dry=True)
+            return psnr(target_rgb, delivered(recon, img.mode))
+
+        if target_psnr is not None:
+            if quality_psnr(100.0) < target_psnr:
+                raise TargetNotReached(f"even quality 100 stays below {target_psnr:.2f} dB PSNR for this image")
+            lo, hi = 0.0, 100.0
+            if quality_psnr(lo) >= target_psnr:
+                hi = lo
+            else:
+                for _ in range(SEARCH_STEPS):
+                    mid = (lo + hi) / 2
+                    if quality_psnr(mid) >= target_psnr:
+                        hi = mid
+                    else:
+                        lo = mid
+            quality = hi
+        assert quality is not None
+        quality = float(min(max(quality, 0.0), 100.0))
+        tiles, recon, latent_hash = self._encode_at(img, latents, quality, dry=False)
+        meta = cx.ContainerMeta(
+            model_id=self.model_id, weights_sha256=self.weights_sha256, quality=quality,
+            width=img.width, height=img.height, mode=img.mode, content_type=img.content_type,
+            original_bytes=img.original_bytes, original_sha256=img.original_sha256,
+            tile_size=self.tile_size, n_tiles=len(tiles), latent_sha256=latent_hash, extra={},
+        )
+        alpha = img.alpha.tobytes() if img.alpha is not None else None
+        data = cx.pack(cx.Container(meta=meta, tiles=tiles, icc=img.icc, exif=img.exif, alpha=alpha))
+        return EncodeResult(data=data, quality=quality, psnr=psnr(target_rgb, delivered(recon, img.mode)),
+                            width=img.width, height=img.height, seconds=time.perf_counter() - t0, probes=probes + 1)
+
+    def encode(self, image: Image.Image | LoadedImage, quality: float | None = None,
+               target_psnr: float | None = None) -> bytes:
+        return self.encode_detailed(image, quality=quality, target_psnr=target_psnr).data
+
+    # ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode(self, data: bytes, max_pixels: int = 400_000_000) -> DecodedImage:
+        t0 = time.perf_counter()
+        c = cx.unpack(data, max_pixels=max_pixels)
+        meta = c.meta
+        if meta.model_id != self.model_id:
+            raise ContainerError(
+                f"bitstream was made by model {meta.model_id!r}; this codec holds {self.model_id!r}",
+                code="model_mismatch",
+            )
+        if meta.weights_sha256 != self.weights_sha256:
+            raise ContainerError(
+                f"bitstream was made with other weights for {meta.model_id!r} (sha256 {meta.weights_sha256[:16]}...)",
+                code="weights_mismatch",
+            )
+        _, inv_gain = self._gains(meta.quality)
+        rgb = np.empty((meta.height, meta.width, 3), dtype=np.uint8)
+        hasher = hashlib.sha256()
+        grid = tile_grid(meta.height, meta.width, meta.tile_size)
+        for (r, col, rs, cs), tile in zip(grid, c.tiles):
+            if (tile.row, tile.col) != (r, col) or len(tile.y) != 1:
+                raise ContainerError(f"tile ({tile.row},{tile.col}) is out of place or malformed", code="bad_section")
+            h, w = rs.stop - rs.start, cs.stop - cs.start
+            z_shape = (math.ceil(h / PAD_MULTIPLE), math.ceil(w / PAD_MULTIPLE))
+            y_hat = self._timed(lambda: self.coder.decode(tile.z, tile.y[0], z_shape, self.device, hasher))
+            rgb[rs, cs] = self._timed(lambda: self._synth(y_hat, inv_gain, h, w))
+        if hasher.hexdigest() != meta.latent_sha256:
+            raise ContainerError(
+                "decoded latents do not match the checksum recorded at encode time: the entropy-coded data is "
+                "corrupt or forged (or was decoded with a different probability model)",
+                code="latent_mismatch",
+            )
+        alpha = None
+        if c.alpha is not None:
+            alpha = np.frombuffer(c.alpha, dtype=np.uint8).reshape(meta.height, meta.width).copy()
+        return DecodedImage(rgb=delivered(rgb, meta.mode), alpha=alpha, meta=meta, icc=c.icc, exif=c.exif,
+                            seconds=time.perf_counter() - t0)

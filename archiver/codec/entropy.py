@@ -1,0 +1,126 @@
+"""Entropy coding of one tile's latents with CompressAI's rANS coder.
+
+The probability model that the coder sees is computed entirely by exact layers in float64 (see
+exact.py) from shipped CDF tables, so encoder and decoder agree bit for bit on any device. A
+SHA-256 of every decoded symbol is stored in the container and checked after decoding, so any
+desynchronisation (a forged stream, or a bug) is reported instead of returning garbage pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from compressai.ans import BufferedRansEncoder, RansDecoder, RansEncoder
+from torch import Tensor
+
+from ..errors import ContainerError
+from .exact import round_half_up
+from .model import SYMBOL_LIMIT, ConvNeXtCharm
+
+
+@dataclass
+class CodedTile:
+    z: bytes
+    y: bytes
+    z_shape: tuple[int, int]
+
+
+def _symbols_bytes(t: Tensor) -> bytes:
+    return t.to(torch.int32).cpu().numpy().astype("<i4").tobytes()
+
+
+class TileCoder:
+    """Holds the CDF tables as Python lists once (CompressAI's coder wants lists)."""
+
+    def __init__(self, model: ConvNeXtCharm) -> None:
+        self.model = model
+        eb, gc = model.entropy_bottleneck, model.gaussian_conditional
+        if eb._quantized_cdf.numel() == 0 or gc._quantized_cdf.numel() == 0:
+            raise RuntimeError("model has no CDF tables: call update_tables() before coding")
+        self.eb_cdf = eb._quantized_cdf.tolist()
+        self.eb_len = eb._cdf_length.reshape(-1).int().tolist()
+        self.eb_off = eb._offset.reshape(-1).int().tolist()
+        self.gc_cdf = gc._quantized_cdf.tolist()
+        self.gc_len = gc._cdf_length.reshape(-1).int().tolist()
+        self.gc_off = gc._offset.reshape(-1).int().tolist()
+        self.medians = eb._get_medians().detach().reshape(1, -1, 1, 1).double()
+
+    # z ---------------------------------------------------------------------------------------
+    def _z_indexes(self, shape: tuple[int, int, int, int]) -> list[int]:
+        _, c, h, w = shape
+        return np.repeat(np.arange(c, dtype=np.int64), h * w).tolist()
+
+    @torch.no_grad()
+    def encode(self, y_g: Tensor, hasher: "hashlib._Hash", code: bool = True) -> CodedTile:
+        """Code one tile's gained latent ``y_g`` (1, M, h, w). ``code=False`` only computes the
+        decoded latents (``last_y_hat``), for the quality search."""
+        m = self.model
+        z = m.h_a(y_g)
+        med = self.medians.to(z.device)
+        zs = torch.clamp(round_half_up(z.double() - med), -SYMBOL_LIMIT, SYMBOL_LIMIT)
+        if code:
+            hasher.update(_symbols_bytes(zs))
+        z_bytes = b""
+        if code:
+            z_bytes = RansEncoder().encode_with_indexes(
+                zs.reshape(-1).int().tolist(), self._z_indexes(tuple(zs.shape)), self.eb_cdf, self.eb_len, self.eb_off
+            )
+        z_hat = zs + med
+        means_h, scales_h = m.hyper(z_hat, exact=True)
+        enc = BufferedRansEncoder()
+        decoded: list[Tensor] = []
+        for i, y_i in enumerate(y_g.double().chunk(m.preset.slices, dim=1)):
+            mu, scale, mean_sup = m.slice_params(i, means_h, scales_h, decoded)
+            idx = m.scale_indexes(scale)
+            sym = torch.clamp(round_half_up(y_i - mu), -SYMBOL_LIMIT, SYMBOL_LIMIT)
+            if code:
+                hasher.update(_symbols_bytes(sym))
+                enc.encode_with_indexes(
+                    sym.reshape(-1).int().tolist(), idx.reshape(-1).int().tolist(), self.gc_cdf, self.gc_len, self.gc_off
+                )
+            y_hat_i = sym + mu
+            decoded.append(y_hat_i + m.lrp(i, mean_sup, y_hat_i))
+        self.last_y_hat = torch.cat(decoded, dim=1)
+        return CodedTile(z=z_bytes, y=enc.flush() if code else b"", z_shape=(int(z.shape[2]), int(z.shape[3])))
+
+    @torch.no_grad()
+    def decode(self, z_bytes: bytes, y_bytes: bytes, z_shape: tuple[int, int], device: torch.device,
+               hasher: "hashlib._Hash") -> Tensor:
+        """Decode one tile to its gained latent y_hat (1, M, 4*hz, 4*wz), float64."""
+        m = self.model
+        hz, wz = z_shape
+        c = m.preset.z_channels
+        n_z = c * hz * wz
+        # rANS reads ahead without bounds checks: give a forged stream zeros to read, never
+        # memory beyond the buffer (at most one 32-bit refill per symbol).
+        zs = RansDecoder().decode_with_indexes(
+            _padded(z_bytes, n_z), self._z_indexes((1, c, hz, wz)), self.eb_cdf, self.eb_len, self.eb_off
+        )
+        zs_t = torch.tensor(zs, dtype=torch.float64, device=device).reshape(1, c, hz, wz)
+        zs_t = torch.clamp(zs_t, -SYMBOL_LIMIT, SYMBOL_LIMIT)
+        hasher.update(_symbols_bytes(zs_t))
+        z_hat = zs_t + self.medians.to(device)
+        means_h, scales_h = m.hyper(z_hat, exact=True)
+        h, w = 4 * hz, 4 * wz
+        dec = RansDecoder()
+        dec.set_stream(_padded(y_bytes, m.preset.latent * h * w))
+        decoded: list[Tensor] = []
+        for i in range(m.preset.slices):
+            mu, scale, mean_sup = m.slice_params(i, means_h, scales_h, decoded)
+            idx = m.scale_indexes(scale)
+            vals = dec.decode_stream(idx.reshape(-1).int().tolist(), self.gc_cdf, self.gc_len, self.gc_off)
+            sym = torch.tensor(vals, dtype=torch.float64, device=device).reshape(mu.shape)
+            sym = torch.clamp(sym, -SYMBOL_LIMIT, SYMBOL_LIMIT)
+            hasher.update(_symbols_bytes(sym))
+            y_hat_i = sym + mu
+            decoded.append(y_hat_i + m.lrp(i, mean_sup, y_hat_i))
+        return torch.cat(decoded, dim=1)
+
+
+def _padded(data: bytes, n_symbols: int) -> bytes:
+    if len(data) < 8:
+        raise ContainerError("entropy-coded stream is shorter than the coder state", code="bad_section")
+    return data + bytes(4 * n_symbols + 64)

@@ -1,0 +1,161 @@
+"""Integer-valued ("exact") layers for everything the decoder derives probabilities from.
+
+Why: the rANS decoder must see *exactly* the same Gaussian means and scale indexes as the
+encoder. Ordinary float convolutions differ in the last bits between CPU and GPU (different
+summation orders, TF32, FMA), and a single flipped scale index desynchronises the decoder.
+Following Ballé et al., "Integer networks for data compression with latent-variable models"
+(ICLR 2019), every tensor here lives on a fixed-point grid:
+
+* activations are multiples of 2^-8 and clamped to +-4096,
+* weights are multiples of 2^-8 and clamped to +-128, biases multiples of 2^-16,
+* after every linear map the result is rounded back to the 2^-8 grid with floor(x + 1/2).
+
+At inference the layers run in float64. Every product of two grid values has at most 16
+fractional bits and every partial sum stays below 2^53, so each addition is exact and the
+result does not depend on summation order, blocking, FMA, thread count or device. Only matrix
+products (1x1 convolutions) and explicit shift-and-add depthwise convolutions are used — never a
+backend convolution that might pick an FFT or Winograd algorithm.
+
+During training the same layers run in float32 with straight-through rounding, so the network
+learns under the quantisation it will be evaluated with.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+FRAC_BITS = 8
+GRID = float(2**FRAC_BITS)  # activation / weight grid: multiples of 1/256
+ACT_LIMIT = 4096.0  # |activation| bound (2^20 grid units)
+W_LIMIT = 128.0  # |weight| bound (2^15 grid units)
+
+
+def round_half_up(x: Tensor) -> Tensor:
+    """floor(x + 1/2): the one rounding rule used on both sides (torch.round is half-to-even)."""
+    return torch.floor(x + 0.5)
+
+
+def ste(x: Tensor, fn) -> Tensor:
+    """Apply ``fn`` in the forward pass and pass gradients straight through."""
+    return x + (fn(x) - x).detach()
+
+
+def to_grid(x: Tensor, limit: float = ACT_LIMIT) -> Tensor:
+    """Snap to the 2^-8 grid and clamp; differentiable (STE) when training."""
+    x = torch.clamp(x, -limit, limit)
+    if x.requires_grad:
+        return ste(x, lambda v: round_half_up(v * GRID) / GRID)
+    return round_half_up(x * GRID) / GRID
+
+
+def quant_weight(w: Tensor) -> Tensor:
+    return to_grid(w, W_LIMIT)
+
+
+def quant_bias(b: Tensor) -> Tensor:
+    g = GRID * GRID
+    b = torch.clamp(b, -ACT_LIMIT, ACT_LIMIT)
+    if b.requires_grad:
+        return ste(b, lambda v: round_half_up(v * g) / g)
+    return round_half_up(b * g) / g
+
+
+def is_exact(x: Tensor) -> bool:
+    """float64 tensors take the exact path; anything else is the training path."""
+    return x.dtype == torch.float64
+
+
+class ExactPointwise(nn.Module):
+    """1x1 convolution on the grid: one matrix product, exact in float64."""
+
+    def __init__(self, cin: int, cout: int, init_scale: float = 1.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin) * (init_scale / cin**0.5))
+        self.bias = nn.Parameter(torch.zeros(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = quant_weight(self.weight).to(x.dtype)
+        b = quant_bias(self.bias).to(x.dtype)
+        if is_exact(x):
+            # (N, C, H, W) -> (N, H, W, C) @ (C, Cout): BLAS GEMM on exact integers / 2^k
+            y = torch.matmul(x.permute(0, 2, 3, 1), w.t()) + b
+            y = y.permute(0, 3, 1, 2)
+        else:
+            with torch.autocast(x.device.type, enabled=False):  # never bf16 inside the exact path
+                y = F.conv2d(x.float(), w.float()[:, :, None, None], b.float())
+        return to_grid(y)
+
+
+class ExactDepthwise(nn.Module):
+    """k x k depthwise convolution on the grid (zero padding, stride 1)."""
+
+    def __init__(self, channels: int, kernel: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.weight = nn.Parameter(torch.randn(channels, 1, kernel, kernel) * (1.0 / kernel))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = quant_weight(self.weight).to(x.dtype)
+        b = quant_bias(self.bias).to(x.dtype)
+        k = self.kernel
+        p = k // 2
+        if not is_exact(x):
+            with torch.autocast(x.device.type, enabled=False):
+                return to_grid(F.conv2d(x.float(), w.float(), b.float(), padding=p, groups=x.shape[1]))
+        # Explicit shift-and-add: every term is exact, so order cannot matter.
+        _, _, h, wd = x.shape
+        xp = F.pad(x, (p, p, p, p))
+        acc = b.view(1, -1, 1, 1).expand_as(x).clone()
+        for dy in range(k):
+            for dx in range(k):
+                acc += xp[:, :, dy : dy + h, dx : dx + wd] * w[:, 0, dy, dx].view(1, -1, 1, 1)
+        return to_grid(acc)
+
+
+class ExactBlock(nn.Module):
+    """ConvNeXt-style block without LayerNorm or GELU (neither is exact): depthwise k x k,
+    pointwise expansion, ReLU, pointwise projection, residual. Layer scale is folded into the
+    projection weights (small init)."""
+
+    def __init__(self, channels: int, kernel: int = 5, expansion: int = 2) -> None:
+        super().__init__()
+        self.dw = ExactDepthwise(channels, kernel)
+        self.pw1 = ExactPointwise(channels, channels * expansion)
+        self.pw2 = ExactPointwise(channels * expansion, channels, init_scale=0.1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return to_grid(x + self.pw2(F.relu(self.pw1(self.dw(x)))))
+
+
+class ExactUp(nn.Module):
+    """2x upsampling: pointwise to 4*cout channels then pixel shuffle (a pure rearrangement)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.pw = ExactPointwise(cin, cout * 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pixel_shuffle(self.pw(x), 2)
+
+
+class ExactMLPHead(nn.Module):
+    """pointwise in -> ReLU -> ExactBlocks -> pointwise out; used for slice transforms and LRP."""
+
+    def __init__(self, cin: int, width: int, cout: int, blocks: int = 1, kernel: int = 5) -> None:
+        super().__init__()
+        self.inp = ExactPointwise(cin, width)
+        self.blocks = nn.Sequential(*[ExactBlock(width, kernel) for _ in range(blocks)])
+        self.out = ExactPointwise(width, cout, init_scale=0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.blocks(F.relu(self.inp(x))))
+
+
+def enter_grid(x: Tensor, exact: bool) -> Tensor:
+    """Bring a tensor onto the grid in the dtype of the chosen path."""
+    if exact:
+        return round_half_up(torch.clamp(x.double(), -ACT_LIMIT, ACT_LIMIT) * GRID) / GRID
+    return to_grid(x.float())

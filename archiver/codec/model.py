@@ -1,0 +1,235 @@
+"""ConvNeXt-ChARM: ConvNeXt transforms + channel-wise autoregressive entropy model with latent
+residual prediction (Ghorbel, Hamidouche, Morin 2023), made variable-rate with gain vectors and
+made decodable anywhere by computing the entropy parameters with exact layers (see exact.py).
+
+Data flow (per image or tile)::
+
+    x -> g_a -> y -> (* gain[q]) -> y_g -> h_a -> z -> [factorized prior] -> z_hat
+    z_hat -> h_s (exact) -> hyper means / scales
+    for each slice i of y_g:  support = hyper part + up to K previous decoded slices
+        mu_i, sigma_i = slice transforms (exact);  y_hat_i = round(y_i - mu_i) + mu_i
+        y_hat_i += LRP(support, y_hat_i)           (exact, bounded to +-1/2)
+    y_hat -> (* inv_gain[q]) -> g_s -> x_hat
+
+Only g_a, h_a and g_s are ordinary float networks: the first two run on the encoder only, and
+g_s turns latents into pixels without feeding anything back into a probability model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from torch import Tensor, nn
+
+from .exact import ExactBlock, ExactMLPHead, ExactPointwise, ExactUp, enter_grid, round_half_up, ste, to_grid
+from .layers import Analysis, HyperAnalysis, Synthesis
+
+# Quality q in [0, 100] <-> rate-distortion trade-off lambda (loss = lambda * 255^2 * MSE + bpp).
+LAMBDA_MIN = 0.0016
+LAMBDA_MAX = 0.45
+SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64
+LRP_BOUND = 0.5
+SYMBOL_LIMIT = 2**15  # symbols are clamped here; anything near it is already absurd
+
+
+def quality_to_lambda(q: float) -> float:
+    """Log-linear: q=0 -> LAMBDA_MIN, q=100 -> LAMBDA_MAX."""
+    q = min(max(float(q), 0.0), 100.0)
+    return LAMBDA_MIN * (LAMBDA_MAX / LAMBDA_MIN) ** (q / 100.0)
+
+
+def scale_table() -> list[float]:
+    return [math.exp(v) for v in torch.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALE_LEVELS).tolist()]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Architecture hyper-parameters; stored next to the weights so a model id is self-describing."""
+
+    dims: tuple[int, ...]
+    depths: tuple[int, ...]
+    latent: int  # M, channels of y
+    hyper_width: int
+    z_channels: int
+    hyper_blocks: int
+    slices: int
+    support: int  # K: previous slices a slice is conditioned on
+    slice_width: int
+    slice_blocks: int
+    full_hyper: bool  # condition each slice on the full hyper means/scales (paper) or its own slice
+    levels: int = 8  # gain vectors, interpolated for continuous quality
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preset:
+        d = dict(d)
+        d["dims"], d["depths"] = tuple(d["dims"]), tuple(d["depths"])
+        return cls(**d)
+
+
+PRESETS: dict[str, Preset] = {
+    # the paper's configuration (about 122M parameters with paper-size slice transforms)
+    "paper": Preset(dims=(128, 192, 256, 320), depths=(3, 3, 9, 3), latent=320, hyper_width=192,
+                    z_channels=192, hyper_blocks=5, slices=10, support=5, slice_width=224,
+                    slice_blocks=2, full_hyper=True),
+    # what we ship: small enough to train in our GPU budget and to decode fast on a CPU
+    "compact": Preset(dims=(64, 96, 144, 192), depths=(2, 2, 4, 2), latent=192, hyper_width=128,
+                      z_channels=128, hyper_blocks=1, slices=8, support=4, slice_width=96,
+                      slice_blocks=1, full_hyper=False),
+}
+
+
+class HyperSynthesis(nn.Module):
+    """h_s, exact: z_hat -> (hyper means, hyper scales) at the latent resolution."""
+
+    def __init__(self, z_channels: int, width: int, latent: int, blocks: int) -> None:
+        super().__init__()
+        self.inp = ExactPointwise(z_channels, width)
+        self.stage0 = nn.Sequential(*[ExactBlock(width, 5) for _ in range(blocks)])
+        self.up1 = ExactUp(width, width)
+        self.stage1 = ExactBlock(width, 5)
+        self.up2 = ExactUp(width, width)
+        self.out = ExactPointwise(width, 2 * latent, init_scale=0.5)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.stage0(self.inp(z))
+        h = self.stage1(self.up1(F.relu(h)))
+        return self.out(self.up2(F.relu(h)))
+
+
+class ConvNeXtCharm(nn.Module):
+    def __init__(self, preset: Preset) -> None:
+        super().__init__()
+        p = self.preset = preset
+        m, s = p.latent, p.slices
+        if m % s:
+            raise ValueError("latent channels must divide into slices")
+        self.slice_ch = m // s
+        self.g_a = Analysis(p.dims, p.depths, m)
+        self.g_s = Synthesis(p.dims, p.depths, m)
+        self.h_a = HyperAnalysis(m, p.hyper_width, p.z_channels, p.hyper_blocks)
+        self.h_s = HyperSynthesis(p.z_channels, p.hyper_width, m, p.hyper_blocks)
+        hyper_in = m if p.full_hyper else self.slice_ch
+        self.mean_tf = nn.ModuleList()
+        self.scale_tf = nn.ModuleList()
+        self.lrp_tf = nn.ModuleList()
+        for i in range(s):
+            cin = hyper_in + self.slice_ch * min(i, p.support)
+            self.mean_tf.append(ExactMLPHead(cin, p.slice_width, self.slice_ch, p.slice_blocks))
+            self.scale_tf.append(ExactMLPHead(cin, p.slice_width, self.slice_ch, p.slice_blocks))
+            self.lrp_tf.append(ExactMLPHead(cin + self.slice_ch, p.slice_width, self.slice_ch, p.slice_blocks))
+        # gain vectors: level 0 = lowest quality. Initialised log-spaced 0.25 .. 4.
+        init = torch.linspace(math.log(0.25), math.log(4.0), p.levels)[:, None].repeat(1, m)
+        self.log_gain = nn.Parameter(init.clone())
+        self.log_inv_gain = nn.Parameter(-init.clone())
+        self.entropy_bottleneck = EntropyBottleneck(p.z_channels)
+        self.gaussian_conditional = GaussianConditional(None)
+        self.register_buffer("scale_table", torch.tensor(scale_table(), dtype=torch.float32))
+
+    # ---- variable rate -------------------------------------------------------------------
+    def gains(self, q: Tensor) -> tuple[Tensor, Tensor]:
+        """Gain and inverse gain for qualities ``q`` (N,), interpolated log-linearly between levels."""
+        levels = self.preset.levels
+        s = q.clamp(0.0, 100.0) / 100.0 * (levels - 1)
+        i = torch.floor(s).clamp(max=levels - 2).long()
+        t = (s - i.to(s.dtype))[:, None]
+        lg = (1 - t) * self.log_gain[i] + t * self.log_gain[i + 1]
+        lig = (1 - t) * self.log_inv_gain[i] + t * self.log_inv_gain[i + 1]
+        return torch.exp(lg)[:, :, None, None], torch.exp(lig)[:, :, None, None]
+
+    # ---- entropy parameters (shared by training, encoding and decoding) --------------------
+    def hyper(self, z_hat: Tensor, exact: bool) -> tuple[Tensor, Tensor]:
+        h = self.h_s(enter_grid(z_hat, exact))
+        return h.chunk(2, dim=1)
+
+    def _support(self, i: int, hyper: Tensor, decoded: list[Tensor]) -> Tensor:
+        p = self.preset
+        part = hyper if p.full_hyper else hyper[:, i * self.slice_ch : (i + 1) * self.slice_ch]
+        prev = decoded[max(0, i - p.support) : i]
+        return torch.cat([part, *prev], dim=1)
+
+    def slice_params(self, i: int, means_h: Tensor, scales_h: Tensor, decoded: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean and scale of slice ``i``; also returns the mean support (reused by LRP)."""
+        mean_sup = self._support(i, means_h, decoded)
+        mu = self.mean_tf[i](mean_sup)
+        scale = self.scale_tf[i](self._support(i, scales_h, decoded))
+        return mu, scale, mean_sup
+
+    def lrp(self, i: int, mean_sup: Tensor, y_hat_i: Tensor) -> Tensor:
+        r = self.lrp_tf[i](torch.cat([mean_sup, y_hat_i], dim=1))
+        return torch.clamp(r, -LRP_BOUND, LRP_BOUND)
+
+    def scale_indexes(self, scale: Tensor) -> Tensor:
+        """Index into the scale table: the number of table entries (but the last) below ``scale``."""
+        table = self.scale_table.to(scale.dtype)[:-1].contiguous()
+        return torch.bucketize(scale.contiguous(), table, right=False)
+
+    # ---- training --------------------------------------------------------------------------
+    def forward(self, x: Tensor, q: Tensor) -> dict[str, Tensor]:
+        """Training/evaluation pass with noise-based rate estimates (no entropy coding)."""
+        gain, inv_gain = self.gains(q)
+        y = self.g_a(x)
+        yg = y.float() * gain
+        z = self.h_a(yg).float()
+        _, z_lik = self.entropy_bottleneck(z)
+        med = self.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
+        z_hat = ste(z - med, round_half_up) + med
+        means_h, scales_h = self.hyper(z_hat, exact=False)
+        decoded: list[Tensor] = []
+        liks = []
+        for i, y_i in enumerate(yg.chunk(self.preset.slices, dim=1)):
+            mu, scale, mean_sup = self.slice_params(i, means_h, scales_h, decoded)
+            _, lik = self.gaussian_conditional(y_i, scale, means=mu)
+            liks.append(lik)
+            y_hat_i = to_grid(ste(y_i - mu, round_half_up) + mu)
+            y_hat_i = y_hat_i + self.lrp(i, mean_sup, y_hat_i)
+            decoded.append(y_hat_i)
+        y_hat = torch.cat(decoded, dim=1)
+        x_hat = self.g_s(y_hat * inv_gain)
+        return {"x_hat": x_hat, "y_lik": torch.cat(liks, dim=1), "z_lik": z_lik}
+
+    def aux_loss(self) -> Tensor:
+        return self.entropy_bottleneck.loss()
+
+    def update_tables(self) -> None:
+        """Build the CDF tables that ship with the weights (never rebuilt on a decoding machine)."""
+        self.entropy_bottleneck.update(force=True)
+        self.gaussian_conditional.update_scale_table(self.scale_table.tolist(), force=True)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(preset: str | Preset) -> ConvNeXtCharm:
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+        preset = PRESETS[preset]
+    return ConvNeXtCharm(preset)
+
+
+TABLE_BUFFERS = (
+    "entropy_bottleneck._quantized_cdf",
+    "entropy_bottleneck._offset",
+    "entropy_bottleneck._cdf_length",
+    "gaussian_conditional._quantized_cdf",
+    "gaussian_conditional._offset",
+    "gaussian_conditional._cdf_length",
+    "gaussian_conditional.scale_table",
+)
+
+
+def load_state(model: ConvNeXtCharm, state: dict[str, Tensor]) -> None:
+    """Load weights + CDF tables; the table buffers change shape, so they are resized first."""
+    for name in TABLE_BUFFERS:
+        if name in state:
+            mod_name, buf = name.rsplit(".", 1)
+            mod = model.get_submodule(mod_name)
+            setattr(mod, buf, torch.empty_like(state[name], device=getattr(mod, buf).device))
+    model.load_state_dict(state, strict=True)

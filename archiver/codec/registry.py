@@ -1,0 +1,117 @@
+"""Model registry: model id -> shipped safetensors file, its sha256 and its architecture.
+
+Why a registry with hashes: a bitstream names the model id and the weights' sha256. Decoding it
+years later must use exactly those weights, so files are never replaced under an existing id
+(a better model gets a new id) and every load checks the hash. Weights are loaded with
+safetensors only — never unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ..errors import UnknownModelError, WeightsIntegrityError
+from .model import ConvNeXtCharm, Preset, build_model, load_state
+
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+REGISTRY_FILE = WEIGHTS_DIR / "registry.json"
+DEFAULT_MODEL = "compact-v1"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    model_id: str
+    file: Path
+    sha256: str
+    preset: Preset
+    info: dict
+
+
+def read_registry(path: Path | None = None) -> dict[str, ModelEntry]:
+    path = path or REGISTRY_FILE  # looked up at call time, so tests and tools can point elsewhere
+    if not path.exists():
+        return {}
+    raw = json.loads(path.read_text())
+    out = {}
+    for mid, e in raw.get("models", {}).items():
+        out[mid] = ModelEntry(mid, path.parent / e["file"], e["sha256"], Preset.from_dict(e["preset"]), e.get("info", {}))
+    return out
+
+
+def resolve(model_id: str) -> ModelEntry:
+    reg = read_registry()
+    if model_id not in reg:
+        known = ", ".join(sorted(reg)) or "none"
+        raise UnknownModelError(f"unknown model id {model_id!r} (this installation knows: {known})")
+    return reg[model_id]
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_model(model_id: str, device: torch.device | str = "cpu") -> tuple[ConvNeXtCharm, ModelEntry]:
+    """Build the architecture, verify the file's sha256, load weights + shipped CDF tables."""
+    entry = resolve(model_id)
+    if not entry.file.exists():
+        raise WeightsIntegrityError(f"weights file for {model_id!r} is missing: {entry.file}")
+    blob = entry.file.read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != entry.sha256:
+        raise WeightsIntegrityError(
+            f"weights for {model_id!r} do not match the registry: sha256 {digest[:16]}..., expected {entry.sha256[:16]}..."
+        )
+    state = st_load(blob)
+    model = build_model(entry.preset)
+    state = {k: (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v) for k, v in state.items()}
+    load_state(model, state)
+    model.eval().requires_grad_(False)
+    return model.to(device), entry
+
+
+def _is_exact_param(name: str) -> bool:
+    return name.startswith(("h_s.", "mean_tf.", "scale_tf.", "lrp_tf."))
+
+
+def export_state(model: ConvNeXtCharm) -> dict[str, torch.Tensor]:
+    """State for shipping: float transforms in fp16 (half the size, and they only shape pixels or
+    the encoder's choices); exact-layer weights in fp32/fp64 so their grid values survive; CDF
+    tables as built."""
+    model.update_tables()
+    out = {}
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        if t.is_floating_point():
+            if _is_exact_param(name):
+                t = t.double() if name.endswith(".bias") else t.float()
+            elif name.startswith(("log_gain", "log_inv_gain", "entropy_bottleneck", "gaussian_conditional", "scale_table")):
+                t = t.float()
+            else:
+                t = t.half()
+        out[name] = t
+    return out
+
+
+def save_weights(model: ConvNeXtCharm, path: Path, meta: dict[str, str] | None = None) -> str:
+    """Write safetensors and return the sha256 of the file."""
+    data = st_save(export_state(model), metadata={"preset": json.dumps(model.preset.to_dict()), **(meta or {})})
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def register(model_id: str, path: Path, sha256: str, preset: Preset, info: dict, registry: Path | None = None) -> None:
+    registry = registry or REGISTRY_FILE
+    raw = json.loads(registry.read_text()) if registry.exists() else {"models": {}}
+    if model_id in raw["models"] and raw["models"][model_id]["sha256"] != sha256:
+        raise ValueError(
+            f"model id {model_id!r} is already registered with other weights; bitstreams depend on it — use a new id"
+        )
+    raw["models"][model_id] = {"file": path.name, "sha256": sha256, "preset": preset.to_dict(), "info": info}
+    registry.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,669 @@
+"""The archive pipeline: one object, and the job loop over a listing.
+
+Order of operations for one object, and why it is safe to kill the process at any point::
+
+    fetch (size cap) -> sniff -> decode pixels -> encode at the target PSNR
+    -> decode the real bitstream, measure PSNR / MS-SSIM against the original pixels
+    -> accept only if PSNR >= min_psnr and saving >= min_saving
+    -> write the container -> read it back, compare size and sha256
+    -> record the result (and the archived-object ledger row) in one transaction
+    -> only then, and only with replace=True, delete the original
+
+A crash before the record leaves the original untouched (a stray container may exist and is
+simply overwritten by the rerun). A crash after the record and before the delete leaves both;
+the rerun sees the ledger row, re-verifies the stored container and then deletes. So at every
+instant there is either the original or a verified bitstream plus its database row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .codec.api import Codec
+from .db.models import ArchivedObject, Job, Result, utcnow
+from .errors import ArchiverError, ContainerError, ImageRejected, StorageError
+from .images import load_image, sniff
+from .metrics import ms_ssim, psnr
+from .storage import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PSNR_MARGIN = 0.05  # aim a hair above the threshold; the verification decode is the judge
+
+
+@dataclass
+class PipelineOptions:
+    min_psnr: float = 40.0
+    min_saving: float = 0.1
+    replace: bool = False
+    dry_run: bool = False
+    max_object_bytes: int = 256 * 1024 * 1024
+    max_pixels: int = 120_000_000
+    suffix: str = ".cxa"
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class Outcome:
+    """Everything learnt about one object; becomes one ``results`` row."""
+
+    key: str
+    status: str  # accepted | rejected | failed | skipped
+    original_bytes: int = 0
+    etag: str | None = None
+    version_id: str | None = None
+    reason_code: str | None = None
+    reason: str | None = None
+    content_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+    compressed_bytes: int | None = None
+    compressed_sha256: str | None = None
+    psnr: float | None = None
+    ms_ssim: float | None = None
+    bpp: float | None = None
+    quality: float | None = None
+    dest_url: str | None = None
+    original_deleted: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    gpu_seconds: float | None = None
+    device: str | None = None
+
+    @property
+    def saved_bytes(self) -> int:
+        if self.status != "accepted" or self.compressed_bytes is None:
+            return 0
+        return self.original_bytes - self.compressed_bytes
+
+
+def dest_key(key: str, opts: PipelineOptions) -> str:
+    return key + opts.suffix
+
+
+#: Transient storage errors (throttling, 5xx, dropped connections) on one step of one object
+#: are retried this many times in all, with exponential backoff, before the object is recorded
+#: as ``failed``. Module-level so that deployments (and tests) can tune them.
+RETRY_ATTEMPTS = 4
+RETRY_WAIT_MULTIPLIER = 0.5  # seconds; waits 0.5, 1, 2, ... between attempts
+RETRY_WAIT_MAX = 8.0
+
+#: ``ArchiverError`` codes that mean "this object cannot be archived under the policy"
+#: (status ``rejected``); any other error is a ``failed`` object that a rerun may fix.
+_REJECT_CODES = frozenset({"psnr_unreachable", "too_large"})
+
+
+class GaveUp(StorageError):
+    """A transient storage error that persisted through every retry."""
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int | None = None) -> T:
+    """Run one storage step, retrying transient :class:`StorageError` with exponential backoff.
+
+    Only the storage step is retried, never the encode: a flaky bucket must not cost GPU time.
+    Past the cap a :class:`GaveUp` (not transient, same ``code``) is raised.
+    """
+    from tenacity import (
+        RetryError,
+        Retrying,
+        retry_if_exception,
+        stop_after_attempt,
+        wait_exponential,
+    )
+
+    n = RETRY_ATTEMPTS if attempts is None else attempts
+    try:
+        for attempt in Retrying(stop=stop_after_attempt(max(1, n)),
+                                wait=wait_exponential(multiplier=RETRY_WAIT_MULTIPLIER, max=RETRY_WAIT_MAX),
+                                retry=retry_if_exception(lambda e: isinstance(e, StorageError) and e.transient),
+                                reraise=False):
+            with attempt:
+                return fn()
+    except RetryError as e:
+        err = e.last_attempt.exception()
+        raise GaveUp(f"{what}: gave up after {n} attempts: {err}", code=getattr(err, "code", "storage_error"),
+                     transient=False) from err
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _verify_stored(dst: ObjectStore, key: str, data_len: int, sha: str, max_bytes: int) -> None:
+    back = dst.get(key, max_bytes=max(max_bytes, data_len))
+    if len(back) != data_len or hashlib.sha256(back).hexdigest() != sha:
+        raise StorageError(f"read-back of {key} does not match what was written", code="readback_mismatch", transient=True)
+
+
+def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: Codec, opts: PipelineOptions,
+                   codec_lock: threading.Lock | None = None) -> Outcome:
+    """Recompress and verify one object, and (unless dry-run) write and re-read its container.
+
+    Never deletes anything and never raises for a bad object or a storage failure: the outcome
+    says what happened. Transient storage errors are retried per step (:func:`with_retries`);
+    an object whose fetch or write keeps failing ends ``failed`` with the error's code.
+    """
+    out = Outcome(key=info.key, status="failed", original_bytes=info.size, etag=info.etag, version_id=info.version_id,
+                  device=codec.device_name)
+    t0 = time.perf_counter()
+    try:
+        if info.size > opts.max_object_bytes:
+            raise ArchiverError(f"object is {info.size:,} bytes, above the {opts.max_object_bytes:,}-byte limit",
+                                code="too_large")
+        # if_match: the bytes we archive are the version we listed (and record as ``etag``); an
+        # object overwritten in between fails with ``changed`` and is picked up by the next run.
+        data = with_retries(lambda: src.get(info.key, max_bytes=opts.max_object_bytes, if_match=info.etag or None),
+                            f"fetching {info.key}")
+        out.timings["fetch"] = time.perf_counter() - t0
+        out.original_bytes = len(data)
+        out.content_type = sniff(data)
+        img = load_image(data, max_pixels=opts.max_pixels)
+        out.width, out.height = img.width, img.height
+        lock = codec_lock or _NULL_LOCK
+        t1 = time.perf_counter()
+        with lock:
+            gpu0 = codec.gpu_seconds
+            enc = codec.encode_detailed(img, target_psnr=opts.min_psnr + PSNR_MARGIN)
+            out.timings["encode"] = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            dec = codec.decode(enc.data)  # the real bitstream, through the real decoder
+            out.gpu_seconds = codec.gpu_seconds - gpu0 if codec.device.type == "cuda" else 0.0
+        # dec.rgb is what a user gets back (gray modes as gray); img.rgb of a gray image is the
+        # gray replicated to three channels, i.e. already in that form.
+        p = psnr(_delivered(img.rgb, img.mode), dec.rgb)
+        out.psnr = p
+        out.ms_ssim = ms_ssim(_delivered(img.rgb, img.mode), dec.rgb)
+        out.timings["verify"] = time.perf_counter() - t2
+        out.quality = enc.quality
+        out.compressed_bytes = len(enc.data)
+        out.compressed_sha256 = hashlib.sha256(enc.data).hexdigest()
+        out.bpp = len(enc.data) * 8 / (img.width * img.height)
+        if (dec.alpha is None) != (img.alpha is None) or (
+                img.alpha is not None and not np.array_equal(dec.alpha, img.alpha)):
+            raise ContainerError("alpha plane did not survive the round trip", code="alpha_mismatch")
+        if p < opts.min_psnr:
+            out.status, out.reason_code = "rejected", "psnr_below_threshold"
+            out.reason = f"verified PSNR {p:.2f} dB < {opts.min_psnr:.2f} dB"
+            return out
+        saving = 1.0 - len(enc.data) / max(1, len(data))
+        if saving < opts.min_saving:
+            out.status, out.reason_code = "rejected", "insufficient_saving"
+            out.reason = f"saving {saving:.1%} < {opts.min_saving:.1%} ({len(data):,} -> {len(enc.data):,} bytes)"
+            return out
+        if not opts.dry_run:
+            t3 = time.perf_counter()
+            k = dest_key(info.key, opts)
+
+            def write_and_verify() -> None:
+                dst.put(k, enc.data, metadata={"sha256": out.compressed_sha256, "source-etag": info.etag or "",
+                                               "model-id": codec.model_id}, content_type="application/x-cxa")
+                _verify_stored(dst, k, len(enc.data), out.compressed_sha256, opts.max_object_bytes)
+
+            with_retries(write_and_verify, f"writing {dst.url_for(k)}")
+            out.dest_url = dst.url_for(k)
+            out.timings["write"] = time.perf_counter() - t3
+        out.status = "accepted"
+        return out
+    except StorageError as e:  # ObjectTooLarge: it grew past the cap after it was listed
+        out.status = "rejected" if e.code == "too_large" else "failed"
+        out.reason_code, out.reason = e.code, str(e)
+        return out
+    except ImageRejected as e:
+        out.status, out.reason_code, out.reason = "rejected", e.code, str(e)
+        return out
+    except ArchiverError as e:
+        out.status = "rejected" if e.code in _REJECT_CODES else "failed"
+        out.reason_code, out.reason = e.code, str(e)
+        return out
+    except Exception as e:  # a bug or an unexpected library error: record it, keep the batch going
+        log.exception("unexpected error on %s", info.key)
+        out.status, out.reason_code, out.reason = "failed", "internal_error", f"{type(e).__name__}: {e}"
+        return out
+    finally:
+        out.timings["total"] = time.perf_counter() - t0
+
+
+def _delivered(rgb, mode: str):
+    from .codec.api import delivered
+
+    return delivered(rgb, mode)
+
+
+class _NullLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+_NULL_LOCK = _NullLock()
+
+
+# ---- database --------------------------------------------------------------------------------
+
+def record_outcome(session: Session, job_id: int, bucket: str, model_id: str, out: Outcome, worker: str | None = None) -> Result:
+    """Upsert the job's row for this object and, for an accepted write, the ledger row — atomically."""
+    row = session.execute(
+        select(Result).where(Result.job_id == job_id, Result.bucket == bucket, Result.key == out.key)
+    ).scalar_one_or_none()
+    if row is None:
+        row = Result(job_id=job_id, bucket=bucket, key=out.key, model_id=model_id, attempts=0)
+        session.add(row)
+    row.attempts = (row.attempts or 0) + 1
+    for f in ("etag", "version_id", "content_type", "width", "height", "original_bytes", "compressed_bytes", "psnr",
+              "ms_ssim", "bpp", "quality", "status", "reason_code", "reason", "dest_url", "compressed_sha256",
+              "original_deleted", "gpu_seconds", "device"):
+        setattr(row, f, getattr(out, f))
+    row.t_fetch = out.timings.get("fetch")
+    row.t_encode = out.timings.get("encode")
+    row.t_verify = out.timings.get("verify")
+    row.t_write = out.timings.get("write")
+    row.t_total = out.timings.get("total")
+    row.worker = worker
+    session.flush()
+    if out.status == "accepted" and out.dest_url and out.etag:
+        ledger = session.execute(
+            select(ArchivedObject).where(ArchivedObject.bucket == bucket, ArchivedObject.key == out.key,
+                                         ArchivedObject.etag == out.etag, ArchivedObject.model_id == model_id)
+        ).scalar_one_or_none()
+        if ledger is None:
+            ledger = ArchivedObject(bucket=bucket, key=out.key, etag=out.etag, model_id=model_id)
+            session.add(ledger)
+        ledger.result_id = row.id
+        ledger.dest_url = out.dest_url
+        ledger.compressed_sha256 = out.compressed_sha256 or ""
+        ledger.compressed_bytes = out.compressed_bytes or 0
+        ledger.original_bytes = out.original_bytes
+        ledger.original_deleted = False  # we just read the original: it exists
+    return row
+
+
+def _record(session_factory: sessionmaker, job_id: int, bucket: str, model_id: str, out: Outcome,
+            worker: str | None) -> int:
+    """``record_outcome`` in its own transaction; returns the result row's id."""
+    with session_factory() as s:
+        for attempt in range(3):
+            try:
+                row = record_outcome(s, job_id, bucket, model_id, out, worker)
+                s.commit()
+                return row.id
+            except IntegrityError:  # a concurrent worker recorded the same object: retry as update
+                s.rollback()
+                if attempt == 2:
+                    raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def already_archived(session: Session, bucket: str, info: ObjectInfo, model_id: str) -> ArchivedObject | None:
+    if not info.etag:
+        return None
+    return session.execute(
+        select(ArchivedObject).where(ArchivedObject.bucket == bucket, ArchivedObject.key == info.key,
+                                     ArchivedObject.etag == info.etag, ArchivedObject.model_id == model_id)
+    ).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class _LedgerView:
+    """The ledger fields needed outside a session (no network I/O is done while one is open)."""
+
+    id: int
+    etag: str
+    result_id: int | None
+    dest_url: str
+    compressed_sha256: str
+    compressed_bytes: int
+
+    @classmethod
+    def of(cls, row: ArchivedObject | None) -> _LedgerView | None:
+        if row is None:
+            return None
+        return cls(row.id, row.etag, row.result_id, row.dest_url, row.compressed_sha256, row.compressed_bytes)
+
+
+def container_matches(dst: ObjectStore, key: str, ledger: _LedgerView, opts: PipelineOptions) -> bool:
+    """Is the container the ledger names present at this destination, with its recorded size and sha256?
+
+    A cheap HEAD (size + our sha256 metadata); the full read-back happens before any delete.
+    """
+    dk = dest_key(key, opts)
+    if ledger.dest_url != dst.url_for(dk):
+        return False
+    head = dst.head(dk)
+    return head is not None and head.size == ledger.compressed_bytes and head.sha256 == ledger.compressed_sha256
+
+
+def delete_original(session_factory: sessionmaker, src: ObjectStore, dst: ObjectStore, bucket: str, key: str,
+                    ledger_id: int, opts: PipelineOptions, result_ids: tuple[int, ...] = ()) -> bool:
+    """Delete an original whose container is recorded, after re-reading and re-hashing that container.
+
+    Returns True when the original is gone (deleted now, or already missing); the ledger row, the
+    result row that archived it and ``result_ids`` are then marked ``original_deleted``. Returns
+    False when the original changed since it was archived (it is kept). Raises ``StorageError``
+    when the container cannot be verified: the original is then kept.
+    """
+    with session_factory() as s:
+        led = _LedgerView.of(s.get(ArchivedObject, ledger_id))
+    if led is None:
+        return False
+    dk = dest_key(key, opts)
+    if led.dest_url != dst.url_for(dk):
+        raise StorageError(f"not deleting {key}: its container is recorded at {led.dest_url}, not at "
+                           f"{dst.url_for(dk)}", code="dest_mismatch")
+    with_retries(lambda: _verify_stored(dst, dk, led.compressed_bytes, led.compressed_sha256, opts.max_object_bytes),
+                 f"re-verifying {dst.url_for(dk)}")
+    current = with_retries(lambda: src.head(key), f"checking {key}")
+    if current is not None:
+        if current.etag != led.etag:
+            log.warning("not deleting %s: it changed since it was archived", key)
+            return False
+        with_retries(lambda: src.delete(key), f"deleting {key}")
+    with session_factory() as s:
+        ledger = s.get(ArchivedObject, ledger_id)
+        if ledger is not None:
+            ledger.original_deleted = True
+        for rid in {led.result_id, *result_ids} - {None}:
+            r = s.get(Result, rid)
+            if r is not None:
+                r.original_deleted = True
+        s.commit()
+    return True
+
+
+# ---- the job loop ----------------------------------------------------------------------------
+
+@dataclass
+class JobSummary:
+    job_id: int
+    seen: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    failed: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def add(self, out: Outcome) -> None:
+        self.seen += 1
+        setattr(self, out.status, getattr(self, out.status) + 1)
+        if out.status == "accepted":
+            self.bytes_before += out.original_bytes
+            self.bytes_after += out.compressed_bytes or 0
+        if out.reason_code and out.status in ("rejected", "failed"):
+            self.reasons[out.reason_code] = self.reasons.get(out.reason_code, 0) + 1
+
+    @property
+    def saved_bytes(self) -> int:
+        return self.bytes_before - self.bytes_after
+
+
+def iter_source(src: ObjectStore, opts: PipelineOptions, limit: int | None = None) -> Iterator[ObjectInfo]:
+    """Stream the listing, leaving out our own containers."""
+    n = 0
+    for info in src.list():
+        if info.key.endswith(opts.suffix):
+            continue
+        yield info
+        n += 1
+        if limit is not None and n >= limit:
+            return
+
+
+#: job statuses a rerun continues: never finished (crash, kill) or stopped by an error/Ctrl-C
+RESUMABLE_STATUSES = ("pending", "running", "failed")
+
+
+def find_resumable_job(session: Session, source: str, dest: str | None, opts: PipelineOptions, model_id: str) -> Job | None:
+    """An unfinished job with the same source, destination and settings: a rerun continues it.
+
+    "Unfinished" includes ``failed`` (interrupted by an exception or Ctrl-C), not ``finished``
+    (a rerun after a finished job is a new job, whose already-archived objects are ``skipped``)
+    nor ``cancelled``.
+    """
+    for job in session.execute(
+        select(Job).where(Job.source == source, Job.status.in_(RESUMABLE_STATUSES), Job.kind == "recompress")
+        .order_by(Job.id.desc())
+    ).scalars():
+        if job.dest == dest and job.model_id == model_id and (job.settings or {}).get("options") == opts.as_dict():
+            return job
+    return None
+
+
+def create_job(session: Session, source: str, dest: str | None, opts: PipelineOptions, model_id: str,
+               kind: str = "recompress", extra: dict | None = None) -> Job:
+    job = Job(kind=kind, source=source, dest=dest, model_id=model_id, status="running", started_at=utcnow(),
+              settings={"options": opts.as_dict(), "host": socket.gethostname(), "pid": os.getpid(), **(extra or {})})
+    session.add(job)
+    session.commit()
+    return job
+
+
+FINAL_STATUSES = ("accepted", "rejected", "skipped")
+
+
+def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: ObjectStore, codec: Codec,
+                  opts: PipelineOptions, session_factory: sessionmaker, codec_lock: threading.Lock | None = None,
+                  worker: str | None = None) -> Outcome:
+    """The full per-object step shared by the CLI loop and the Celery task: skip-or-process,
+    record, then (with replace) delete the original.
+
+    * This job already has a final row for this version of the object: return it (a resumed job
+      re-does nothing), unless its original is still to be deleted.
+    * The ledger has this version with this model and its container is still at the destination
+      with the recorded size and sha256: ``skipped`` (``already_archived``), no re-encoding.
+      A ledger entry whose container is gone or differs is not trusted: the object is recompressed.
+    * Otherwise process, and record the outcome (and the ledger row) in one transaction.
+    * Only then, with ``replace``, delete the original (after re-verifying the container).
+
+    Raises only for database errors; storage and image problems become the outcome.
+    """
+    bucket = src.bucket
+    with session_factory() as s:
+        done = s.execute(select(Result).where(Result.job_id == job_id, Result.bucket == bucket, Result.key == info.key)
+                         ).scalar_one_or_none()
+        prior = _outcome_from_row(done) if done is not None and done.etag == info.etag else None
+        prior_id = done.id if prior is not None else None
+        led = None if opts.dry_run else _LedgerView.of(already_archived(s, bucket, info, codec.model_id))
+    wants_delete = opts.replace and not opts.dry_run
+    if prior is not None and prior.status in FINAL_STATUSES:
+        if not (wants_delete and prior.status in ("accepted", "skipped") and not prior.original_deleted):
+            return prior
+        if led is None:  # no ledger row (the store gives no etag): nothing proves a container exists
+            return prior
+
+    out: Outcome | None = None
+    if led is not None:
+        try:
+            ok = with_retries(lambda: container_matches(dst, info.key, led, opts),
+                              f"checking the container of {info.key}")
+        except StorageError as e:
+            if prior is not None and prior.status in ("accepted", "skipped"):
+                # only this job's pending delete was left: keep its row as it is, keep the original
+                log.warning("kept the original of %s: cannot check its container: %s", info.key, e)
+                return prior
+            out = Outcome(key=info.key, status="failed", original_bytes=info.size, etag=info.etag,
+                          version_id=info.version_id, reason_code=e.code,
+                          reason=f"cannot check the archived container: {e}", device=codec.device_name)
+            _record(session_factory, job_id, bucket, codec.model_id, out, worker)
+            return out
+        if not ok:
+            log.warning("%s is in the ledger as archived at %s, but that container is missing or differs at "
+                        "%s: recompressing", info.key, led.dest_url, dst.url_for(dest_key(info.key, opts)))
+            led = None
+
+    if led is not None and prior is not None and prior.status in ("accepted", "skipped"):
+        out = prior  # recorded by this job before an interruption; only the delete is left
+    elif led is not None:
+        out = Outcome(key=info.key, status="skipped", original_bytes=info.size, etag=info.etag,
+                      version_id=info.version_id, reason_code="already_archived",
+                      reason=f"unchanged since archived with {codec.model_id}", dest_url=led.dest_url,
+                      compressed_sha256=led.compressed_sha256, device=codec.device_name)
+        prior_id = _record(session_factory, job_id, bucket, codec.model_id, out, worker)
+    else:
+        out = process_object(info, src, dst, codec, opts, codec_lock)
+        prior_id = _record(session_factory, job_id, bucket, codec.model_id, out, worker)
+        if out.status == "accepted" and not opts.dry_run:
+            with session_factory() as s:
+                led = _LedgerView.of(already_archived(s, bucket, info, codec.model_id))
+
+    if wants_delete and led is not None and out.status in ("accepted", "skipped"):
+        try:
+            if delete_original(session_factory, src, dst, bucket, info.key, led.id, opts,
+                               result_ids=(prior_id,) if prior_id else ()):
+                out.original_deleted = True
+        except StorageError as e:
+            log.warning("kept the original of %s: %s", info.key, e)
+            out.reason = f"original kept: {e}"
+            with session_factory() as s:
+                row = s.get(Result, prior_id) if prior_id else None
+                if row is not None:
+                    row.reason = out.reason
+                    s.commit()
+    return out
+
+
+def _process_with_retries(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: Codec, opts: PipelineOptions,
+                          codec_lock: threading.Lock | None, attempts: int | None = None) -> Outcome:
+    """Kept for callers of the earlier API: ``process_object`` now retries each storage step."""
+    return process_object(info, src, dst, codec, opts, codec_lock)
+
+
+def _outcome_from_row(r: Result) -> Outcome:
+    return Outcome(key=r.key, status=r.status, original_bytes=r.original_bytes, etag=r.etag, version_id=r.version_id,
+                   reason_code=r.reason_code, reason=r.reason, content_type=r.content_type, width=r.width,
+                   height=r.height, compressed_bytes=r.compressed_bytes, compressed_sha256=r.compressed_sha256,
+                   psnr=r.psnr, ms_ssim=r.ms_ssim, bpp=r.bpp, quality=r.quality, dest_url=r.dest_url,
+                   original_deleted=r.original_deleted, device=r.device)
+
+
+def reconcile_deleted(session_factory: sessionmaker, job_id: int, src: ObjectStore, model_id: str) -> int:
+    """Mark ``original_deleted`` on this job's archived rows whose original is gone.
+
+    A kill between deleting an original and committing that fact leaves the row saying the
+    original exists; the object is no longer listed, so no later run would look at it again.
+    Only rows of this job that are archived (``accepted``/``skipped`` with a verified container
+    in the ledger) and not yet marked are checked, one HEAD each: after a clean run that is the
+    handful whose delete failed. Returns how many rows were corrected.
+    """
+    with session_factory() as s:
+        todo = [(r.id, r.key, r.etag) for r in s.execute(
+            select(Result).where(Result.job_id == job_id, Result.bucket == src.bucket,
+                                 Result.status.in_(("accepted", "skipped")), Result.original_deleted.is_(False))
+        ).scalars()]
+    fixed = 0
+    for rid, key, etag in todo:
+        try:
+            gone = with_retries(lambda k=key: src.head(k), f"checking {key}") is None
+        except StorageError as e:
+            log.warning("cannot check whether the original of %s still exists: %s", key, e)
+            continue
+        if not gone:
+            continue
+        with session_factory() as s:
+            led = s.execute(select(ArchivedObject).where(
+                ArchivedObject.bucket == src.bucket, ArchivedObject.key == key, ArchivedObject.etag == etag,
+                ArchivedObject.model_id == model_id)).scalar_one_or_none()
+            if led is None:  # never archived (e.g. a dry run): nothing says a container exists
+                continue
+            led.original_deleted = True
+            s.get(Result, rid).original_deleted = True
+            if led.result_id and led.result_id != rid:
+                r = s.get(Result, led.result_id)
+                if r is not None:
+                    r.original_deleted = True
+            s.commit()
+            fixed += 1
+    if fixed:
+        log.info("job %s: %d original(s) were already deleted; rows corrected", job_id, fixed)
+    return fixed
+
+
+def finish_job(session_factory: sessionmaker, job_id: int, status: str = "finished", error: str | None = None) -> None:
+    with session_factory() as s:
+        job = s.get(Job, job_id)
+        if job is not None and job.status not in ("cancelled",):
+            job.status = status
+            job.error = error
+            job.finished_at = utcnow()
+            s.commit()
+
+
+def run_job(*, src: ObjectStore, dst: ObjectStore, source_url: str, dest_url: str | None, codec: Codec,
+            opts: PipelineOptions, session_factory: sessionmaker, limit: int | None = None, workers: int = 1,
+            on_outcome: Callable[[Outcome, JobSummary], None] | None = None, new_job: bool = False) -> JobSummary:
+    """Run (or resume) a recompression job in this process.
+
+    ``workers`` threads overlap downloads, image decoding, uploads and database writes with the
+    codec, which runs one image at a time under a lock (it already uses every core or the GPU).
+    """
+    with session_factory() as s:
+        job = None if new_job else find_resumable_job(s, source_url, dest_url, opts, codec.model_id)
+        if job is None:
+            job = create_job(s, source_url, dest_url, opts, codec.model_id)
+        else:
+            log.info("resuming job %s", job.id)
+            job.status, job.error, job.finished_at = "running", None, None
+            job.started_at = job.started_at or utcnow()
+            s.commit()
+        job_id = job.id
+    summary = JobSummary(job_id=job_id)
+    t0 = time.perf_counter()
+    lock = threading.Lock()
+    bytes_listed = 0
+
+    def one(info: ObjectInfo) -> Outcome:
+        return handle_object(info, job_id=job_id, src=src, dst=dst, codec=codec, opts=opts,
+                             session_factory=session_factory, codec_lock=lock)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            pending: set[Future] = set()
+            for info in iter_source(src, opts, limit):
+                bytes_listed += info.size
+                pending.add(pool.submit(one, info))
+                if len(pending) >= 2 * max(1, workers):
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        _collect(f, summary, on_outcome)
+            for f in pending:
+                _collect(f, summary, on_outcome)
+        if opts.replace and not opts.dry_run:
+            reconcile_deleted(session_factory, job_id, src, codec.model_id)
+        with session_factory() as s:
+            job = s.get(Job, job_id)
+            job.objects_listed = summary.seen
+            job.bytes_listed = bytes_listed
+            s.commit()
+        finish_job(session_factory, job_id)
+    except BaseException as e:
+        finish_job(session_factory, job_id, "failed", f"{type(e).__name__}: {e}")
+        raise
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _collect(f: Future, summary: JobSummary, on_outcome) -> None:
+    out = f.result()
+    summary.add(out)
+    if out.original_deleted:
+        summary.deleted += 1
+    if on_outcome:
+        on_outcome(out, summary)

@@ -1,0 +1,437 @@
+"""The ROI report: what the archive saved, what it cost, and when it pays for itself.
+
+Everything is computed from ``results`` rows (one row per object per job), so the report can be
+regenerated at any time and filtered after the fact. Counts, byte sums, reasons and compute time
+are SQL aggregates (``GROUP BY`` in the database, identical on SQLite and PostgreSQL); the
+distributions (PSNR / bpp percentiles and histograms), the per-prefix breakdown and the timeline
+need the individual values and are computed from one streamed pass over the rows (``yield_per``;
+memory: two float arrays of 8 bytes per accepted object, one entry per prefix, <= 200 time bins).
+
+Definitions (also printed in every format, under "assumptions"):
+
+* **saved bytes** = sum over *accepted* rows of ``original_bytes - compressed_bytes``.
+  ``saved %`` is relative to the accepted objects' original bytes; ``saved % of seen`` is
+  relative to all objects' original bytes (what the whole source shrinks by).
+* The storage saving is realised once the originals are replaced by their containers
+  (``archiver recompress --replace``) or moved to a colder tier; the report counts every accepted
+  object and shows separately how many originals have been deleted so far.
+* **GB = 10^9 bytes** (decimal, as AWS bills S3 storage). $/month = saved GB x price per
+  GB-month; $/year = 12 x $/month.
+* **Compute** is one-off: rows that ran on a GPU contribute their recorded ``gpu_seconds``
+  (accelerator-busy time); rows that ran on a CPU have no accelerator time, so their ``t_total``
+  (wall time for the object: fetch, encode, verify, write) is used as compute time. Both are
+  priced at ``gpu_price_per_hour``. Skipped rows (already archived) cost nothing.
+* **Payback** = compute cost / storage saving per month (months until cumulative storage
+  savings exceed the one-off compute cost). **Net first-year saving** = $/year - compute cost.
+* By default the report covers recompress and scheduled jobs and leaves out pilot jobs and
+  dry runs (their savings were never realised); name jobs with ``job_ids`` to include them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from ..db.models import Job, Result, utcnow
+from ..errors import ArchiverError
+
+GB = 10**9  # decimal gigabyte, as AWS bills storage
+PERCENTILES = (5, 25, 50, 75, 95)
+PROCESSED = ("accepted", "rejected", "failed")  # rows that spent compute (skipped ones did not)
+STATUSES = ("accepted", "rejected", "failed", "skipped", "pending")
+ROOT_PREFIX = "(root)"
+UNKNOWN_TYPE = "(unknown)"
+
+COMPUTE_BASIS_TEXT = {
+    "gpu_seconds": "GPU rows: recorded gpu_seconds (accelerator-busy time)",
+    "t_total": "CPU-only rows: t_total (wall time per object) used as compute time",
+}
+
+
+class ReportError(ArchiverError):
+    code = "bad_report_request"
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+
+def parse_when(text: str | None, *, end: bool = False) -> dt.datetime | None:
+    """An ISO date or datetime as an aware UTC datetime.
+
+    A bare date means the start of that day (UTC) for ``--since`` and the start of the *next*
+    day for ``--until`` (so ``--until 2026-01-31`` includes all of January 31st). Naive times are
+    taken as UTC.
+    """
+    if text is None or text == "":
+        return None
+    s = text.strip()
+    try:
+        if len(s) == 10:  # YYYY-MM-DD
+            d = dt.date.fromisoformat(s)
+            when = dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc)
+            return when + dt.timedelta(days=1) if end else when
+        when = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise ReportError(f"{text!r} is not an ISO date or datetime (e.g. 2026-01-31 or 2026-01-31T12:00)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc)
+
+
+@dataclass
+class ReportFilters:
+    """Which results rows the report covers. Empty/None fields do not filter."""
+
+    job_ids: Sequence[int] = ()
+    since: dt.datetime | None = None  # results.created_at >= since
+    until: dt.datetime | None = None  # results.created_at <  until
+    bucket: str | None = None
+    prefix: str | None = None
+    model: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"job_ids": list(self.job_ids), "since": _iso(self.since), "until": _iso(self.until),
+                "bucket": self.bucket, "prefix": self.prefix, "model": self.model}
+
+
+@dataclass
+class Pricing:
+    price_per_gb_month: float = 0.023  # S3 Standard, first 50 TB, us-east-1
+    gpu_price_per_hour: float = 2.5
+
+    @classmethod
+    def from_settings(cls, settings: Any, price_per_gb_month: float | None = None,
+                      gpu_price_per_hour: float | None = None) -> Pricing:
+        return cls(price_per_gb_month=settings.price_per_gb_month if price_per_gb_month is None else price_per_gb_month,
+                   gpu_price_per_hour=settings.gpu_price_per_hour if gpu_price_per_hour is None else gpu_price_per_hour)
+
+
+# ---- small helpers -----------------------------------------------------------------------------
+
+def _iso(t: dt.datetime | None) -> str | None:
+    return None if t is None else _utc(t).isoformat()
+
+
+def _utc(t: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones."""
+    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+
+
+def _int(v: Any) -> int:
+    return int(v or 0)
+
+
+def pct(part: float, whole: float) -> float | None:
+    """``part / whole`` as a percentage, ``None`` when the whole is zero."""
+    return 100.0 * part / whole if whole else None
+
+
+def prefix_of(key: str, depth: int = 1) -> str:
+    """The first ``depth`` path components of ``key`` (``a/b/c.png``, 1 -> ``a/``); ``(root)`` if none."""
+    parts = key.split("/")[:-1]
+    if not parts:
+        return ROOT_PREFIX
+    return "/".join(parts[:depth]) + "/"
+
+
+def money(saved_bytes: int, compute_cost: float, pricing: Pricing) -> dict[str, Any]:
+    """Storage saving per month/year at the given price, net first-year saving and payback."""
+    saved_gb = saved_bytes / GB
+    per_month = saved_gb * pricing.price_per_gb_month
+    per_year = 12 * per_month
+    if compute_cost <= 0:
+        payback = 0.0
+    elif per_month > 0:
+        payback = compute_cost / per_month
+    else:
+        payback = None  # never
+    return {"saved_gb": saved_gb, "storage_saving_per_month": per_month, "storage_saving_per_year": per_year,
+            "compute_cost": compute_cost, "net_saving_first_year": per_year - compute_cost,
+            "payback_months": payback}
+
+
+def distribution(values: Iterable[float], bins: int = 20) -> dict[str, Any]:
+    """count/min/mean/max, percentiles (numpy linear interpolation) and a histogram."""
+    a = np.fromiter((v for v in values if v is not None), dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return {"count": 0, "min": None, "mean": None, "max": None,
+                "percentiles": {f"p{p}": None for p in PERCENTILES}, "histogram": {"edges": [], "counts": []}}
+    bins = min(bins, max(6, 2 * math.ceil(math.sqrt(a.size))))  # few values: fewer, wider bins
+    lo, hi = float(a.min()), float(a.max())
+    if hi - lo < 1e-9:  # all equal: one bin around the value
+        lo, hi = lo - 0.5, hi + 0.5
+    counts, edges = np.histogram(a, bins=bins, range=(lo, hi))
+    return {"count": int(a.size), "min": float(a.min()), "mean": float(a.mean()), "max": float(a.max()),
+            "percentiles": {f"p{p}": float(np.percentile(a, p)) for p in PERCENTILES},
+            "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}}
+
+
+def compute_basis(gpu_rows: int, cpu_rows: int) -> str:
+    if gpu_rows and cpu_rows:
+        return "mixed"
+    if gpu_rows:
+        return "gpu_seconds"
+    if cpu_rows:
+        return "t_total"
+    return "none"
+
+
+# ---- the report --------------------------------------------------------------------------------
+
+def selected_jobs(session: Session, filters: ReportFilters) -> tuple[list[Job], list[int]]:
+    """The jobs the report covers, and the ids of jobs left out by default (pilots, dry runs)."""
+    jobs = list(session.execute(select(Job).order_by(Job.id)).scalars())
+    if filters.job_ids:
+        wanted = {int(j) for j in filters.job_ids}
+        missing = wanted - {j.id for j in jobs}
+        if missing:
+            raise ReportError(f"no such job(s): {', '.join(map(str, sorted(missing)))}")
+        return [j for j in jobs if j.id in wanted], []
+    keep, excluded = [], []
+    for j in jobs:
+        opts = (j.settings or {}).get("options") or {}
+        if j.kind == "pilot" or opts.get("dry_run"):
+            excluded.append(j.id)
+        else:
+            keep.append(j)
+    return keep, excluded
+
+
+def _where(filters: ReportFilters, excluded_jobs: Sequence[int]) -> list[Any]:
+    conds: list[Any] = []
+    if filters.job_ids:
+        conds.append(Result.job_id.in_([int(j) for j in filters.job_ids]))
+    elif excluded_jobs:
+        conds.append(Result.job_id.not_in(list(excluded_jobs)))
+    if filters.since is not None:
+        conds.append(Result.created_at >= _utc(filters.since))
+    if filters.until is not None:
+        conds.append(Result.created_at < _utc(filters.until))
+    if filters.bucket:
+        conds.append(Result.bucket == filters.bucket)
+    if filters.prefix:
+        conds.append(Result.key.startswith(filters.prefix, autoescape=True))
+    if filters.model:
+        conds.append(Result.model_id == filters.model)
+    return conds
+
+
+def _job_info(j: Job) -> dict[str, Any]:
+    opts = (j.settings or {}).get("options") or {}
+    return {"id": j.id, "kind": j.kind, "status": j.status, "source": j.source, "dest": j.dest,
+            "model_id": j.model_id, "min_psnr": opts.get("min_psnr"), "min_saving": opts.get("min_saving"),
+            "replace": opts.get("replace"), "dry_run": opts.get("dry_run"),
+            "sample_size": j.sample_size, "seed": j.seed,
+            "created_at": _iso(j.created_at), "finished_at": _iso(j.finished_at)}
+
+
+def _group_row(name_key: str, name: str) -> dict[str, Any]:
+    return {name_key: name, "objects": 0, "accepted": 0, "bytes_seen": 0, "bytes_before": 0, "bytes_after": 0}
+
+
+def _finish_group(g: dict[str, Any]) -> dict[str, Any]:
+    g["saved"] = g["bytes_before"] - g["bytes_after"]
+    g["saved_pct"] = pct(g["saved"], g["bytes_before"])
+    g["saved_pct_of_seen"] = pct(g["saved"], g["bytes_seen"])
+    return g
+
+
+def build_report(session: Session, filters: ReportFilters | None = None, pricing: Pricing | None = None, *,
+                 prefix_depth: int = 1, bins: int = 20, timeline_points: int = 200) -> dict[str, Any]:
+    """Compute the report as a plain JSON-serialisable dict (see the module docstring)."""
+    filters = filters or ReportFilters()
+    pricing = pricing or Pricing()
+    if prefix_depth < 1:
+        raise ReportError("prefix depth must be >= 1")
+    jobs, excluded = selected_jobs(session, filters)
+    where = _where(filters, excluded)
+
+    # --- counts and bytes per status / reason (SQL) -------------------------------------------
+    counts = {s: 0 for s in STATUSES}
+    bytes_seen = before = after = deleted = 0
+    q = (select(Result.status, func.count(), func.sum(Result.original_bytes), func.sum(Result.compressed_bytes),
+                func.sum(case((Result.original_deleted.is_(True), 1), else_=0)))
+         .where(*where).group_by(Result.status))
+    for status, n, ob, cb, dl in session.execute(q):
+        counts[status] = counts.get(status, 0) + int(n)
+        bytes_seen += _int(ob)
+        if status == "accepted":
+            before, after = _int(ob), _int(cb)
+        deleted += _int(dl)
+    seen = sum(counts.values())
+    if not counts.get("pending"):
+        counts.pop("pending", None)
+    q = (select(Result.status, Result.reason_code, func.count())
+         .where(*where, Result.status.in_(("rejected", "failed", "skipped")))
+         .group_by(Result.status, Result.reason_code)
+         .order_by(Result.status, func.count().desc(), Result.reason_code))
+    reasons = [{"status": st, "reason_code": rc or "(none)", "count": int(n)} for st, rc, n in session.execute(q)]
+
+    # --- per content type (SQL) ---------------------------------------------------------------
+    acc = Result.status == "accepted"
+    by_type: dict[str, dict[str, Any]] = {}
+    q = (select(Result.content_type, func.count(), func.sum(case((acc, 1), else_=0)), func.sum(Result.original_bytes),
+                func.sum(case((acc, Result.original_bytes), else_=0)), func.sum(case((acc, Result.compressed_bytes), else_=0)))
+         .where(*where).group_by(Result.content_type))
+    for ct, n, na, ob, bb, ab in session.execute(q):
+        name = ct or UNKNOWN_TYPE
+        g = by_type.setdefault(name, _group_row("content_type", name))
+        g["objects"] += int(n)
+        g["accepted"] += _int(na)
+        g["bytes_seen"] += _int(ob)
+        g["bytes_before"] += _int(bb)
+        g["bytes_after"] += _int(ab)
+    content_types = sorted((_finish_group(g) for g in by_type.values()), key=lambda g: (-g["bytes_seen"], g["content_type"]))
+
+    # --- compute (SQL) ------------------------------------------------------------------------
+    comp = {"gpu_objects": 0, "cpu_objects": 0, "gpu_seconds": 0.0, "cpu_seconds": 0.0}
+    q = (select(Result.device, func.count(), func.sum(Result.gpu_seconds), func.sum(Result.t_total))
+         .where(*where, Result.status.in_(PROCESSED)).group_by(Result.device))
+    for device, n, gs, tt in session.execute(q):  # a handful of distinct devices
+        if (device or "").startswith("cuda"):
+            comp["gpu_objects"] += int(n)
+            comp["gpu_seconds"] += float(gs or 0.0)
+        else:
+            comp["cpu_objects"] += int(n)
+            comp["cpu_seconds"] += float(tt or 0.0)
+    comp["basis"] = compute_basis(comp["gpu_objects"], comp["cpu_objects"])
+    comp["compute_seconds"] = comp["gpu_seconds"] + comp["cpu_seconds"]
+    comp["compute_hours"] = comp["compute_seconds"] / 3600.0
+    comp["price_per_hour"] = pricing.gpu_price_per_hour
+    comp["cost"] = comp["compute_hours"] * pricing.gpu_price_per_hour
+
+    # --- one streamed pass over the rows: prefixes, distributions, timeline ------------------
+    # Memory: one dict entry per prefix, two float arrays (8 bytes per accepted object) and at
+    # most `timeline_points` timeline bins; rows themselves are streamed (yield_per).
+    first, last = session.execute(select(func.min(Result.created_at), func.max(Result.created_at))
+                                  .where(*where, acc)).one()
+    tl = Timeline(first and _utc(first), last and _utc(last), timeline_points)
+    psnrs, bpps = array("d"), array("d")
+    by_prefix: dict[str, dict[str, Any]] = {}
+    q = (select(Result.key, Result.status, Result.original_bytes, Result.compressed_bytes, Result.psnr, Result.bpp,
+                Result.created_at)
+         .where(*where).execution_options(yield_per=5000))
+    for key, status, ob, cb, p, b, t in session.execute(q):
+        name = prefix_of(key, prefix_depth)
+        g = by_prefix.get(name)
+        if g is None:
+            g = by_prefix[name] = _group_row("prefix", name)
+        g["objects"] += 1
+        g["bytes_seen"] += _int(ob)
+        if status == "accepted":
+            g["accepted"] += 1
+            g["bytes_before"] += _int(ob)
+            g["bytes_after"] += _int(cb)
+            if p is not None:
+                psnrs.append(float(p))
+            if b is not None:
+                bpps.append(float(b))
+            tl.add(_utc(t), _int(ob) - _int(cb))
+    prefixes = sorted((_finish_group(g) for g in by_prefix.values()), key=lambda g: (-g["saved"], g["prefix"]))
+
+    saved = before - after
+    m = money(saved, comp["cost"], pricing)
+    used_jobs = {int(j) for (j,) in session.execute(select(Result.job_id).where(*where).distinct())}
+    job_infos = [_job_info(j) for j in jobs if j.id in used_jobs]
+    thresholds = sorted({(j["model_id"], j["min_psnr"], j["min_saving"]) for j in job_infos},
+                        key=lambda t: (t[0], t[1] or 0, t[2] or 0))
+    models = sorted({mid for (mid,) in session.execute(select(Result.model_id).where(*where).distinct())})
+
+    return {
+        "generated_at": utcnow().isoformat(),
+        "filters": filters.as_dict(),
+        "excluded_jobs": excluded,
+        "assumptions": assumptions(pricing, comp["basis"], prefix_depth),
+        "jobs": job_infos,
+        "models": models,
+        "thresholds": [{"model_id": t[0], "min_psnr": t[1], "min_saving": t[2]} for t in thresholds],
+        "counts": {"seen": seen, **counts, "originals_deleted": deleted},
+        "reasons": reasons,
+        "bytes": {"seen": bytes_seen, "before": before, "after": after, "saved": saved,
+                  "saved_pct": pct(saved, before), "saved_pct_of_seen": pct(saved, bytes_seen)},
+        "by_content_type": content_types,
+        "by_prefix": prefixes,
+        "prefix_depth": prefix_depth,
+        "psnr": distribution(psnrs, bins),
+        "bpp": distribution(bpps, bins),
+        "timeline": tl.result(),
+        "compute": comp,
+        "money": m,
+    }
+
+
+def assumptions(pricing: Pricing, basis: str, prefix_depth: int = 1) -> dict[str, Any]:
+    notes = [
+        f"Storage priced at ${pricing.price_per_gb_month:g} per GB-month (default: S3 Standard); "
+        "GB = 10^9 bytes, as AWS bills storage; $/year = 12 x $/month.",
+        f"Compute priced at ${pricing.gpu_price_per_hour:g} per hour; " + {
+            "gpu_seconds": "compute time = recorded gpu_seconds (accelerator-busy time).",
+            "t_total": "CPU-only run: compute time = t_total (wall time per object, incl. fetch and write).",
+            "mixed": "compute time = gpu_seconds for GPU rows, t_total for CPU rows.",
+            "none": "no processed rows, so no compute time.",
+        }[basis] + " Skipped (already archived) objects cost nothing.",
+        "Saved bytes count accepted objects only (original - container); the saving is realised once "
+        "originals are replaced (recompress --replace) or moved to a colder tier.",
+        "Payback = one-off compute cost / storage saving per month.",
+        "PSNR and bpp distributions are over accepted objects; percentiles use linear interpolation.",
+        f"Prefix = first {prefix_depth} path component(s) of the key.",
+    ]
+    return {"price_per_gb_month": pricing.price_per_gb_month, "gb_bytes": GB,
+            "gpu_price_per_hour": pricing.gpu_price_per_hour, "compute_basis": basis,
+            "compute_basis_text": COMPUTE_BASIS_TEXT.get(basis, basis), "notes": notes}
+
+
+_STEPS = [(1, "second"), (60, "minute"), (3600, "hour"), (86400, "day"), (7 * 86400, "week")]
+
+
+class Timeline:
+    """Cumulative saved bytes over time, in at most ``max_points`` bins of a round size
+    (second/minute/hour/day/week) chosen from the span; rows may be added in any order."""
+
+    def __init__(self, first: dt.datetime | None, last: dt.datetime | None, max_points: int = 200) -> None:
+        self.first, self.last = first, last
+        span = (last - first).total_seconds() if first is not None and last is not None else 0.0
+        self.step, self.unit = _STEPS[-1]
+        for step, unit in _STEPS:
+            if span / step <= max_points:
+                self.step, self.unit = step, unit
+                break
+        self.bins: dict[int, int] = {}
+
+    def add(self, when: dt.datetime, saved: int) -> None:
+        assert self.first is not None
+        k = int((when - self.first).total_seconds() // self.step)
+        self.bins[k] = self.bins.get(k, 0) + saved
+
+    def result(self) -> dict[str, Any]:
+        if self.first is None or self.last is None or not self.bins:
+            return {"unit": None, "points": []}
+        points = [{"t": self.first.isoformat(), "saved_cumulative": 0}]
+        total = 0
+        for k in sorted(self.bins):
+            total += self.bins[k]
+            end = min(self.first + dt.timedelta(seconds=(k + 1) * self.step), self.last)
+            points.append({"t": end.isoformat(), "saved_cumulative": total})
+        return {"unit": self.unit, "points": points}
+
+
+__all__ = [
+    "GB",
+    "Pricing",
+    "ReportError",
+    "ReportFilters",
+    "build_report",
+    "distribution",
+    "money",
+    "parse_when",
+    "pct",
+    "prefix_of",
+]

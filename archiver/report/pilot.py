@@ -1,0 +1,217 @@
+"""Pilot: recompress a random sample in memory and project the saving onto the whole source.
+
+Sampling. One streaming pass over the listing (``iter_source``: our own containers left out)
+does three things at once: counts the objects, sums their bytes, and keeps a uniform random
+sample of ``n`` of them by reservoir sampling (Vitter's algorithm R with ``random.Random(seed)``).
+Memory is O(n) whatever the size of the bucket, and the same seed over the same listing gives
+the same sample (listings are in key order).
+
+Measurement. Each sampled object goes through the real per-object step
+(:func:`archiver.pipeline.handle_object`) with ``dry_run=True``: fetched, encoded at the target
+PSNR, the real bitstream decoded and verified, judged against the thresholds, and recorded in
+``results`` under a job with ``kind="pilot"`` (``sample_size`` and ``seed`` set, ``objects_listed``
+/ ``bytes_listed`` = the population totals). Nothing is written to or deleted from storage, and
+pilot jobs are left out of the ROI report by default, so a later real run can be compared with
+the pilot (``archiver report --job <pilot id>`` / ``load_pilot``).
+
+Projection (ratio estimator, Cochran, *Sampling Techniques*, 3rd ed., sections 6.2-6.4). With
+``x_i`` the sampled objects' bytes, ``y_i`` their saved bytes (0 when rejected or failed),
+``X`` the bytes listed and ``N`` the objects listed::
+
+    R      = sum(y) / sum(x)                      saved fraction of bytes in the sample
+    Y_hat  = R * X                                 projected saved bytes
+    d_i    = y_i - R * x_i                         residuals
+    SE     = N * sqrt((1 - n/N) / n * sum(d_i^2) / (n - 1))    (1 - n/N: finite population correction)
+    95% CI = Y_hat +/- t(0.975, n - 1) * SE, clipped to [0, X]
+
+Student's t rather than 1.96 because pilots are small. When the sample is the whole population
+(n = N) the interval has zero width: the projection is the census. With n < 2 there is no
+variance estimate and the interval is reported as [0, X].
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..db.models import Job, Result, utcnow
+from ..storage import ObjectInfo, ObjectStore
+from .core import Pricing, ReportError, assumptions, compute_basis, distribution, money, pct
+
+if TYPE_CHECKING:  # the pipeline imports torch; only run_pilot needs it, so the report stays light
+    from ..pipeline import Outcome, PipelineOptions
+
+T = TypeVar("T")
+
+CONFIDENCE = 0.95
+METHOD = ("Ratio estimator: projected saving = (sum of saved bytes / sum of original bytes over the sample) x total "
+          "bytes listed. 95% CI = projection +/- t(0.975, n-1) x SE with SE = N x sqrt((1 - n/N)/n x s_d^2), "
+          "s_d^2 = sample variance of d_i = saved_i - R x bytes_i (Cochran 1977, sec. 6.4; 1 - n/N is the finite "
+          "population correction), clipped to [0, total bytes]. Sample: uniform, by reservoir sampling over one "
+          "streaming pass of the listing (seeded).")
+
+
+def reservoir_sample(items: Iterable[T], k: int, seed: int = 0,
+                     size: Callable[[T], int] = lambda o: int(getattr(o, "size", 0))) -> tuple[list[T], int, int]:
+    """A uniform sample of ``k`` items from a stream, plus the stream's item count and total size.
+
+    Algorithm R: the first ``k`` items fill the reservoir; item ``i`` (0-based, ``i >= k``) then
+    replaces a random slot with probability ``k / (i + 1)``. Holds only ``k`` items at a time.
+    """
+    if k < 0:
+        raise ValueError("sample size must be >= 0")
+    rng = random.Random(seed)
+    reservoir: list[T] = []
+    count = total = 0
+    for item in items:
+        total += size(item)
+        if count < k:
+            reservoir.append(item)
+        else:
+            j = rng.randrange(count + 1)
+            if j < k:
+                reservoir[j] = item
+        count += 1
+    return reservoir, count, total
+
+
+def _t975(df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + CONFIDENCE / 2, df))
+
+
+def ratio_projection(x: list[int], y: list[int], population_objects: int, population_bytes: int) -> dict[str, Any]:
+    """Ratio estimate of the population total of ``y`` from a simple random sample (see module doc)."""
+    n, N, X = len(x), population_objects, population_bytes
+    sx, sy = sum(x), sum(y)
+    r = sy / sx if sx else 0.0
+    est = r * X
+    if n >= N and n > 0:  # census
+        se, lo, hi = 0.0, est, est
+    elif n < 2:
+        se, lo, hi = math.nan, 0.0, float(X)
+    else:
+        s2 = sum((yi - r * xi) ** 2 for xi, yi in zip(x, y)) / (n - 1)
+        se = N * math.sqrt(max(0.0, 1 - n / N) / n * s2)
+        q = _t975(n - 1)
+        lo, hi = max(0.0, est - q * se), min(float(X), est + q * se)
+    return {"ratio": r, "projected_saved": est, "standard_error": se, "ci_low": lo, "ci_high": hi,
+            "confidence": CONFIDENCE}
+
+
+def load_pilot(session: Session, job_id: int, pricing: Pricing | None = None) -> dict[str, Any]:
+    """The projection of a recorded pilot job, recomputed from its ``results`` rows."""
+    pricing = pricing or Pricing()
+    job = session.get(Job, job_id)
+    if job is None or job.kind != "pilot":
+        raise ReportError(f"job {job_id} is not a pilot job")
+    rows = list(session.execute(select(Result).where(Result.job_id == job_id).order_by(Result.key)).scalars())
+    x = [int(r.original_bytes or 0) for r in rows]
+    y = [int(r.original_bytes - r.compressed_bytes) if r.status == "accepted" and r.compressed_bytes is not None else 0
+         for r in rows]
+    proj = ratio_projection(x, y, int(job.objects_listed or 0), int(job.bytes_listed or 0))
+    X = int(job.bytes_listed or 0)
+    # compute time, as in the ROI report: gpu_seconds on GPU rows, t_total on CPU rows
+    processed = [r for r in rows if r.status in ("accepted", "rejected", "failed")]
+    gpu = [r for r in processed if (r.device or "").startswith("cuda")]
+    cpu = [r for r in processed if not (r.device or "").startswith("cuda")]
+    sample_compute = sum(r.gpu_seconds or 0.0 for r in gpu) + sum(r.t_total or 0.0 for r in cpu)
+    sx = sum(x)
+    projected_compute = sample_compute / sx * X if sx else 0.0
+    compute_cost = projected_compute / 3600.0 * pricing.gpu_price_per_hour
+    basis = compute_basis(len(gpu), len(cpu))
+    counts = {s: 0 for s in ("accepted", "rejected", "failed", "skipped")}
+    reasons: dict[str, int] = {}
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+        if r.status in ("rejected", "failed") and r.reason_code:
+            reasons[r.reason_code] = reasons.get(r.reason_code, 0) + 1
+    opts = (job.settings or {}).get("options") or {}
+    return {
+        "generated_at": utcnow().isoformat(),
+        "job_id": job.id,
+        "source": job.source,
+        "model_id": job.model_id,
+        "min_psnr": opts.get("min_psnr"),
+        "min_saving": opts.get("min_saving"),
+        "seed": job.seed,
+        "sample_requested": (job.settings or {}).get("pilot", {}).get("sample_requested", job.sample_size),
+        "sample_size": len(rows),
+        "population_objects": int(job.objects_listed or 0),
+        "population_bytes": X,
+        "sample_bytes": sx,
+        "sample_saved": sum(y),
+        **proj,
+        "projected_saved_pct": pct(proj["projected_saved"], X),
+        "ci_low_pct": pct(proj["ci_low"], X),
+        "ci_high_pct": pct(proj["ci_high"], X),
+        "method": METHOD,
+        "sample_counts": counts,
+        "sample_reasons": reasons,
+        "sample_keys": [r.key for r in rows],
+        "compute_basis": basis,
+        "sample_compute_seconds": sample_compute,
+        "projected_compute_seconds": projected_compute,
+        "projected_money": money(int(round(proj["projected_saved"])), compute_cost, pricing),
+        "money_low": money(int(round(proj["ci_low"])), compute_cost, pricing),
+        "money_high": money(int(round(proj["ci_high"])), compute_cost, pricing),
+        "psnr": distribution([r.psnr for r in rows if r.status == "accepted" and r.psnr is not None], bins=12),
+        "saving_pct_distribution": distribution([100.0 * yi / xi for xi, yi in zip(x, y) if xi], bins=12),
+        "assumptions": assumptions(pricing, basis),
+    }
+
+
+def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOptions,
+              session_factory: sessionmaker, sample: int = 300, seed: int = 0, pricing: Pricing | None = None,
+              workers: int = 1, on_outcome: Callable[[Outcome], None] | None = None,
+              on_listed: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
+    """Sample, recompress and verify in memory, record as a ``pilot`` job, return the projection."""
+    from ..pipeline import create_job, finish_job, handle_object, iter_source
+
+    if sample < 1:
+        raise ReportError("the pilot sample must have at least 1 object")
+    opts = replace(opts, dry_run=True, replace=False)  # a pilot never writes or deletes anything
+    chosen, n_listed, bytes_listed = reservoir_sample(iter_source(src, opts), sample, seed)
+    chosen.sort(key=lambda o: o.key)
+    if on_listed:
+        on_listed(n_listed, bytes_listed, len(chosen))
+    with session_factory() as s:
+        job = create_job(s, source_url, None, opts, codec.model_id, kind="pilot",
+                         extra={"pilot": {"sample_requested": sample, "seed": seed}})
+        job.sample_size = len(chosen)
+        job.seed = seed
+        job.objects_listed = n_listed
+        job.bytes_listed = bytes_listed
+        job.objects_enqueued = len(chosen)
+        s.commit()
+        job_id = job.id
+    lock = threading.Lock()
+
+    def one(info: ObjectInfo) -> Outcome:
+        out = handle_object(info, job_id=job_id, src=src, dst=src, codec=codec, opts=opts,
+                            session_factory=session_factory, codec_lock=lock)
+        if on_outcome:
+            on_outcome(out)
+        return out
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            list(pool.map(one, chosen))
+    except BaseException as e:
+        finish_job(session_factory, job_id, "failed", f"{type(e).__name__}: {e}")
+        raise
+    finish_job(session_factory, job_id)
+    with session_factory() as s:
+        return load_pilot(s, job_id, pricing)
+
+
+__all__ = ["METHOD", "load_pilot", "ratio_projection", "reservoir_sample", "run_pilot"]

@@ -1,0 +1,99 @@
+"""Turning archived containers back into images (``archiver restore``, the retrieval task and the
+HTTP endpoint all use these functions)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from .codec.api import Codec, DecodedImage
+from .codec.container import read_meta
+from .errors import ArchiverError
+from .images import save_image
+from .storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+#: content type of the original -> the format we re-create it in for ``--format original``.
+#: Only formats ``images.save_image`` writes; TIFF, BMP and GIF originals come back as PNG
+#: (lossless, keeps alpha), under a ``.png`` name so that the name does not lie about the bytes.
+ORIGINAL_FORMATS = {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp"}
+EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def decode_container(data: bytes, device: str = "auto", max_pixels: int = 400_000_000) -> DecodedImage:
+    """Decode with the model the container names (loaded once per process)."""
+    meta = read_meta(data)
+    return Codec.cached(meta.model_id, device).decode(data, max_pixels=max_pixels)
+
+
+def render(decoded: DecodedImage, fmt: str) -> tuple[bytes, str]:
+    """Encode a decoded image for delivery; ``fmt`` is png | jpeg | webp | original."""
+    if fmt == "original":
+        fmt = ORIGINAL_FORMATS.get(decoded.meta.content_type, "png")
+    if fmt not in MEDIA_TYPES:
+        raise ArchiverError(f"unsupported output format {fmt!r}", code="bad_format")
+    return save_image(decoded.image, fmt, icc=decoded.icc, exif=decoded.exif), fmt
+
+
+@dataclass
+class Restored:
+    key: str
+    out_key: str | None
+    ok: bool
+    error: str | None = None
+    bytes_out: int = 0
+
+
+def restored_key(container_key: str, suffix: str, fmt: str, used: str | None = None) -> str:
+    """Output key: ``a/b.jpg.cxa`` -> ``a/b.jpg`` (``original``, re-created as JPEG) or ``a/b.png``.
+
+    ``used`` is the format actually written; with ``fmt="original"`` the original name is kept
+    only when the original's own format was written (a TIFF comes back as ``.png``).
+    """
+    base = container_key.removesuffix(suffix)
+    if fmt == "original" and (used is None or _ext_matches(base, used)):
+        return base
+    out_fmt = used or fmt
+    stem = base.rsplit(".", 1)[0] if "." in base.rsplit("/", 1)[-1] else base
+    return stem + EXTENSIONS[out_fmt]
+
+
+def _ext_matches(name: str, fmt: str) -> bool:
+    leaf = name.rsplit("/", 1)[-1]
+    ext = leaf.rsplit(".", 1)[-1].lower() if "." in leaf else ""
+    return ext in {"png": ("png",), "jpeg": ("jpg", "jpeg", "jpe", "jfif"), "webp": ("webp",)}[fmt]
+
+
+def restore_all(src: ObjectStore, dst: ObjectStore, *, fmt: str = "png", suffix: str = ".cxa", device: str = "auto",
+                limit: int | None = None, on_item: Callable[[Restored], None] | None = None) -> Iterator[Restored]:
+    """Decode every container under ``src`` into ``dst``; a bad container is reported, not fatal.
+
+    The original's name is kept when it was re-created in its own format, e.g. ``a/b.jpg.cxa``
+    -> ``a/b.jpg`` with ``fmt="original"``; otherwise the extension is the written format's.
+    """
+    if fmt not in (*MEDIA_TYPES, "original"):
+        raise ArchiverError(f"unsupported output format {fmt!r}; use png, jpeg, webp or original", code="bad_format")
+    n = 0
+    for info in src.list():
+        if not info.key.endswith(suffix):
+            continue
+        try:
+            dec = decode_container(src.get(info.key, max_bytes=max(info.size, 1)), device)
+            data, used = render(dec, fmt)
+            out_key = restored_key(info.key, suffix, fmt, used)
+            dst.put(out_key, data, metadata={}, content_type=MEDIA_TYPES[used])
+            item = Restored(info.key, out_key, True, bytes_out=len(data))
+        except ArchiverError as e:
+            item = Restored(info.key, None, False, f"{e.code}: {e}")
+        except Exception as e:  # a decoder bug or a library error on one container: report it, go on
+            log.exception("cannot restore %s", info.key)
+            item = Restored(info.key, None, False, f"internal_error: {type(e).__name__}: {e}")
+        if on_item:
+            on_item(item)
+        yield item
+        n += 1
+        if limit is not None and n >= limit:
+            return

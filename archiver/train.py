@@ -1,0 +1,172 @@
+"""Training of the variable-rate model (``archiver train``).
+
+Design choices, and why:
+* Images are decoded once into memory and random crops are cut from there: JPEG decoding would
+  otherwise dominate a step on small machines, and the whole training set fits in RAM.
+* Quality is sampled per image, uniformly in [0, 100], with the matching lambda: one model must
+  serve every rate, and interpolated gains are trained directly, not only the grid levels.
+* Checkpoints are the shipped weight format itself (fp16 float transforms, safetensors). The GPU
+  machine's transfers are small, so a run resumes from weights alone; the optimiser restarts.
+* Sources known to be small, artefact-laden web JPEGs (ImageNet samples, style-transfer
+  examples) are sampled less often: they teach the model to reproduce JPEG blocking.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from .codec.model import ConvNeXtCharm, build_model, load_state, quality_to_lambda
+from .codec.registry import save_weights
+
+DOWNWEIGHTED_SOURCES = ("EliSchwartz/imagenet-sample-images", "luanfujun/deep-photo-styletransfer")
+DOWNWEIGHT = 0.3
+
+
+@dataclass
+class TrainConfig:
+    data: list[Path]
+    out: Path
+    preset: str = "compact"
+    resume: Path | None = None
+    steps: int = 1000
+    batch: int = 8
+    crop: int = 128
+    lr: float = 2e-4
+    seed: int = 0
+    log_every: int = 25
+    save_every: int = 250
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False
+    max_minutes: float | None = None
+
+
+def find_images(roots: list[Path]) -> list[Path]:
+    exts = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+    files: list[Path] = []
+    for r in roots:
+        files += sorted(p for p in r.rglob("*") if p.suffix.lower() in exts)
+    if not files:
+        raise SystemExit(f"no training images under {', '.join(map(str, roots))}")
+    return files
+
+
+def source_weights(files: list[Path]) -> list[float]:
+    """Per-file sampling weights from a manifest.csv next to the shards, when there is one."""
+    by_name: dict[str, str] = {}
+    for f in {p.parent.parent / "manifest.csv" for p in files} | {p.parent / "manifest.csv" for p in files}:
+        if f.exists():
+            with f.open() as fh:
+                for row in csv.DictReader(fh):
+                    by_name[Path(row["file"]).name] = row.get("source", "")
+    return [DOWNWEIGHT if by_name.get(p.name, "") in DOWNWEIGHTED_SOURCES else 1.0 for p in files]
+
+
+class CropSampler:
+    def __init__(self, files: list[Path], crop: int, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.crop = crop
+        self.images = []
+        self.weights = []
+        for p, w in zip(files, source_weights(files)):
+            with Image.open(p) as im:
+                a = np.asarray(im.convert("RGB"))
+            if min(a.shape[:2]) >= crop:
+                self.images.append(a)
+                self.weights.append(w)
+
+    def batch(self, n: int) -> torch.Tensor:
+        out = np.empty((n, self.crop, self.crop, 3), dtype=np.uint8)
+        for i, a in enumerate(self.rng.choices(self.images, weights=self.weights, k=n)):
+            y = self.rng.randrange(a.shape[0] - self.crop + 1)
+            x = self.rng.randrange(a.shape[1] - self.crop + 1)
+            c = a[y : y + self.crop, x : x + self.crop]
+            if self.rng.random() < 0.5:
+                c = c[:, ::-1]
+            out[i] = c
+        return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255.0
+
+
+def load_checkpoint(model: ConvNeXtCharm, path: Path) -> None:
+    state = {k: (v.float() if v.is_floating_point() and v.dtype != torch.float64 else v) for k, v in load_file(str(path)).items()}
+    load_state(model, state)
+
+
+def rd_loss(model: ConvNeXtCharm, x: torch.Tensor, q: torch.Tensor) -> dict[str, torch.Tensor]:
+    out = model(x, q)
+    n, _, h, w = x.shape
+    px = h * w
+    bits = (torch.log(out["y_lik"]).flatten(1).sum(1) + torch.log(out["z_lik"]).flatten(1).sum(1)) / -math.log(2)
+    bpp = bits / px
+    mse = ((out["x_hat"].float() - x) ** 2).flatten(1).mean(1)
+    lam = torch.tensor([quality_to_lambda(v) for v in q.tolist()], device=x.device)
+    loss = (lam * 255.0**2 * mse + bpp).mean()
+    psnr = -10 * torch.log10(mse.clamp_min(1e-10))
+    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean(), "psnr": psnr.mean()}
+
+
+def train(cfg: TrainConfig, progress=None) -> Path:
+    """Run training and write ``cfg.out`` (safetensors) plus ``cfg.out.with_suffix('.log.jsonl')``."""
+    torch.manual_seed(cfg.seed)
+    dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if cfg.device == "auto" else cfg.device))
+    model = build_model(cfg.preset)
+    if cfg.resume:
+        load_checkpoint(model, cfg.resume)
+    model.to(dev).train()
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
+    main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
+    opt = torch.optim.AdamW(main_params, lr=cfg.lr, weight_decay=0.0)
+    aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+    step_fn = torch.compile(rd_loss) if cfg.compile else rd_loss
+    sampler = CropSampler(find_images(cfg.data), cfg.crop, cfg.seed)
+    log_path = cfg.out.with_suffix(".log.jsonl")
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    use_amp = cfg.amp and dev.type == "cuda"
+    with log_path.open("a") as log:
+        for step in range(1, cfg.steps + 1):
+            lr = cfg.lr * (0.1 if step > 0.9 * cfg.steps else 1.0)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x = sampler.batch(cfg.batch).to(dev, non_blocking=True)
+            q = torch.rand(cfg.batch, device=dev) * 100.0
+            # bf16 only for the float transforms; the likelihoods stay in fp32
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                m = step_fn(model, x, q)
+            opt.zero_grad(set_to_none=True)
+            m["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+            opt.step()
+            aux = model.aux_loss()
+            aux_opt.zero_grad(set_to_none=True)
+            aux.backward()
+            aux_opt.step()
+            if progress:
+                progress(step, cfg.steps, {k: float(v) for k, v in m.items()})
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                rec = {"step": step, "time_s": round(time.time() - t0, 1), "lr": lr,
+                       **{k: round(float(v), 5) for k, v in m.items()}, "aux": round(float(aux), 3)}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            done = step == cfg.steps or (cfg.max_minutes and time.time() - t0 > cfg.max_minutes * 60)
+            if step % cfg.save_every == 0 or done:
+                model.eval()
+                save_weights(model, cfg.out, {"steps": str(step)})
+                model.train()
+            if done:
+                break
+    return cfg.out

@@ -1,0 +1,253 @@
+"""End-to-end worker throughput vs the bare codec, on the same images.
+
+    .venv/bin/python benchmarks/worker_throughput.py [--images 8] [--size 128] [--min-psnr 35]
+                                                     [--chunk-size 4] [--device cpu] [--no-record]
+
+Starts everything it needs locally: moto's S3 server over HTTP, a private redis-server, a SQLite
+database and one real ``celery -A workers worker`` (prefork, one process). It uploads N PNG crops
+of the shipped sample images, then measures
+
+* **bare codec**: in this process, per image, exactly the codec work of the pipeline (encode at
+  the smallest quality reaching ``min_psnr`` + the verification decode of the real bitstream);
+* **worker**: ``archiver.jobs.submit`` -> batches on Redis -> worker: fetch from S3, sniff/decode,
+  encode, verify-decode, write the container, read it back, record rows, finalize. Timed from
+  submit to the job's ``finished`` status, with the worker already started and its model loaded.
+
+Both paths are warmed up first on other crops (TorchScript optimises during its first calls).
+
+Prints both rates and appends a row to docs/BENCHMARKS.md (command, machine, date). Outcomes
+(accepted/rejected) are reported too: they depend on the weights, and a rejected image costs
+less than an accepted one on both paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+WARMUP = 8
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, env=env, cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(p: subprocess.Popen) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def crops(n: int, size: int) -> list[bytes]:
+    """N different PNG crops (size x size) of the shipped photos."""
+    from PIL import Image
+
+    photos = [Image.open(REPO / "archiver" / "samples" / f).convert("RGB") for f in ("macaws.png", "motocross.jpg")]
+    out = []
+    for i in range(n):
+        im = photos[i % len(photos)]
+        w, h = im.size
+        step = max(1, (min(w, h) - size) // max(1, n))
+        x = (i * step * 7) % max(1, w - size)
+        y = (i * step * 3) % max(1, h - size)
+        buf = io.BytesIO()
+        im.crop((x, y, x + size, y + size)).save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def machine(device: str, load: float) -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, device {device}, load avg {load:.1f} at start"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--min-psnr", type=float, default=35.0)
+    ap.add_argument("--min-saving", type=float, default=0.0)
+    ap.add_argument("--chunk-size", type=int, default=4)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-record", action="store_true", help="do not append to docs/BENCHMARKS.md")
+    a = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is needed")
+
+    tmp = Path(tempfile.mkdtemp(prefix="archiver-bench-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        s3_port, redis_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
+        env.update(FAKE_AWS)
+        procs.append(start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)], env,
+                           tmp / "moto.log"))
+        procs.append(start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                            "--dir", str(tmp)], env, tmp / "redis.log"))
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        db_url = f"sqlite:///{tmp / 'bench.sqlite'}"
+        env.update({"ARCHIVER_DATABASE_URL": db_url, "ARCHIVER_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+                    "ARCHIVER_DEVICE": a.device, "ARCHIVER_S3__ENDPOINT_URL": endpoint,
+                    "ARCHIVER_S3__PATH_STYLE": "true", "ARCHIVER_WORKERS__SCHEDULES_FILE": str(tmp / "none.toml"),
+                    "PYTHONUNBUFFERED": "1"})
+        os.environ.update({k: v for k, v in env.items() if k.startswith(("ARCHIVER_", "AWS_"))})
+
+        from archiver import jobs
+        from archiver.settings import load_settings
+        from archiver.storage.s3 import make_client
+
+        st = load_settings()
+
+        def s3_up() -> bool:
+            try:
+                make_client(st.s3).list_buckets()
+                return True
+            except Exception:
+                return False
+
+        wait_for(s3_up, 60, "moto")
+        # the first WARMUP crops warm both paths up (TorchScript optimises on its first calls)
+        every = crops(a.images + WARMUP, a.size)
+        warm, images = every[:WARMUP], every[WARMUP:]
+        client = make_client(st.s3)
+        buckets = {}
+        for name, objs in (("warm", warm), ("bench", images)):
+            buckets[name] = f"{name}-{uuid.uuid4().hex[:8]}"
+            client.create_bucket(Bucket=buckets[name])
+            for i, data in enumerate(objs):
+                client.put_object(Bucket=buckets[name], Key=f"img/{i:04d}.png", Body=data)
+
+        worker_log = tmp / "worker.log"
+        procs.append(start([sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "recompress,retrieve",
+                            "-c", "1", "--pool", "prefork", "--loglevel", "INFO", "--without-gossip",
+                            "--without-mingle", "--without-heartbeat"], env, worker_log))
+        wait_for(lambda: "worker process ready" in worker_log.read_text(errors="replace"), 300, "the worker")
+        ready = next(x for x in worker_log.read_text(errors="replace").splitlines() if "worker process ready" in x)
+        print("worker:", ready.split("] ", 1)[-1])
+
+        # bare codec, same images, same codec work as the pipeline
+        from archiver.codec.api import Codec, TargetNotReached
+        from archiver.images import load_image
+        from archiver.pipeline import PSNR_MARGIN
+
+        codec = Codec.cached(st.model_id, a.device)
+        import torch
+
+        print(f"bare codec: model {codec.model_id} on {codec.device_name} ({torch.get_num_threads()} torch threads)")
+
+        def bare_pass(objs: list[bytes]) -> int:
+            ok = 0
+            for data in objs:
+                img = load_image(data, max_pixels=st.max_pixels)
+                try:
+                    enc = codec.encode_detailed(img, target_psnr=a.min_psnr + PSNR_MARGIN)
+                except TargetNotReached:
+                    continue
+                codec.decode(enc.data)
+                ok += 1
+            return ok
+
+        bare_pass(warm)
+        t0 = time.perf_counter()
+        bare_ok = bare_pass(images)
+        bare_s = time.perf_counter() - t0
+
+        opts = jobs.make_options(st, min_psnr=a.min_psnr, min_saving=a.min_saving)
+        warm_job = jobs.submit(f"s3://{buckets['warm']}", opts, chunk_size=1, settings=st)
+        jobs.wait_for(warm_job, timeout=3600, poll=0.2, settings=st)
+        t0 = time.perf_counter()
+        job_id = jobs.submit(f"s3://{buckets['bench']}", opts, chunk_size=a.chunk_size, settings=st)
+        status = jobs.wait_for(job_id, timeout=3600, poll=0.2, settings=st)
+        worker_s = time.perf_counter() - t0
+        if status.status != "finished":
+            raise SystemExit(f"job {job_id} ended {status.status}: {status.error}\n{worker_log.read_text()[-3000:]}")
+
+        n = len(images)
+        bare_rate, worker_rate = n / bare_s, n / worker_s
+        outcomes = ", ".join(f"{k} {status.count(k)}" for k in ("accepted", "rejected", "failed") if status.count(k))
+        print(f"images: {n} PNG crops {a.size}x{a.size}, min_psnr {a.min_psnr}, device {a.device}")
+        print(f"bare codec: {bare_rate:.2f} images/s ({bare_s:.1f} s; target reached on {bare_ok}/{n})")
+        print(f"worker    : {worker_rate:.2f} images/s ({worker_s:.1f} s; {outcomes}; chunk size {a.chunk_size})")
+        print(f"worker / bare: {worker_rate / bare_rate:.2f}")
+        if not a.no_record:
+            record(a, n, bare_rate, worker_rate, bare_ok, outcomes, load)
+    finally:
+        for p in reversed(procs):
+            stop(p)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def record(a: argparse.Namespace, n: int, bare: float, worker: float, bare_ok: int, outcomes: str,
+           load: float) -> None:
+    path = REPO / "docs" / "BENCHMARKS.md"
+    header = "## Worker throughput (benchmarks/worker_throughput.py)"
+    table = ("| date (UTC) | command | machine | images | bare codec img/s | worker img/s | worker/bare | outcomes |\n"
+             "|---|---|---|---|---|---|---|---|\n")
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if header not in text:
+        text = text.rstrip("\n") + "\n\n" + header + "\n\n" + (
+            "End to end = S3 (moto, local) -> Redis -> one prefork worker process -> container written, read back "
+            "and recorded; bare codec = the same encode-to-target + verification decode in one process. "
+            "Rates depend on the weights (rejected images cost less) and on machine load.\n\n") + table
+    cmd = "python benchmarks/worker_throughput.py " + shlex.join(sys.argv[1:])
+    row = (f"| {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} | `{cmd.strip()}` | {machine(a.device, load)} | "
+           f"{n} x {a.size}px PNG, min_psnr {a.min_psnr} | {bare:.2f} (target met {bare_ok}/{n}) | {worker:.2f} | "
+           f"{worker / bare:.2f} | {outcomes} |\n")
+    lines = text.rstrip("\n").split("\n")
+    # append the row after the last row of our table (other sections may follow it)
+    start = lines.index(header)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    last = max(i for i in range(start, end) if lines[i].startswith("|"))
+    lines.insert(last + 1, row.rstrip("\n"))
+    path.write_text("\n".join(lines) + "\n")
+    print(f"recorded in {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""Codec core: real bitstreams, exactness of the entropy parameters, sizes, modes, bad input.
+
+The shipped model's *quality* is checked in test_model_quality.py; here every expectation is a
+property that must hold for any weights (round trips, bit-exactness, error handling).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from archiver.codec import Codec, TargetNotReached
+from archiver.codec import container as cx
+from archiver.codec import registry
+from archiver.codec.api import SEARCH_STEPS, delivered
+from archiver.codec.exact import ExactDepthwise, ExactPointwise, GRID
+from archiver.errors import ContainerError, UnknownModelError, WeightsIntegrityError
+from archiver.images import load_image
+from archiver.metrics import psnr
+
+KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
+
+
+def kodak_crop(n: int, box: tuple[int, int, int, int], mode: str = "RGB") -> Image.Image:
+    return Image.open(KODAK / f"kodim{n:02d}.png").convert("RGB").crop(box).convert(mode)
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def codec() -> Codec:
+    return Codec.load("compact-v1", "cpu")
+
+
+@pytest.fixture(scope="module")
+def small_tile_codec() -> Codec:
+    return Codec.load("compact-v1", "cpu", tile_size=64)
+
+
+@pytest.fixture(scope="module")
+def crop_rgb() -> Image.Image:
+    return kodak_crop(23, (200, 100, 392, 228))  # 192 x 128
+
+
+# ---- exact arithmetic ------------------------------------------------------------------------
+
+def _int_reference_pointwise(layer: ExactPointwise, x_units: np.ndarray) -> np.ndarray:
+    """Pure-integer reference (Python/numpy int64) of one exact pointwise layer."""
+    with torch.no_grad():
+        w = torch.round(torch.clamp(layer.weight.double(), -128, 128) * GRID).long().numpy()
+        b = torch.floor(torch.clamp(layer.bias.double(), -4096, 4096) * GRID * GRID + 0.5).long().numpy()
+    acc = np.einsum("oc,nchw->nohw", w, x_units.astype(np.int64)) + b[None, :, None, None]
+    out = np.floor_divide(acc + 128, 256)  # floor(acc / 256 + 1/2) in integers
+    return np.clip(out, -4096 * 256, 4096 * 256)
+
+
+def test_exact_pointwise_equals_integer_reference() -> None:
+    torch.manual_seed(1)
+    layer = ExactPointwise(48, 32)
+    with torch.no_grad():
+        layer.weight.mul_(7.3)  # spread weights over many grid values
+        layer.bias.normal_(0, 3)
+    x_units = np.random.default_rng(0).integers(-300_000, 300_000, size=(2, 48, 5, 7))
+    got = layer(torch.from_numpy(x_units).double() / GRID)
+    want = _int_reference_pointwise(layer, x_units)
+    assert np.array_equal((got * GRID).long().numpy(), want)
+
+
+def test_exact_layers_do_not_depend_on_summation_order() -> None:
+    """Permuting input channels (and weights alike) reorders every sum: results must not move."""
+    torch.manual_seed(2)
+    layer = ExactPointwise(64, 16)
+    x = torch.randint(-2**18, 2**18, (1, 64, 9, 9)).double() / GRID
+    perm = torch.randperm(64)
+    base = layer(x)
+    permuted = ExactPointwise(64, 16)
+    with torch.no_grad():
+        permuted.weight.copy_(layer.weight[:, perm])
+        permuted.bias.copy_(layer.bias)
+    assert torch.equal(base, permuted(x[:, perm]))
+    dw = ExactDepthwise(8, 5)
+    xd = torch.randint(-2**18, 2**18, (1, 8, 11, 13)).double() / GRID
+    y1 = dw(xd)
+    torch.set_num_threads(1)
+    try:
+        y2 = dw(xd.contiguous(memory_format=torch.channels_last))
+    finally:
+        torch.set_num_threads(2)
+    assert torch.equal(y1, y2)
+
+
+def test_training_path_matches_exact_path() -> None:
+    """float32 + straight-through rounding (training) computes the same grid values as float64."""
+    torch.manual_seed(3)
+    layer = ExactPointwise(16, 8)
+    x = torch.randint(-2000, 2000, (1, 16, 6, 6)).double() / GRID
+    assert torch.equal(layer(x.float()).double(), layer(x))
+
+
+# ---- round trips -----------------------------------------------------------------------------
+
+def test_round_trip_is_deterministic_and_matches_encoder(codec: Codec, crop_rgb: Image.Image) -> None:
+    res = codec.encode_detailed(crop_rgb, quality=60)
+    again = codec.encode(crop_rgb, quality=60)
+    assert res.data == again, "encoding must be deterministic"
+    dec = codec.decode(res.data)
+    assert dec.rgb.shape == (128, 192, 3)
+    assert dec.meta.quality == 60 and dec.meta.model_id == "compact-v1"
+    assert abs(psnr(np.asarray(crop_rgb), dec.rgb) - res.psnr) < 0.05
+    assert res.bpp == pytest.approx(len(res.data) * 8 / (192 * 128))
+
+
+def test_decode_bit_exact_across_thread_counts(codec: Codec, crop_rgb: Image.Image) -> None:
+    data = codec.encode(crop_rgb, quality=35)
+    outs = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        outs.append(codec.decode(data).rgb)  # decode() itself checks the latent sha256
+    torch.set_num_threads(2)
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_rate_grows_with_quality(codec: Codec, crop_rgb: Image.Image) -> None:
+    sizes = [len(codec.encode(crop_rgb, quality=q)) for q in (0, 50, 100)]
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 67), (67, 1), (63, 127), (130, 70)])
+def test_any_size(small_tile_codec: Codec, size: tuple[int, int]) -> None:
+    w, h = size
+    im = kodak_crop(5, (100, 100, 100 + w, 100 + h))
+    data = small_tile_codec.encode(im, quality=80)
+    meta = cx.read_meta(data)
+    assert (meta.width, meta.height) == (w, h)
+    assert meta.n_tiles == -(-w // 64) * -(-h // 64)
+    dec = small_tile_codec.decode(data)
+    assert dec.rgb.shape == (h, w, 3)
+    assert dec.image.size == (w, h)
+
+
+def test_tiles_decode_like_one_piece(codec: Codec, small_tile_codec: Codec) -> None:
+    im = kodak_crop(1, (0, 0, 160, 96))
+    tiled = small_tile_codec.decode(small_tile_codec.encode(im, quality=90))
+    whole = codec.decode(codec.encode(im, quality=90))
+    orig = np.asarray(im)
+    # tiles cost a little quality at seams, never a broken image
+    assert psnr(orig, tiled.rgb) > psnr(orig, whole.rgb) - 3.0
+
+
+def test_gray_alpha_palette_modes(codec: Codec) -> None:
+    gray = kodak_crop(7, (0, 0, 96, 64), "L")
+    dec = codec.decode(codec.encode(gray, quality=70))
+    assert dec.meta.mode == "L" and dec.image.mode == "L"
+    assert (dec.rgb[:, :, 0] == dec.rgb[:, :, 1]).all()
+
+    rgba = kodak_crop(3, (0, 0, 96, 64), "RGBA")
+    alpha = np.tile(np.arange(96, dtype=np.uint8)[None, :] * 2, (64, 1))
+    rgba.putalpha(Image.fromarray(alpha))
+    img = load_image(png_bytes(rgba), max_pixels=10**7)
+    dec = codec.decode(codec.encode(img, quality=70))
+    assert dec.image.mode == "RGBA"
+    assert np.array_equal(dec.alpha, alpha), "alpha must be lossless"
+
+    pal = kodak_crop(3, (0, 0, 64, 64)).convert("P", palette=Image.ADAPTIVE, colors=32)
+    dec = codec.decode(codec.encode(load_image(png_bytes(pal), max_pixels=10**7), quality=70))
+    assert dec.meta.mode == "P" and dec.image.size == (64, 64)
+
+
+def test_icc_and_exif_are_preserved(codec: Codec) -> None:
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    im = kodak_crop(2, (0, 0, 64, 64))
+    exif = Image.Exif()
+    exif[0x010E] = "inspection shot 42"  # ImageDescription
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=95, icc_profile=icc, exif=exif.tobytes())
+    img = load_image(buf.getvalue(), max_pixels=10**7)
+    dec = codec.decode(codec.encode(img, quality=50))
+    assert dec.icc == icc
+    assert dec.exif is not None and b"inspection shot 42" in dec.exif
+    assert dec.meta.original_sha256 == hashlib.sha256(buf.getvalue()).hexdigest()
+    assert dec.meta.content_type == "image/jpeg"
+
+
+def test_target_psnr_is_met_and_smallest(codec: Codec, crop_rgb: Image.Image) -> None:
+    orig = np.asarray(crop_rgb)
+    top = psnr(orig, codec.decode(codec.encode(crop_rgb, quality=100)).rgb)
+    bottom = psnr(orig, codec.decode(codec.encode(crop_rgb, quality=0)).rgb)
+    target = bottom + 0.6 * (top - bottom)
+    res = codec.encode_detailed(crop_rgb, target_psnr=target)
+    got = psnr(orig, codec.decode(res.data).rgb)
+    assert got >= target - 0.01
+    # one search step lower would have missed the target: the search returns the smallest
+    step = 100 / 2**SEARCH_STEPS
+    if res.quality >= step:
+        lower = codec.decode(codec.encode(crop_rgb, quality=res.quality - step)).rgb
+        assert psnr(orig, lower) < target
+    with pytest.raises(TargetNotReached):
+        codec.encode(crop_rgb, target_psnr=top + 5)
+
+
+def test_gray_psnr_is_measured_on_delivered_pixels(codec: Codec) -> None:
+    gray = kodak_crop(7, (0, 0, 96, 64), "L")
+    res = codec.encode_detailed(gray, quality=60)
+    dec = codec.decode(res.data)
+    g = np.asarray(gray)
+    assert abs(psnr(np.repeat(g[:, :, None], 3, 2), delivered(dec.rgb, "L")) - res.psnr) < 0.05
+
+
+# ---- bad containers, models and weights ------------------------------------------------------
+
+def _sections(data: bytes) -> list[tuple[int, bytes, int]]:
+    """(offset, tag, length) of every section."""
+    out, off = [], cx.HEADER_SIZE
+    while off < len(data):
+        tag = data[off : off + 4]
+        (n,) = struct.unpack(">I", data[off + 4 : off + 8])
+        out.append((off, tag, n))
+        off += 12 + n
+    return out
+
+
+def _reforge(data: bytes, off: int, tag: bytes, payload: bytes) -> bytes:
+    """Replace one section's payload and recompute its CRC, as a forger would."""
+    (n,) = struct.unpack(">I", data[off + 4 : off + 8])
+    body = tag + struct.pack(">I", len(payload)) + payload
+    return data[:off] + body + struct.pack(">I", zlib.crc32(body)) + data[off + 12 + n :]
+
+
+def test_truncated_and_flipped_containers_fail_clearly(codec: Codec, crop_rgb: Image.Image) -> None:
+    data = codec.encode(crop_rgb, quality=40)
+    cuts = {0, 5, cx.HEADER_SIZE - 1, len(data) - 1}
+    for off, _, n in _sections(data):
+        cuts |= {off, off + 6, off + 12, off + 12 + n // 2, off + 12 + n}
+    for cut in sorted(c for c in cuts if c < len(data)):
+        with pytest.raises(ContainerError):
+            codec.decode(data[:cut])
+    rng = np.random.default_rng(0)
+    for pos in rng.integers(0, len(data), 40):
+        bad = bytearray(data)
+        bad[pos] ^= 0x5A
+        with pytest.raises(ContainerError):
+            codec.decode(bytes(bad))
+
+
+def test_forged_entropy_data_is_detected(codec: Codec, crop_rgb: Image.Image) -> None:
+    """A forger who recomputes the CRCs still cannot slip garbage past the latent checksum."""
+    data = codec.encode(crop_rgb, quality=40)
+    off, tag, n = next(s for s in _sections(data) if s[1] == b"TILE")
+    payload = bytearray(data[off + 12 : off + 12 + n])
+    rng = np.random.default_rng(1)
+    for trial in range(5):
+        forged = bytearray(payload)
+        for pos in rng.integers(12, len(forged), 8):
+            forged[pos] = int(rng.integers(0, 256))
+        with pytest.raises(ContainerError) as e:
+            codec.decode(_reforge(data, off, tag, bytes(forged)))
+        assert e.value.code in ("latent_mismatch", "bad_section", "truncated")
+
+
+def test_forged_dimensions_and_model(codec: Codec, crop_rgb: Image.Image) -> None:
+    data = codec.encode(crop_rgb, quality=40)
+    off, tag, n = _sections(data)[0]
+    meta = json.loads(data[off + 12 : off + 12 + n])
+    for field, value in [("width", 60000), ("height", 0), ("n_tiles", 7), ("tile_size", 100)]:
+        forged = dict(meta, **{field: value})
+        blob = json.dumps(forged, sort_keys=True, separators=(",", ":")).encode()
+        with pytest.raises(ContainerError):
+            codec.decode(_reforge(data, off, tag, blob))
+    for field, value, code in [("model_id", "compact-v0", "model_mismatch"), ("weights_sha256", "0" * 64, "weights_mismatch")]:
+        blob = json.dumps(dict(meta, **{field: value}), sort_keys=True, separators=(",", ":")).encode()
+        with pytest.raises(ContainerError) as e:
+            codec.decode(_reforge(data, off, tag, blob))
+        assert e.value.code == code
+
+
+def test_unknown_model_id_is_a_clear_error() -> None:
+    with pytest.raises(UnknownModelError, match="knows: compact-v1"):
+        Codec.load("no-such-model", "cpu")
+
+
+def test_tampered_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = registry.WEIGHTS_DIR
+    shutil.copy(src / "registry.json", tmp_path / "registry.json")
+    entry = registry.read_registry()["compact-v1"]
+    blob = bytearray(entry.file.read_bytes())
+    blob[-100] ^= 1
+    (tmp_path / entry.file.name).write_bytes(bytes(blob))
+    monkeypatch.setattr(registry, "REGISTRY_FILE", tmp_path / "registry.json")
+    with pytest.raises(WeightsIntegrityError, match="do not match"):
+        registry.load_model("compact-v1")
+
+
+def test_registry_refuses_to_reuse_an_id(tmp_path: Path) -> None:
+    reg = tmp_path / "registry.json"
+    entry = registry.read_registry()["compact-v1"]
+    registry.register("m1", entry.file, entry.sha256, entry.preset, {}, registry=reg)
+    registry.register("m1", entry.file, entry.sha256, entry.preset, {}, registry=reg)  # same weights: fine
+    with pytest.raises(ValueError, match="new id"):
+        registry.register("m1", entry.file, "f" * 64, entry.preset, {}, registry=reg)

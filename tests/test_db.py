@@ -1,0 +1,172 @@
+"""Migrations and constraints on SQLite and PostgreSQL (both real)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from click.testing import CliRunner
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.exc import IntegrityError
+
+from archiver.cli import main
+from archiver.db import (
+    ArchivedObject,
+    Base,
+    Job,
+    Result,
+    current_revision,
+    head_revision,
+    make_engine,
+    normalize_url,
+    session_factory,
+    upgrade,
+)
+
+
+def test_upgrade_matches_models(db_url: str) -> None:
+    """What `alembic check` does: after upgrade, autogenerate finds nothing to change."""
+    assert current_revision(db_url) is None
+    upgrade(db_url)
+    upgrade(db_url)  # idempotent
+    assert current_revision(db_url) == head_revision() is not None
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+            diff = compare_metadata(ctx, Base.metadata)
+        assert diff == []
+        tables = set(inspect(engine).get_table_names())
+        assert {"jobs", "results", "archived_objects", "alembic_version"} <= tables
+    finally:
+        engine.dispose()
+
+
+def _job(**kw: object) -> Job:
+    return Job(source="s3://b/p", model_id="compact-v1", **kw)
+
+
+def _result(job: Job, key: str = "a.jpg") -> Result:
+    return Result(job=job, bucket="b", key=key, model_id="compact-v1", original_bytes=10)
+
+
+def test_result_unique_per_job_object(migrated_db_url: str) -> None:
+    factory = session_factory(migrated_db_url)
+    with factory() as s:
+        job = _job()
+        s.add_all([job, _result(job)])
+        s.commit()
+        job_id = job.id
+    with factory() as s:
+        s.add(_result(s.get(Job, job_id)))
+        with pytest.raises(IntegrityError):
+            s.commit()
+    with factory() as s:  # same key in another job is fine
+        job2 = _job()
+        s.add_all([job2, _result(job2)])
+        s.commit()
+        assert s.scalar(select(func.count()).select_from(Result)) == 2
+    factory.kw["bind"].dispose()
+
+
+def test_archived_object_unique_per_version_and_model(migrated_db_url: str) -> None:
+    factory = session_factory(migrated_db_url)
+
+    def row(etag: str, model: str) -> ArchivedObject:
+        return ArchivedObject(bucket="b", key="k", etag=etag, model_id=model, dest_url="s3://b/k.cxa",
+                              compressed_sha256="0" * 64, compressed_bytes=1, original_bytes=2)
+
+    with factory() as s:
+        s.add_all([row("e1", "m1"), row("e2", "m1"), row("e1", "m2")])
+        s.commit()
+    with factory() as s:
+        s.add(row("e1", "m1"))
+        with pytest.raises(IntegrityError):
+            s.commit()
+    factory.kw["bind"].dispose()
+
+
+def test_foreign_keys_cascade(migrated_db_url: str) -> None:
+    factory = session_factory(migrated_db_url)
+    with factory() as s:
+        job = _job()
+        s.add_all([job, _result(job, "a"), _result(job, "b")])
+        s.commit()
+        s.execute(text("DELETE FROM jobs WHERE id = :i"), {"i": job.id})
+        s.commit()
+        assert s.scalar(select(func.count()).select_from(Result)) == 0
+    with factory() as s:  # FK enforced (SQLite too: PRAGMA foreign_keys=ON)
+        s.add(Result(job_id=999_999, bucket="b", key="k", model_id="m"))
+        with pytest.raises(IntegrityError):
+            s.commit()
+    factory.kw["bind"].dispose()
+
+
+def test_sqlite_pragmas(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'p.sqlite'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10_000
+    engine.dispose()
+
+
+def test_sqlite_concurrent_writers(tmp_path: Path) -> None:
+    """Several threads (own engines, like separate workers) read-then-write without 'database is locked'."""
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    upgrade(url)
+    factory = session_factory(url)
+    with factory() as s:
+        job = _job()
+        s.add(job)
+        s.commit()
+        job_id = job.id
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        own = session_factory(url)
+        try:
+            for i in range(25):
+                with own() as s:
+                    s.scalar(select(func.count()).select_from(Result))  # read first: the classic lock upgrade
+                    s.add(Result(job_id=job_id, bucket="b", key=f"{n}/{i}", model_id="m"))
+                    s.commit()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            own.kw["bind"].dispose()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with factory() as s:
+        assert s.scalar(select(func.count()).select_from(Result)) == 100
+    factory.kw["bind"].dispose()
+
+
+def test_normalize_url() -> None:
+    assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("postgresql+psycopg://u@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("sqlite:///x.sqlite").drivername == "sqlite"
+
+
+def test_cli_db_upgrade(db_url: str) -> None:
+    runner = CliRunner()
+    res = runner.invoke(main, ["db", "upgrade", "--url", db_url])
+    assert res.exit_code == 0, res.output
+    assert current_revision(db_url) == head_revision()
+    res = runner.invoke(main, ["db", "current", "--url", db_url])
+    assert res.exit_code == 0, res.output
+    assert "up to date" in res.output
+
+
+def test_cli_version() -> None:
+    res = CliRunner().invoke(main, ["--version"])
+    assert res.exit_code == 0
+    assert "archiver" in res.output

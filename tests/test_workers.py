@@ -1,0 +1,608 @@
+"""Workers, jobs and schedules against real services: a real ``celery -A workers worker``
+subprocess (prefork, one process), a real Redis (a private ``redis-server`` per test session,
+plus a second one that the outage test stops and restarts), moto's S3 server over HTTP, and
+PostgreSQL.
+
+Outcomes are not asserted as numbers (the model weights change): sources are 64 px noise PNGs
+with ``min_psnr`` 1 dB and ``min_saving`` 0, which any working codec accepts, so the tests check
+the *mechanics*: every object gets exactly one finished row, accepted containers exist and match
+the ledger, and no original is ever gone without a verified container.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+REPO = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("ARCHIVER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1"}
+ACCEPT = {"min_psnr": 1.0, "min_saving": 0.0}  # reachable by any working codec on noise PNGs
+VISIBILITY = 15  # seconds before a dead worker's batch is handed to another worker
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def noise_png(seed: int, w: int = 64, h: int = 64) -> bytes:
+    rgb = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str, poll: float = 0.3,
+               on_timeout: Callable[[], str] | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = on_timeout() if on_timeout else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{extra}")
+        time.sleep(poll)
+
+
+class Proc:
+    """A subprocess in its own process group, logging to a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.args, self.env, self.log_path = args, env, log
+        self._fh = open(log, "ab")
+        self.p = subprocess.Popen(args, env=env, cwd=REPO, stdout=self._fh, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        self.name = ""
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(self.p.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.alive():
+            self.kill(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+        self.kill(signal.SIGKILL)  # stragglers in the group (prefork children)
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._fh.close()
+
+
+class RedisServer:
+    """A private redis-server; with ``durable`` every write is fsynced to an append-only file, so
+    a crash (SIGKILL) keeps queued and unacknowledged messages, as a production broker must."""
+
+    def __init__(self, workdir: Path, durable: bool) -> None:
+        self.port = free_port()
+        self.dir = workdir
+        self.durable = durable
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: Proc | None = None
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--save", "", "--protected-mode", "no"]
+        args += ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+        self.proc = Proc(args, dict(os.environ), self.dir / "redis.log")
+        import redis
+
+        def up() -> bool:
+            try:
+                return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5).ping())
+            except redis.RedisError:
+                return False
+
+        wait_until(up, 20, f"redis on port {self.port}", on_timeout=self.proc.log)
+
+    def crash(self) -> None:
+        assert self.proc is not None
+        self.proc.kill(signal.SIGKILL)
+        self.proc.p.wait(10)
+        self.proc.stop()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+
+def _pg_conninfo(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    return f"host={u.host or '127.0.0.1'} port={u.port or 5432} user={u.username or 'postgres'} dbname={u.database}"
+
+
+@pytest.fixture(scope="module")
+def pg_module_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this module (workers and tests share it)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"archiver_workers_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_pg_conninfo(PG_ADMIN_URL), autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name).render_as_string(False)
+    from archiver.db import upgrade
+
+    upgrade(url)
+    yield url
+    from archiver import jobs
+
+    jobs.reset_process_caches()
+    with psycopg.connect(_pg_conninfo(PG_ADMIN_URL), autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def redis_main(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is required for the worker tests")
+    r = RedisServer(tmp_path_factory.mktemp("redis-main"), durable=True)
+    r.start()
+    yield r
+    r.stop()
+
+
+class Stack:
+    """Everything a worker needs, as environment variables and as a Settings object."""
+
+    def __init__(self, s3_endpoint: str, db_url: str, broker_url: str, workdir: Path,
+                 schedule_queue: str = "recompress") -> None:
+        self.s3_endpoint, self.db_url, self.broker_url, self.workdir = s3_endpoint, db_url, broker_url, workdir
+        self.schedule_queue = schedule_queue
+        self.schedules_file = workdir / "schedules.toml"
+        self.schedules_file.write_text("")
+        self.n = 0
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_") or k.startswith("ARCHIVER_TEST_")}
+        env.update(FAKE_AWS)
+        env.update({
+            "ARCHIVER_DATABASE_URL": self.db_url,
+            "ARCHIVER_BROKER_URL": self.broker_url,
+            "ARCHIVER_DEVICE": "cpu",
+            "ARCHIVER_S3__ENDPOINT_URL": self.s3_endpoint,
+            "ARCHIVER_S3__PATH_STYLE": "true",
+            "ARCHIVER_S3__MAX_ATTEMPTS": "3",
+            "ARCHIVER_WORKERS__VISIBILITY_TIMEOUT": str(VISIBILITY),
+            "ARCHIVER_WORKERS__UNACKED_RESTORE_INTERVAL": "1",
+            "ARCHIVER_WORKERS__RETRY_BACKOFF": "0.5",
+            "ARCHIVER_WORKERS__RETRY_BACKOFF_MAX": "4",
+            "ARCHIVER_WORKERS__SCHEDULES_FILE": str(self.schedules_file),
+            "ARCHIVER_WORKERS__SCHEDULE_QUEUE": self.schedule_queue,
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    def settings(self) -> Any:
+        from archiver.settings import Settings
+
+        return Settings(database_url=self.db_url, broker_url=self.broker_url, device="cpu",
+                        s3={"endpoint_url": self.s3_endpoint, "path_style": True, "max_attempts": 3,
+                            "access_key_id": "testing", "secret_access_key": "testing"},
+                        workers={"visibility_timeout": VISIBILITY, "unacked_restore_interval": 1,
+                                 "schedules_file": str(self.schedules_file), "schedule_queue": self.schedule_queue})
+
+    def env_for_test_process(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for k, v in self.env().items():
+            if k.startswith(("ARCHIVER_", "AWS_")):
+                monkeypatch.setenv(k, v)
+
+    def start_worker(self, queues: str = "recompress,retrieve", pool: str = "prefork") -> Proc:
+        self.n += 1
+        name = f"w{self.n}-{uuid.uuid4().hex[:6]}"
+        args = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queues, "-c", "1",
+                "--pool", pool, "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
+                "--without-mingle", "--without-heartbeat"]
+        w = Proc(args, self.env(), self.workdir / f"{name}.log")
+        w.name = f"{name}@{socket.gethostname()}"
+
+        def ready() -> bool:
+            text = w.log()
+            # prefork: the child has loaded the model (worker_process_init); solo loads it lazily
+            return not w.alive() or ("ready." in text and (pool != "prefork" or "worker process ready" in text))
+
+        wait_until(ready, 180, f"worker {name} to start", on_timeout=lambda: w.log()[-3000:])
+        assert w.alive(), w.log()[-3000:]
+        return w
+
+    def bucket(self, objects: dict[str, bytes]) -> str:
+        from archiver.storage.s3 import make_client
+
+        st = self.settings()
+        client = make_client(st.s3)
+        name = f"wk-{uuid.uuid4().hex[:16]}"
+        client.create_bucket(Bucket=name)
+        for k, v in objects.items():
+            client.put_object(Bucket=name, Key=k, Body=v)
+        client.close()
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="module")
+def stack(s3_server: str, pg_module_url: str, redis_main: RedisServer,
+          tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    return Stack(s3_server, pg_module_url, redis_main.url, tmp_path_factory.mktemp("workers"))
+
+
+@pytest.fixture(scope="module")
+def worker(stack: Stack) -> Iterator[dict[str, Proc]]:
+    """The module's worker; a test that kills it puts its replacement in the dict."""
+    holder = {"w": stack.start_worker()}
+    yield holder
+    holder["w"].stop()
+
+
+def session_factory(db_url: str) -> Any:
+    from archiver.jobs import get_session_factory
+
+    return get_session_factory(db_url)
+
+
+def job_rows(db_url: str, job_id: int) -> list[Any]:
+    from archiver.db.models import Result
+
+    with session_factory(db_url)() as s:
+        return list(s.execute(select(Result).where(Result.job_id == job_id)).scalars())
+
+
+def job_status(db_url: str, job_id: int) -> str:
+    from archiver.db.models import Job
+
+    with session_factory(db_url)() as s:
+        return s.execute(select(Job.status).where(Job.id == job_id)).scalar_one()
+
+
+def wait_finished(stack: Stack, job_id: int, timeout: float, workers: list[Proc]) -> None:
+    wait_until(lambda: job_status(stack.db_url, job_id) not in ("pending", "running"), timeout, f"job {job_id}",
+               poll=0.5, on_timeout=lambda: "\n".join(w.log()[-4000:] for w in workers))
+    assert job_status(stack.db_url, job_id) == "finished"
+
+
+def check_job(stack: Stack, job_id: int, bucket_url: str, sources: dict[str, bytes], replace: bool) -> list[Any]:
+    """Exactly one finished row per object; accepted containers exist and match the ledger; an
+    original is only ever missing when its verified container is there."""
+    from archiver.db.models import ArchivedObject
+    from archiver.storage import open_store
+
+    st = stack.settings()
+    store = open_store(bucket_url, st)
+    rows = job_rows(stack.db_url, job_id)
+    by_key: dict[str, Any] = {}
+    for r in rows:
+        assert r.key not in by_key, f"duplicate row for {r.key}"
+        by_key[r.key] = r
+    assert set(by_key) == set(sources), (set(by_key) ^ set(sources))
+    with session_factory(stack.db_url)() as s:
+        for key, data in sources.items():
+            r = by_key[key]
+            assert r.status in ("accepted", "rejected", "failed", "skipped"), (key, r.status)
+            original = store.head(key)
+            ledger = s.execute(select(ArchivedObject).where(ArchivedObject.bucket == store.bucket,
+                                                            ArchivedObject.key == key)).scalars().all()
+            if r.status == "accepted":
+                assert len(ledger) == 1
+                c = store.get(key + ".cxa")
+                import hashlib
+
+                assert hashlib.sha256(c).hexdigest() == ledger[0].compressed_sha256 == r.compressed_sha256
+                assert len(c) == r.compressed_bytes
+            if original is None:  # never without a verified container
+                assert r.status == "accepted" and replace, key
+                assert ledger and store.head(key + ".cxa") is not None
+                assert r.original_deleted and ledger[0].original_deleted
+            else:
+                assert store.get(key) == data  # untouched
+                assert not (replace and r.status == "accepted"), f"{key}: accepted with replace but not deleted"
+    return rows
+
+
+# ---- schedules: file validation, the start guard, filters (no worker needed) ---------------------
+
+def test_schedules_file_is_validated(tmp_path: Path) -> None:
+    from archiver.errors import ConfigError
+    from archiver.schedules import beat_schedule, load_schedules
+
+    shipped = load_schedules(REPO / "config" / "schedules.toml", missing_ok=False)
+    assert shipped and all(s.cron for s in shipped)
+    f = tmp_path / "s.toml"
+    f.write_text('[[schedule]]\nname = "a"\ncron = "*/15 2-4 * * mon-fri"\nsource = "s3://b/p/"\n'
+                 'older_than_days = 7\n[[schedule]]\nname = "b"\ninterval_seconds = 30\nsource = "/data"\n')
+    entries = beat_schedule(load_schedules(f))
+    assert set(entries) == {"schedule:a", "schedule:b"}
+    assert entries["schedule:a"]["task"] == "archiver.run_schedule"
+    assert entries["schedule:a"]["args"][0]["older_than_days"] == 7
+    for bad, msg in [('cron = "61 * * * *"', "invalid cron"), ('cron = "* * *"', "5 fields"),
+                     ('cron = "* * * * *"\ninterval_seconds = 5', "exactly one"), ('cron = "0 3 * * *"\nbogus = 1', "bogus")]:
+        f.write_text(f'[[schedule]]\nname = "x"\nsource = "s3://b"\n{bad}\n')
+        with pytest.raises(ConfigError, match=msg):
+            load_schedules(f)
+    f.write_text('[[schedule]]\nname = "x"\ncron = "0 3 * * *"\nsource = "s3://b"\n' * 2)
+    with pytest.raises(ConfigError, match="used twice"):
+        load_schedules(f)
+    assert load_schedules(tmp_path / "none.toml") == []
+
+
+def test_second_trigger_cannot_start_a_second_run(db_url: str, s3_server: str, tmp_path: Path) -> None:
+    """Many triggers at once (threads = many beats/workers): exactly one job starts; while it
+    runs, further triggers start nothing; after it ends the next trigger starts a new run."""
+    from archiver import jobs
+    from archiver.db import upgrade
+    from archiver.db.models import Job
+
+    upgrade(db_url)
+    stack = Stack(s3_server, db_url, "redis://127.0.0.1:1/0", tmp_path)
+    bucket = stack.bucket({f"img{i}.png": noise_png(i) for i in range(3)})
+    sent: list[list[Any]] = []
+    sched = {"name": "guarded", "interval_seconds": 1, "source": bucket, "older_than_days": 0, **ACCEPT}
+    results: list[int | None] = []
+    barrier = threading.Barrier(6)
+
+    def trigger() -> None:
+        barrier.wait()
+        results.append(jobs.start_scheduled(sched, settings=stack.settings(),
+                                            enqueue=lambda *a: sent.append(a[3])))
+
+    threads = [threading.Thread(target=trigger) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    started = [r for r in results if r is not None]
+    assert len(results) == 6 and len(started) == 1, results
+    with session_factory(db_url)() as s:
+        rows = s.execute(select(Job).where(Job.schedule_name == "guarded")).scalars().all()
+    assert [j.id for j in rows] == started and rows[0].kind == "scheduled" and rows[0].status == "running"
+    assert sum(len(c) for c in sent) == 3 == rows[0].objects_enqueued
+    assert jobs.start_scheduled(sched, settings=stack.settings(), enqueue=lambda *a: None) is None
+    jobs.cancel(started[0], settings=stack.settings())
+    again = jobs.start_scheduled(sched, settings=stack.settings(), enqueue=lambda *a: None)
+    assert again is not None and again != started[0]
+
+
+def test_scheduled_runs_skip_new_and_archived_objects(s3_server: str, pg_module_url: str, tmp_path: Path) -> None:
+    from archiver import jobs
+    from archiver.db.models import ArchivedObject, Job
+    from archiver.storage import open_store
+
+    stack = Stack(s3_server, pg_module_url, "redis://127.0.0.1:1/0", tmp_path)
+    st = stack.settings()
+    bucket = stack.bucket({"a.png": noise_png(1), "b.png": noise_png(2), "c.png.cxa": b"ours"})
+    sent: list[list[Any]] = []
+    sched = {"name": f"age-{uuid.uuid4().hex[:6]}", "cron": "0 3 * * *", "source": bucket, "older_than_days": 1}
+    job_id = jobs.start_scheduled(sched, settings=st, enqueue=lambda *a: sent.append(a[3]))
+    assert job_id is not None and sent == []  # everything is newer than a day
+    assert jobs.status(job_id, settings=st).status == "finished"
+    assert jobs.status(job_id, settings=st).objects_listed == 2  # our own containers are not listed
+
+    store = open_store(bucket, st)
+    a = store.head("a.png")
+    with session_factory(pg_module_url)() as s:
+        s.add(ArchivedObject(bucket=store.bucket, key="a.png", etag=a.etag, model_id=st.model_id,
+                             dest_url=store.url_for("a.png.cxa"), compressed_sha256="0" * 64, compressed_bytes=1,
+                             original_bytes=a.size))
+        s.commit()
+    sched = {**sched, "name": sched["name"] + "-b", "older_than_days": 0}
+    job_id = jobs.start_scheduled(sched, settings=st, enqueue=lambda *a: sent.append(a[3]))
+    assert [it[0] for c in sent for it in c] == ["b.png"]  # a.png is archived already
+    with session_factory(pg_module_url)() as s:
+        assert s.get(Job, job_id).objects_enqueued == 1
+
+
+# ---- a real worker ----------------------------------------------------------------------------------
+
+def test_submitted_job_completes_and_records_every_object(stack: Stack, worker: dict[str, Proc],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from archiver import jobs
+    from archiver.cli.job_cmds import status, submit
+    from workers.app import app_for
+
+    sources = {f"photos/{i}.png": noise_png(100 + i, 64 + 16 * i, 64) for i in range(3)}
+    sources["photos/readme.txt"] = b"not an image at all\n" * 10
+    bucket = stack.bucket(sources)
+    stack.env_for_test_process(monkeypatch)
+    res = CliRunner().invoke(submit, [bucket, "--min-psnr", "1", "--min-saving", "0", "--replace",
+                                      "--chunk-size", "2"])
+    assert res.exit_code == 0, res.output
+    job_id = int(res.output.strip().splitlines()[-1])
+    wait_finished(stack, job_id, 150, [worker["w"]])
+
+    rows = check_job(stack, job_id, bucket, sources, replace=True)
+    by_key = {r.key: r for r in rows}
+    assert by_key["photos/readme.txt"].status == "rejected"
+    assert by_key["photos/readme.txt"].reason_code == "not_an_image"
+    accepted = [r for r in rows if r.status == "accepted"]
+    assert len(accepted) == 3
+    for r in accepted:
+        assert r.worker and r.psnr is not None and r.t_total is not None and r.device == "cpu"
+        assert r.width == 64 + 16 * int(r.key.split("/")[1][0])
+
+    s = jobs.status(job_id, settings=stack.settings())
+    assert (s.done, s.count("accepted"), s.count("rejected"), s.objects_enqueued) == (4, 3, 1, 4)
+    assert s.saved_bytes == sum(r.original_bytes - r.compressed_bytes for r in accepted)
+    assert s.eta_seconds is None and s.rate > 0
+    out = CliRunner().invoke(status, [str(job_id)])
+    assert out.exit_code == 0 and "finished" in out.output and "3 / 1 / 0 / 0" in out.output, out.output
+    out = CliRunner().invoke(status, [])
+    assert out.exit_code == 0 and str(job_id) in out.output
+
+    # the retrieve task decodes a container (base64 back through the result backend)
+    import base64
+
+    container = accepted[0].dest_url
+    got = app_for(stack.settings()).send_task("archiver.retrieve", args=[container, "webp"]).get(timeout=120)
+    img = Image.open(io.BytesIO(base64.b64decode(got["data"])))
+    assert img.format == "WEBP" and img.size == (accepted[0].width, accepted[0].height)
+
+    # resubmitting the same source: originals are gone (replaced), nothing left to do
+    job2 = jobs.submit(bucket, {"replace": True, **ACCEPT}, settings=stack.settings())
+    wait_finished(stack, job2, 60, [worker["w"]])
+    assert jobs.status(job2, settings=stack.settings()).objects_enqueued == 1  # readme.txt only
+
+
+def test_cancel_stops_the_workers(stack: Stack, worker: dict[str, Proc], monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from archiver import jobs
+    from archiver.cli.job_cmds import cancel
+
+    sources = {f"c{i}.png": noise_png(200 + i, 128, 128) for i in range(10)}
+    bucket = stack.bucket(sources)
+    st = stack.settings()
+    job_id = jobs.submit(bucket, ACCEPT, chunk_size=1, settings=st)
+    wait_until(lambda: job_rows(stack.db_url, job_id), 90, "a first result", poll=0.1,
+               on_timeout=lambda: worker["w"].log())
+    stack.env_for_test_process(monkeypatch)
+    res = CliRunner().invoke(cancel, [str(job_id)])
+    assert res.exit_code == 0, res.output
+    assert jobs.status(job_id, settings=st).status == "cancelled"
+    # the queue drains without doing the work: at most the object in progress gets finished
+    n_at_cancel = len(job_rows(stack.db_url, job_id))
+    from archiver.db.models import Job
+
+    probe = jobs.submit(stack.bucket({"p.png": noise_png(299)}), ACCEPT, settings=st)  # queued behind them
+    wait_finished(stack, probe, 120, [worker["w"]])
+    assert len(job_rows(stack.db_url, job_id)) <= n_at_cancel + 1 < len(sources)
+    with session_factory(stack.db_url)() as s:
+        assert s.get(Job, job_id).status == "cancelled"
+    assert not jobs.cancel(job_id, settings=st)  # already ended
+
+
+def test_beat_triggers_once_while_the_run_is_running(stack: Stack, tmp_path: Path) -> None:
+    """A real ``celery -A workers beat`` with a 2-second schedule. Triggers go to a "control"
+    queue whose worker does not take batches yet, so the first run is deterministically still
+    running when the next triggers arrive: they start nothing. Then the worker starts consuming
+    batches (remote control add_consumer) and the run completes."""
+    from archiver.db.models import Job
+    from workers.app import app_for
+
+    redis = RedisServer(tmp_path, durable=False)
+    redis.start()
+    own = Stack(stack.s3_endpoint, stack.db_url, redis.url, tmp_path, schedule_queue="control")
+    sources = {f"s{i}.png": noise_png(300 + i) for i in range(3)}
+    bucket = own.bucket(sources)
+    name = f"every-2s-{uuid.uuid4().hex[:6]}"
+    own.schedules_file.write_text(
+        f'[[schedule]]\nname = "{name}"\ninterval_seconds = 2\nsource = "{bucket}"\nolder_than_days = 0\n'
+        f'min_psnr = 1.0\nmin_saving = 0.0\nchunk_size = 2\n')
+    w = own.start_worker(queues="control", pool="solo")
+    beat = Proc([sys.executable, "-m", "celery", "-A", "workers", "beat", "--loglevel", "INFO", "--max-interval", "1",
+                 "-s", str(tmp_path / "beat-schedule")], own.env(), tmp_path / "beat.log")
+
+    def runs() -> list[Any]:
+        with session_factory(own.db_url)() as s:
+            return s.execute(select(Job).where(Job.schedule_name == name)).scalars().all()
+
+    try:
+        try:
+            wait_until(runs, 60, "the first scheduled run", on_timeout=lambda: beat.log() + w.log())
+            wait_until(lambda: w.log().count(f"schedule {name}: previous run") >= 2, 60, "two refused triggers",
+                       on_timeout=lambda: beat.log() + w.log())
+        finally:
+            beat.stop()
+        assert beat.log().count(f"Sending due task schedule:{name}") >= 3
+        (run,) = runs()
+        assert run.kind == "scheduled" and run.status == "running" and run.objects_enqueued == 3
+        assert job_rows(own.db_url, run.id) == []  # its batches are queued, not started
+
+        reply = app_for(own.settings()).control.add_consumer("recompress", destination=[w.name], reply=True,
+                                                               timeout=10)
+        assert reply, "the worker did not answer the add_consumer request"
+        wait_finished(own, run.id, 180, [w])
+        assert len(runs()) == 1
+        check_job(own, run.id, bucket, sources, replace=False)
+    finally:
+        w.stop()
+        redis.stop()
+
+
+def test_worker_killed_mid_job_completes_on_another_worker(stack: Stack, worker: dict[str, Proc]) -> None:
+    """SIGKILL the worker (parent and child) after the first result row; a new worker picks the
+    abandoned batch up after the visibility timeout; no duplicates, no original lost."""
+    from archiver import jobs
+
+    sources = {f"k{i}.png": noise_png(400 + i, 128, 128) for i in range(8)}
+    bucket = stack.bucket(sources)
+    job_id = jobs.submit(bucket, {"replace": True, **ACCEPT}, chunk_size=4, settings=stack.settings())
+    w = worker["w"]
+    wait_until(lambda: job_rows(stack.db_url, job_id), 120, "a first result", poll=0.1, on_timeout=w.log)
+    w.kill(signal.SIGKILL)
+    w.p.wait(10)
+    w.stop()
+    n_dead = len(job_rows(stack.db_url, job_id))
+    assert n_dead < len(sources), "the job finished before the kill; make it longer"
+    worker["w"] = stack.start_worker()
+    wait_finished(stack, job_id, VISIBILITY + 150, [worker["w"]])
+    rows = check_job(stack, job_id, bucket, sources, replace=True)
+    assert all(r.status == "accepted" for r in rows)
+    # the batch the dead worker held was redelivered to the new one (after the visibility timeout)
+    import re
+
+    held = re.findall(r"recompress_batch\[([0-9a-f-]+)\] received", w.log())[-1]
+    assert f"recompress_batch[{held}] received" in worker["w"].log()
+
+
+def test_redis_outage_mid_job(stack: Stack, tmp_path: Path) -> None:
+    """The broker crashes (SIGKILL) mid-job and comes back on the same port: the job completes."""
+    from archiver import jobs
+
+    redis = RedisServer(tmp_path, durable=True)
+    redis.start()
+    own = Stack(stack.s3_endpoint, stack.db_url, redis.url, tmp_path)
+    w = own.start_worker()
+    try:
+        sources = {f"o{i}.png": noise_png(500 + i, 128, 128) for i in range(8)}
+        bucket = own.bucket(sources)
+        job_id = jobs.submit(bucket, ACCEPT, chunk_size=2, settings=own.settings())
+        wait_until(lambda: job_rows(own.db_url, job_id), 120, "a first result", poll=0.1, on_timeout=w.log)
+        redis.crash()
+        time.sleep(3)
+        n_down = len(job_rows(own.db_url, job_id))
+        redis.start()
+        wait_finished(own, job_id, VISIBILITY + 150, [w])
+        assert n_down < len(sources), "the job finished before the outage; make it longer"
+        check_job(own, job_id, bucket, sources, replace=False)
+        assert w.alive(), "the worker must survive a broker outage"
+        log = w.log()
+        assert "Connection to broker lost" in log
+        assert log.index("Connection to broker lost") < log.rindex("Connected to redis://")
+    finally:
+        w.stop()
+        redis.stop()
