@@ -128,10 +128,14 @@ def _settings(settings: Settings | None) -> Settings:
     return load_settings()
 
 
+def _utc(t: dt.datetime) -> dt.datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
+
+
 def _aware(t: dt.datetime | None) -> dt.datetime | None:
     if t is None:
         return None
-    return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
 
 
 def make_options(settings: Settings, *, min_psnr: float | None = None, min_saving: float | None = None,
@@ -223,7 +227,7 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
     try:
         src = get_store(source, st)
         with sf() as s:
-            model_id = s.get(Job, job_id).model_id
+            model_id = s.execute(select(Job.model_id).where(Job.id == job_id)).scalar_one()
         chunk: list[list[Any]] = []
         listed = listed_bytes = 0
 
@@ -242,7 +246,7 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
         for info in iter_source(src, opts):
             listed += 1
             listed_bytes += info.size
-            if cutoff is not None and _aware(info.last_modified) > cutoff:
+            if cutoff is not None and _utc(info.last_modified) > cutoff:
                 continue
             chunk.append([info.key, info.etag, info.size])
             if len(chunk) >= chunk_size:
@@ -439,7 +443,7 @@ def cancel(job_id: int, db_url: str | None = None, *, settings: Settings | None 
         res = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES))
                         .values(status="cancelled", finished_at=utcnow()))
         s.commit()
-        return bool(res.rowcount)
+        return bool(getattr(res, "rowcount", 0))
 
 
 def finalize(sf: sessionmaker[Session], job_id: int) -> bool:
@@ -455,9 +459,10 @@ def finalize(sf: sessionmaker[Session], job_id: int) -> bool:
         res = s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
                         .values(status="finished", finished_at=utcnow()))
         s.commit()
-        if res.rowcount:
+        done = bool(getattr(res, "rowcount", 0))
+        if done:
             log.info("job %s finished: %s objects", job_id, n)
-        return bool(res.rowcount)
+        return done
 
 
 def job_state(sf: sessionmaker[Session], job_id: int) -> str | None:
@@ -505,14 +510,14 @@ class RedisAttemptCounter:
             pipe.incr(k)
             pipe.expire(k, self.TTL)
             return int(pipe.execute()[0])
-        except Exception as e:  # redis.RedisError, OSError: never block work on the counter
+        except Exception as e:  # noqa: BLE001 - redis.RedisError, OSError: never block work on the counter
             log.warning("attempt counter unavailable (%s); not counting", e)
             return 1
 
     def finish(self, job_id: int, bucket: str, key: str) -> None:
         try:
             self.client.delete(self._key(job_id, bucket, key))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - best effort, as above
             log.warning("attempt counter unavailable (%s)", e)
 
 

@@ -442,6 +442,8 @@ def find_resumable_job(session: Session, source: str, dest: str | None, opts: Pi
         select(Job).where(Job.source == source, Job.status.in_(RESUMABLE_STATUSES), Job.kind == "recompress")
         .order_by(Job.id.desc())
     ).scalars():
+        if (job.settings or {}).get("via") == "workers":
+            continue  # a distributed job (archiver submit): its batches belong to the Celery workers
         if job.dest == dest and job.model_id == model_id and (job.settings or {}).get("options") == opts.as_dict():
             return job
     return None

@@ -17,7 +17,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -57,7 +64,7 @@ class Schedule(BaseModel):
             raise ValueError(f"cron expression {v!r} must have 5 fields: minute hour day-of-month month day-of-week")
         try:
             _crontab(v)
-        except Exception as e:  # celery raises ValueError / ParseException subclasses
+        except Exception as e:  # noqa: BLE001 - celery raises ValueError / ParseException subclasses
             raise ValueError(f"invalid cron expression {v!r}: {e}") from None
         return " ".join(fields)
 

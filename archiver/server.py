@@ -221,7 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.decode_slots = asyncio.Semaphore(st.server.max_concurrent_decodes)
         try:
             app.state.sf = await run_in_threadpool(lambda: get_session_factory(st.database_url, migrate=True))
-        except Exception as e:  # the database may come back later; /health reports it meanwhile
+        except Exception as e:  # noqa: BLE001 - the database may come back later; /health reports it
             log.error("database not ready at start (%s); serving anyway", e)
             app.state.sf = get_session_factory(st.database_url)
         app.state.codec = None

@@ -262,7 +262,7 @@ def test_forged_entropy_data_is_detected(codec: Codec, crop_rgb: Image.Image) ->
     """A forger who recomputes the CRCs still cannot slip garbage past the latent checksum."""
     data = codec.encode(crop_rgb, quality=40)
     off, tag, n = next(s for s in _sections(data) if s[1] == b"TILE")
-    payload = bytearray(data[off + 12 : off + 12 + n])
+    payload = bytearray(data[off + 8 : off + 8 + n])
     rng = np.random.default_rng(1)
     for trial in range(5):
         forged = bytearray(payload)
@@ -276,7 +276,7 @@ def test_forged_entropy_data_is_detected(codec: Codec, crop_rgb: Image.Image) ->
 def test_forged_dimensions_and_model(codec: Codec, crop_rgb: Image.Image) -> None:
     data = codec.encode(crop_rgb, quality=40)
     off, tag, n = _sections(data)[0]
-    meta = json.loads(data[off + 12 : off + 12 + n])
+    meta = json.loads(data[off + 8 : off + 8 + n])
     for field, value in [("width", 60000), ("height", 0), ("n_tiles", 7), ("tile_size", 100)]:
         forged = dict(meta, **{field: value})
         blob = json.dumps(forged, sort_keys=True, separators=(",", ":")).encode()

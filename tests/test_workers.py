@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("ARCHIVER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -71,7 +71,7 @@ class Proc:
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.args, self.env, self.log_path = args, env, log
-        self._fh = open(log, "ab")
+        self._fh = open(log, "ab")  # noqa: SIM115 - open for the life of the process
         self.p = subprocess.Popen(args, env=env, cwd=REPO, stdout=self._fh, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         self.name = ""
@@ -422,6 +422,73 @@ def test_scheduled_runs_skip_new_and_archived_objects(s3_server: str, pg_module_
     assert [it[0] for c in sent for it in c] == ["b.png"]  # a.png is archived already
     with session_factory(pg_module_url)() as s:
         assert s.get(Job, job_id).objects_enqueued == 1
+
+
+def _running_job(db_url: str, source: str, n: int) -> int:
+    from archiver.db.models import Job
+
+    with session_factory(db_url)() as s:
+        job = Job(kind="recompress", source=source, model_id="compact-v1", status="running", settings={},
+                  objects_enqueued=n, objects_listed=n, bytes_listed=0)
+        s.add(job)
+        s.commit()
+        return job.id
+
+
+def test_transient_errors_retry_then_give_up_and_the_job_still_finishes(pg_module_url: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task itself (run eagerly): a source whose S3 endpoint refuses connections raises a
+    transient StorageError; the batch is retried max_retries times with backoff, then its objects
+    are recorded failed and the job finishes instead of hanging."""
+    from workers import tasks
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    for k, v in {"ARCHIVER_DATABASE_URL": pg_module_url, "ARCHIVER_DEVICE": "cpu",
+                 "ARCHIVER_S3__ENDPOINT_URL": dead, "ARCHIVER_S3__MAX_ATTEMPTS": "1",
+                 "ARCHIVER_S3__CONNECT_TIMEOUT": "1", "ARCHIVER_WORKERS__MAX_RETRIES": "2",
+                 "ARCHIVER_WORKERS__RETRY_BACKOFF": "0.01", "ARCHIVER_BROKER_URL": "memory://",
+                 **FAKE_AWS}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(tasks, "_settings", None)
+    monkeypatch.setattr(tasks, "_counter", None)
+    job_id = _running_job(pg_module_url, "s3://unreachable", 2)
+    items = [["a.png", "e1", 10], ["b.png", "e2", 20]]
+    res = tasks.recompress_batch.apply(args=[job_id, "s3://unreachable", None, items, {"min_psnr": 1.0}])
+    assert res.successful(), res.traceback
+    assert res.result == {"failed": 2}
+    rows = job_rows(pg_module_url, job_id)
+    assert sorted(r.key for r in rows) == ["a.png", "b.png"]
+    assert all(r.status == "failed" and "gave up after 2 retries" in r.reason for r in rows)
+    assert job_status(pg_module_url, job_id) == "finished"
+
+
+def test_poison_objects_are_recorded_failed_and_skipped(s3_server: str, pg_module_url: str, tmp_path: Path) -> None:
+    """An object whose processing was started too often without finishing (the worker died on
+    it each time) is recorded failed, not processed again; the others are processed."""
+    from archiver import jobs
+
+    stack = Stack(s3_server, pg_module_url, "memory://", tmp_path)
+    bucket = stack.bucket({"ok.png": noise_png(7), "poison.png": noise_png(8)})
+
+    class Counter:
+        def __init__(self) -> None:
+            self.finished: list[str] = []
+
+        def start(self, job_id: int, bucket: str, key: str) -> int:
+            return 99 if key == "poison.png" else 1
+
+        def finish(self, job_id: int, bucket: str, key: str) -> None:
+            self.finished.append(key)
+
+    counter = Counter()
+    job_id = _running_job(pg_module_url, bucket, 2)
+    res = jobs.process_batch(job_id, bucket, None, [["ok.png", "", 0], ["poison.png", "", 0]], ACCEPT,
+                             settings=stack.settings(), attempts=counter)
+    by_key = {o.key: o for o in res.outcomes}
+    assert by_key["poison.png"].status == "failed" and by_key["poison.png"].reason_code == "poison_object"
+    assert by_key["ok.png"].status == "accepted"
+    assert sorted(counter.finished) == ["ok.png", "poison.png"]
+    assert res.finished_job and job_status(pg_module_url, job_id) == "finished"
 
 
 # ---- a real worker ----------------------------------------------------------------------------------

@@ -108,9 +108,9 @@ def _load_model_in_child(**_: object) -> None:
     except Exception:  # the database may be down now; tasks retry when they need it
         log.exception("could not prepare the database at worker start")
     try:
-        from archiver.codec.api import Codec
-
         import torch
+
+        from archiver.codec.api import Codec
 
         codec = Codec.cached(st.model_id, st.device)
         log.info("worker process ready: model %s on %s (%d torch threads)", codec.model_id, codec.device_name,

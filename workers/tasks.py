@@ -78,7 +78,7 @@ def recompress_batch(self: Any, job_id: int, source_url: str, dest_url: str | No
                                      worker=worker)
             log.error("job %s batch: gave up after %d retries; %d object(s) recorded failed", job_id, retries, n)
             return {"failed": n}
-        except Exception as e2:  # the database itself is unreachable: keep the batch, try later
+        except Exception as e2:  # noqa: BLE001 - the database is unreachable: keep the batch, try later
             log.error("job %s batch: cannot record the failure either (%s); retrying later", job_id, e2)
             raise self.retry(exc=e2, countdown=st.workers.retry_backoff_max, max_retries=None) from None
     if res.cancelled:
