@@ -9,16 +9,11 @@ import json
 import click
 from rich.console import Console
 from rich.table import Table
+from .pipeline_cmds import human
 
 console = Console(stderr=True)
 
 
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n):,} B"
-        n /= 1024
-    return str(n)
 
 
 def duration(seconds: float | None) -> str:

@@ -1,0 +1,64 @@
+"""Training and evaluation tooling on tiny real data: the commands run, write what they promise,
+and resume from their own weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from PIL import Image
+from safetensors import safe_open
+
+from archiver.bdrate import bd_rate, bd_rate_files
+from archiver.cli import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+KODAK = SHARED / "data" / "kodak"
+ANCHORS = SHARED / "anchors" / "kodak"
+
+
+def test_bd_rate_matches_the_anchor_tool() -> None:
+    # ../shared/anchors/README.md: BPG-444 vs CompressAI-VTM on Kodak = +21.99 % (PCHIP)
+    assert abs(bd_rate_files(ANCHORS / "published/vtm.json", ANCHORS / "published/bpg_444_x265_ycbcr.json") - 21.99) < 0.01
+    # a curve that needs exactly 10 % fewer bits everywhere
+    assert abs(bd_rate([1, 2, 3], [30, 35, 40], [0.9, 1.8, 2.7], [30, 35, 40]) + 10.0) < 1e-9
+
+
+def test_train_writes_weights_and_log_and_resumes(tmp_path: Path) -> None:
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for i, n in enumerate((4, 8)):
+        Image.open(KODAK / f"kodim{n:02d}.png").convert("RGB").crop((0, 0, 160, 128)).save(data / f"{i}.jpg", quality=95)
+    out = tmp_path / "w.safetensors"
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), "--steps", "2", "--batch", "2",
+                                  "--crop", "64", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["steps"] == "2"
+        assert f.get_tensor("g_a.net.0.conv.weight").dtype.itemsize == 2  # float transforms ship as fp16
+    log = [json.loads(line) for line in out.with_suffix(".log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2 and {"bpp", "psnr", "loss"} <= set(log[-1])
+    out2 = tmp_path / "w2.safetensors"
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out2), "--steps", "1", "--batch", "2",
+                                  "--crop", "64", "--device", "cpu", "--resume", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out2.exists()
+
+
+def test_eval_writes_compressai_json_bd_rates_and_plot(tmp_path: Path) -> None:
+    folder = tmp_path / "k"
+    folder.mkdir()
+    for n in (3, 23):
+        Image.open(KODAK / f"kodim{n:02d}.png").convert("RGB").crop((0, 0, 128, 128)).save(folder / f"{n}.png")
+    out, plot = tmp_path / "rd.json", tmp_path / "rd.png"
+    r = CliRunner().invoke(main, ["eval", str(folder), "--device", "cpu", "--qualities", "20,90", "--out", str(out),
+                                  "--plot", str(plot), "--reference", str(ANCHORS / "published/vtm.json"),
+                                  "--anchor", str(ANCHORS / "measured/jpeg_420.json")])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    for k in ("bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"):
+        assert len(res["results"][k]) == 2
+    assert res["results"]["bpp"][0] < res["results"]["bpp"][1]
+    assert [row["anchor"] for row in res["bd_rate"]] == ["vtm.json", "jpeg_420.json"]
+    assert Image.open(plot).size[0] > 400
