@@ -159,7 +159,7 @@ def train(cfg: TrainConfig, progress=None) -> Path:
                 progress(step, cfg.steps, {k: float(v.detach()) for k, v in m.items()})
             if step % cfg.log_every == 0 or step == cfg.steps:
                 rec = {"step": step, "time_s": round(time.time() - t0, 1), "lr": lr,
-                       **{k: round(float(v.detach()), 5) for k, v in m.items()}, "aux": round(float(aux), 3)}
+                       **{k: round(float(v.detach()), 5) for k, v in m.items()}, "aux": round(float(aux.detach()), 3)}
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
             done = step == cfg.steps or (cfg.max_minutes and time.time() - t0 > cfg.max_minutes * 60)
