@@ -128,10 +128,6 @@ def _settings(settings: Settings | None) -> Settings:
     return load_settings()
 
 
-def _utc(t: dt.datetime) -> dt.datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
-
-
 def _aware(t: dt.datetime | None) -> dt.datetime | None:
     if t is None:
         return None
@@ -246,7 +242,7 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
         for info in iter_source(src, opts):
             listed += 1
             listed_bytes += info.size
-            if cutoff is not None and _utc(info.last_modified) > cutoff:
+            if cutoff is not None and _aware(info.last_modified) > cutoff:
                 continue
             chunk.append([info.key, info.etag, info.size])
             if len(chunk) >= chunk_size:

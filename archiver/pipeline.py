@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .codec.api import Codec
+from .codec.api import Codec, delivered
 from .db.models import ArchivedObject, Job, Result, utcnow
 from .errors import ArchiverError, ContainerError, ImageRejected, StorageError
 from .images import load_image, sniff
@@ -184,9 +184,9 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
             out.gpu_seconds = codec.gpu_seconds - gpu0 if codec.device.type == "cuda" else 0.0
         # dec.rgb is what a user gets back (gray modes as gray); img.rgb of a gray image is the
         # gray replicated to three channels, i.e. already in that form.
-        p = psnr(_delivered(img.rgb, img.mode), dec.rgb)
+        p = psnr(delivered(img.rgb, img.mode), dec.rgb)
         out.psnr = p
-        out.ms_ssim = ms_ssim(_delivered(img.rgb, img.mode), dec.rgb)
+        out.ms_ssim = ms_ssim(delivered(img.rgb, img.mode), dec.rgb)
         out.timings["verify"] = time.perf_counter() - t2
         out.quality = enc.quality
         out.compressed_bytes = len(enc.data)
@@ -235,12 +235,6 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
         return out
     finally:
         out.timings["total"] = time.perf_counter() - t0
-
-
-def _delivered(rgb, mode: str):
-    from .codec.api import delivered
-
-    return delivered(rgb, mode)
 
 
 class _NullLock:

@@ -9,11 +9,10 @@ import json
 import click
 from rich.console import Console
 from rich.table import Table
+
 from .pipeline_cmds import human
 
 console = Console(stderr=True)
-
-
 
 
 def duration(seconds: float | None) -> str:
