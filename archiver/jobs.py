@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .db.models import ArchivedObject, Job, Result, utcnow
 from .errors import ArchiverError, StorageError
+from .identity import Scope
 
 if TYPE_CHECKING:
     from .codec.api import Codec
@@ -229,7 +230,7 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
 
         def flush() -> None:
             nonlocal chunk, listed, listed_bytes
-            items = _drop_archived(sf, src.bucket, model_id, chunk) if skip_archived and chunk else chunk
+            items = _drop_archived(sf, Scope.of(src), model_id, chunk) if skip_archived and chunk else chunk
             with sf() as s:  # counters first: a batch must never finish before it is counted
                 s.execute(update(Job).where(Job.id == job_id).values(
                     objects_enqueued=Job.objects_enqueued + len(items), objects_listed=Job.objects_listed + listed,
@@ -260,14 +261,15 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
     finalize(sf, job_id)  # nothing to do, or every batch already finished while we were listing
 
 
-def _drop_archived(sf: sessionmaker[Session], bucket: str, model_id: str, chunk: list[list[Any]]) -> list[list[Any]]:
+def _drop_archived(sf: sessionmaker[Session], scope: Scope, model_id: str, chunk: list[list[Any]]) -> list[list[Any]]:
     """Leave out objects whose current version is already in the ledger for this model."""
-    keys = [k for k, _, _ in chunk]
+    keys = [scope.key(k) for k, _, _ in chunk]
     with sf() as s:
         have = {(k, e) for k, e in s.execute(
             select(ArchivedObject.key, ArchivedObject.etag).where(
-                ArchivedObject.bucket == bucket, ArchivedObject.model_id == model_id, ArchivedObject.key.in_(keys)))}
-    return [it for it in chunk if (it[0], it[1]) not in have]
+                ArchivedObject.bucket == scope.bucket, ArchivedObject.model_id == model_id,
+                ArchivedObject.key.in_(keys)))}
+    return [it for it in chunk if (scope.key(it[0]), it[1]) not in have]
 
 
 # ---- schedules ----------------------------------------------------------------------------------
@@ -566,6 +568,7 @@ def process_batch(job_id: int, source_url: str, dest_url: str | None, items: Ite
     dst = get_store(dest_url, st, create=True) if dest_url else src
     cx = codec or Codec.cached(model_id, st.device)
     lock = codec_lock(cx)
+    scope = Scope.of(src)
 
     def one(item: Item) -> Outcome | None:
         key = item[0]
@@ -576,20 +579,20 @@ def process_batch(job_id: int, source_url: str, dest_url: str | None, items: Ite
         except StorageError as e:
             if e.transient:
                 raise  # the batch is retried with backoff
-            return _failed(sf, job_id, src.bucket, key, item, cx, worker, e.code, str(e))
+            return _failed(sf, job_id, scope, key, item, cx, worker, e.code, str(e))
         if info is None:
-            return _vanished(sf, job_id, src.bucket, key, item, cx, worker)
+            return _vanished(sf, job_id, scope, key, item, cx, worker)
         # Counted before and cleared after: only a process that died mid-object leaves it raised.
-        n = counter.start(job_id, src.bucket, key)
+        n = counter.start(job_id, scope.bucket, scope.key(key))
         try:
             if n > st.workers.poison_attempts:
-                return _poisoned(sf, job_id, src.bucket, info, n - 1, cx, worker)
+                return _poisoned(sf, job_id, scope, info, n - 1, cx, worker)
             from .pipeline import handle_object
 
             return handle_object(info, job_id=job_id, src=src, dst=dst, codec=cx, opts=opts, session_factory=sf,
                                  codec_lock=lock, worker=worker)
         finally:
-            counter.finish(job_id, src.bucket, key)
+            counter.finish(job_id, scope.bucket, scope.key(key))
 
     pool = ThreadPoolExecutor(max_workers=max(1, io_threads or st.workers.io_threads), thread_name_prefix="batch")
     futures = [pool.submit(one, it) for it in items]
@@ -617,46 +620,48 @@ def process_batch(job_id: int, source_url: str, dest_url: str | None, items: Ite
     return result
 
 
-def _record(sf: sessionmaker[Session], job_id: int, bucket: str, model_id: str, out: Outcome,
+def _record(sf: sessionmaker[Session], job_id: int, scope: Scope, model_id: str, out: Outcome,
             worker: str | None) -> Outcome:
     from .pipeline import _outcome_from_row, record_outcome
 
     with sf() as s:
-        row = s.execute(select(Result).where(Result.job_id == job_id, Result.bucket == bucket,
-                                             Result.key == out.key)).scalar_one_or_none()
+        row = s.execute(select(Result).where(Result.job_id == job_id, Result.bucket == scope.bucket,
+                                             Result.key == scope.key(out.key))).scalar_one_or_none()
         if row is not None and row.status in ("accepted", "rejected", "skipped"):
-            return _outcome_from_row(row)  # finished earlier (e.g. the original was then replaced)
-        record_outcome(s, job_id, bucket, model_id, out, worker)
+            return _outcome_from_row(row, scope)  # finished earlier (e.g. the original was then replaced)
+        record_outcome(s, job_id, scope, model_id, out, worker)
         s.commit()
     return out
 
 
-def _failed(sf: sessionmaker[Session], job_id: int, bucket: str, key: str, item: Item, codec: Codec | None,
+def _failed(sf: sessionmaker[Session], job_id: int, scope: Scope, key: str, item: Item, codec: Codec | None,
             worker: str | None, code: str, reason: str, model_id: str | None = None) -> Outcome:
     from .pipeline import Outcome
 
     out = Outcome(key=key, status="failed", original_bytes=int(item[2]) if len(item) > 2 else 0,
                   etag=item[1] if len(item) > 1 else None, reason_code=code, reason=reason,
                   device=codec.device_name if codec else None)
-    return _record(sf, job_id, bucket, model_id or (codec.model_id if codec else ""), out, worker)
+    return _record(sf, job_id, scope, model_id or (codec.model_id if codec else ""), out, worker)
 
 
-def _vanished(sf: sessionmaker[Session], job_id: int, bucket: str, key: str, item: Item, codec: Codec,
+def _vanished(sf: sessionmaker[Session], job_id: int, scope: Scope, key: str, item: Item, codec: Codec,
               worker: str | None) -> Outcome:
     from .pipeline import _outcome_from_row
 
+    bucket, db_key = scope.bucket, scope.key(key)
     with sf() as s:  # finished earlier and the original was deleted (e.g. killed before marking it)
-        row = s.execute(select(Result).where(Result.job_id == job_id, Result.bucket == bucket, Result.key == key,
+        row = s.execute(select(Result).where(Result.job_id == job_id, Result.bucket == bucket, Result.key == db_key,
                                              Result.status.in_(("accepted", "skipped")))).scalar_one_or_none()
         if row is not None:
-            ledger = s.execute(select(ArchivedObject).where(ArchivedObject.bucket == bucket, ArchivedObject.key == key,
+            ledger = s.execute(select(ArchivedObject).where(ArchivedObject.bucket == bucket,
+                                                            ArchivedObject.key == db_key,
                                                             ArchivedObject.model_id == row.model_id,
                                                             ArchivedObject.etag == row.etag)).scalar_one_or_none()
             if ledger is not None:
                 ledger.original_deleted = row.original_deleted = True
                 s.commit()
-            return _outcome_from_row(row)
-    return _failed(sf, job_id, bucket, key, item, codec, worker, "not_found",
+            return _outcome_from_row(row, scope)
+    return _failed(sf, job_id, scope, key, item, codec, worker, "not_found",
                    "the object disappeared between listing and processing")
 
 
@@ -667,18 +672,18 @@ def fail_unfinished(job_id: int, source_url: str, items: Iterable[Item], code: s
     after its retries), so that the job can still finish; returns how many were recorded."""
     st = _settings(settings)
     sf = session_factory or get_session_factory(st.database_url)
-    bucket = get_store(source_url, st).bucket
+    scope = Scope.of(get_store(source_url, st))
     with sf() as s:
         job = s.get(Job, job_id)
         if job is None:
             return 0
         model_id = job.model_id
-        done = set(s.execute(select(Result.key).where(Result.job_id == job_id, Result.bucket == bucket,
+        done = set(s.execute(select(Result.key).where(Result.job_id == job_id, Result.bucket == scope.bucket,
                                                       Result.status.in_(FINAL_STATUSES))).scalars())
     n = 0
     for item in items:
-        if item[0] not in done:
-            _failed(sf, job_id, bucket, item[0], item, None, worker, code, reason, model_id=model_id)
+        if scope.key(item[0]) not in done:
+            _failed(sf, job_id, scope, item[0], item, None, worker, code, reason, model_id=model_id)
             n += 1
     finalize(sf, job_id)
     return n
@@ -701,7 +706,7 @@ def split_object_url(url: str) -> tuple[str, str]:
     return (head or "/"), name
 
 
-def _poisoned(sf: sessionmaker[Session], job_id: int, bucket: str, info: ObjectInfo, starts: int, codec: Codec,
+def _poisoned(sf: sessionmaker[Session], job_id: int, scope: Scope, info: ObjectInfo, starts: int, codec: Codec,
               worker: str | None) -> Outcome:
     from .pipeline import Outcome
 
@@ -710,7 +715,7 @@ def _poisoned(sf: sessionmaker[Session], job_id: int, bucket: str, info: ObjectI
                   version_id=info.version_id, reason_code="poison_object",
                   reason=f"processing started {starts} times and never finished (the worker died each time)",
                   device=codec.device_name)
-    return _record(sf, job_id, bucket, codec.model_id, out, worker)
+    return _record(sf, job_id, scope, codec.model_id, out, worker)
 
 
 def wait_for(job_id: int, db_url: str | None = None, timeout: float = 600.0, poll: float = 1.0,

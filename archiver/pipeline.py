@@ -33,9 +33,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .codec.api import Codec, delivered
+from .codec.api import Codec, QualityHints, delivered
 from .db.models import ArchivedObject, Job, Result, utcnow
 from .errors import ArchiverError, ContainerError, ImageRejected, StorageError
+from .identity import Scope
 from .images import load_image, sniff
 from .metrics import ms_ssim, psnr
 from .storage import ObjectInfo, ObjectStore
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PSNR_MARGIN = 0.05  # aim a hair above the threshold; the verification decode is the judge
+
+#: where this process's quality searches start: the recent answers for the same model and target
+QUALITY_HINTS = QualityHints()
 
 
 @dataclass
@@ -96,6 +100,35 @@ class Outcome:
 
 def dest_key(key: str, opts: PipelineOptions) -> str:
     return key + opts.suffix
+
+
+#: container metadata naming the original it was made from (``Scope.source_id``)
+SOURCE_ID_META = "source-id"
+
+
+def _refuse_foreign(dst: ObjectStore, key: str, source_id: str, source_etag: str | None) -> None:
+    """Never overwrite what another original's archive (or anything not ours) left at ``key``.
+
+    Two sources can map to one destination key: ``s3://a/x.jpg`` and ``s3://b/x.jpg`` archived
+    into the same destination, or jobs on different prefixes. Overwriting would silently destroy
+    an archive whose original may already be deleted. Our own earlier container for the same
+    original (a rerun, or a crash before the record) is replaced as before.
+    """
+    head = dst.head(key)
+    if head is None:
+        return
+    meta = head.metadata or {}
+    theirs = meta.get(SOURCE_ID_META)
+    if theirs == source_id:
+        return
+    if theirs is None and "model-id" in meta and source_etag and meta.get("source-etag") == source_etag:
+        return  # written before containers named their original, from content with our etag
+    raise StorageError(
+        f"{dst.url_for(key)} already holds "
+        + ("the archive of another original" if theirs else "an object this system did not write")
+        + "; refusing to overwrite it (give this source its own destination or prefix)",
+        code="dest_conflict",
+    )
 
 
 #: Transient storage errors (throttling, 5xx, dropped connections) on one step of one object
@@ -177,7 +210,10 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
         t1 = time.perf_counter()
         with lock:
             gpu0 = codec.gpu_seconds
-            enc = codec.encode_detailed(img, target_psnr=opts.min_psnr + PSNR_MARGIN)
+            target = opts.min_psnr + PSNR_MARGIN
+            hint, spread = QUALITY_HINTS.get(codec.model_id, target)
+            enc = codec.encode_detailed(img, target_psnr=target, quality_hint=hint, hint_spread=spread)
+            QUALITY_HINTS.add(codec.model_id, target, enc.quality)
             out.timings["encode"] = time.perf_counter() - t1
             t2 = time.perf_counter()
             dec = codec.decode(enc.data)  # the real bitstream, through the real decoder
@@ -207,10 +243,13 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
         if not opts.dry_run:
             t3 = time.perf_counter()
             k = dest_key(info.key, opts)
+            source_id = Scope.of(src).source_id(info.key)
 
             def write_and_verify() -> None:
+                _refuse_foreign(dst, k, source_id, info.etag)
                 dst.put(k, enc.data, metadata={"sha256": out.compressed_sha256, "source-etag": info.etag or "",
-                                               "model-id": codec.model_id}, content_type="application/x-cxa")
+                                               SOURCE_ID_META: source_id, "model-id": codec.model_id},
+                        content_type="application/x-cxa")
                 _verify_stored(dst, k, len(enc.data), out.compressed_sha256, opts.max_object_bytes)
 
             with_retries(write_and_verify, f"writing {dst.url_for(k)}")
@@ -250,13 +289,15 @@ _NULL_LOCK = _NullLock()
 
 # ---- database --------------------------------------------------------------------------------
 
-def record_outcome(session: Session, job_id: int, bucket: str, model_id: str, out: Outcome, worker: str | None = None) -> Result:
+def record_outcome(session: Session, job_id: int, scope: Scope, model_id: str, out: Outcome,
+                   worker: str | None = None) -> Result:
     """Upsert the job's row for this object and, for an accepted write, the ledger row — atomically."""
+    bucket, key = scope.bucket, scope.key(out.key)
     row = session.execute(
-        select(Result).where(Result.job_id == job_id, Result.bucket == bucket, Result.key == out.key)
+        select(Result).where(Result.job_id == job_id, Result.bucket == bucket, Result.key == key)
     ).scalar_one_or_none()
     if row is None:
-        row = Result(job_id=job_id, bucket=bucket, key=out.key, model_id=model_id, attempts=0)
+        row = Result(job_id=job_id, bucket=bucket, key=key, model_id=model_id, attempts=0)
         session.add(row)
     row.attempts = (row.attempts or 0) + 1
     for f in ("etag", "version_id", "content_type", "width", "height", "original_bytes", "compressed_bytes", "psnr",
@@ -272,11 +313,11 @@ def record_outcome(session: Session, job_id: int, bucket: str, model_id: str, ou
     session.flush()
     if out.status == "accepted" and out.dest_url and out.etag:
         ledger = session.execute(
-            select(ArchivedObject).where(ArchivedObject.bucket == bucket, ArchivedObject.key == out.key,
+            select(ArchivedObject).where(ArchivedObject.bucket == bucket, ArchivedObject.key == key,
                                          ArchivedObject.etag == out.etag, ArchivedObject.model_id == model_id)
         ).scalar_one_or_none()
         if ledger is None:
-            ledger = ArchivedObject(bucket=bucket, key=out.key, etag=out.etag, model_id=model_id)
+            ledger = ArchivedObject(bucket=bucket, key=key, etag=out.etag, model_id=model_id)
             session.add(ledger)
         ledger.result_id = row.id
         ledger.dest_url = out.dest_url
@@ -287,13 +328,13 @@ def record_outcome(session: Session, job_id: int, bucket: str, model_id: str, ou
     return row
 
 
-def _record(session_factory: sessionmaker, job_id: int, bucket: str, model_id: str, out: Outcome,
+def _record(session_factory: sessionmaker, job_id: int, scope: Scope, model_id: str, out: Outcome,
             worker: str | None) -> int:
     """``record_outcome`` in its own transaction; returns the result row's id."""
     with session_factory() as s:
         for attempt in range(3):
             try:
-                row = record_outcome(s, job_id, bucket, model_id, out, worker)
+                row = record_outcome(s, job_id, scope, model_id, out, worker)
                 s.commit()
                 return row.id
             except IntegrityError:  # a concurrent worker recorded the same object: retry as update
@@ -303,11 +344,11 @@ def _record(session_factory: sessionmaker, job_id: int, bucket: str, model_id: s
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def already_archived(session: Session, bucket: str, info: ObjectInfo, model_id: str) -> ArchivedObject | None:
+def already_archived(session: Session, scope: Scope, info: ObjectInfo, model_id: str) -> ArchivedObject | None:
     if not info.etag:
         return None
     return session.execute(
-        select(ArchivedObject).where(ArchivedObject.bucket == bucket, ArchivedObject.key == info.key,
+        select(ArchivedObject).where(ArchivedObject.bucket == scope.bucket, ArchivedObject.key == scope.key(info.key),
                                      ArchivedObject.etag == info.etag, ArchivedObject.model_id == model_id)
     ).scalar_one_or_none()
 
@@ -342,7 +383,7 @@ def container_matches(dst: ObjectStore, key: str, ledger: _LedgerView, opts: Pip
     return head is not None and head.size == ledger.compressed_bytes and head.sha256 == ledger.compressed_sha256
 
 
-def delete_original(session_factory: sessionmaker, src: ObjectStore, dst: ObjectStore, bucket: str, key: str,
+def delete_original(session_factory: sessionmaker, src: ObjectStore, dst: ObjectStore, key: str,
                     ledger_id: int, opts: PipelineOptions, result_ids: tuple[int, ...] = ()) -> bool:
     """Delete an original whose container is recorded, after re-reading and re-hashing that container.
 
@@ -471,13 +512,13 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
 
     Raises only for database errors; storage and image problems become the outcome.
     """
-    bucket = src.bucket
+    scope = Scope.of(src)
     with session_factory() as s:
-        done = s.execute(select(Result).where(Result.job_id == job_id, Result.bucket == bucket, Result.key == info.key)
-                         ).scalar_one_or_none()
-        prior = _outcome_from_row(done) if done is not None and done.etag == info.etag else None
+        done = s.execute(select(Result).where(Result.job_id == job_id, Result.bucket == scope.bucket,
+                                              Result.key == scope.key(info.key))).scalar_one_or_none()
+        prior = _outcome_from_row(done, scope) if done is not None and done.etag == info.etag else None
         prior_id = done.id if prior is not None else None
-        led = None if opts.dry_run else _LedgerView.of(already_archived(s, bucket, info, codec.model_id))
+        led = None if opts.dry_run else _LedgerView.of(already_archived(s, scope, info, codec.model_id))
     wants_delete = opts.replace and not opts.dry_run
     if prior is not None and prior.status in FINAL_STATUSES:
         if not (wants_delete and prior.status in ("accepted", "skipped") and not prior.original_deleted):
@@ -498,7 +539,7 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
             out = Outcome(key=info.key, status="failed", original_bytes=info.size, etag=info.etag,
                           version_id=info.version_id, reason_code=e.code,
                           reason=f"cannot check the archived container: {e}", device=codec.device_name)
-            _record(session_factory, job_id, bucket, codec.model_id, out, worker)
+            _record(session_factory, job_id, scope, codec.model_id, out, worker)
             return out
         if not ok:
             log.warning("%s is in the ledger as archived at %s, but that container is missing or differs at "
@@ -512,17 +553,17 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
                       version_id=info.version_id, reason_code="already_archived",
                       reason=f"unchanged since archived with {codec.model_id}", dest_url=led.dest_url,
                       compressed_sha256=led.compressed_sha256, device=codec.device_name)
-        prior_id = _record(session_factory, job_id, bucket, codec.model_id, out, worker)
+        prior_id = _record(session_factory, job_id, scope, codec.model_id, out, worker)
     else:
         out = process_object(info, src, dst, codec, opts, codec_lock)
-        prior_id = _record(session_factory, job_id, bucket, codec.model_id, out, worker)
+        prior_id = _record(session_factory, job_id, scope, codec.model_id, out, worker)
         if out.status == "accepted" and not opts.dry_run:
             with session_factory() as s:
-                led = _LedgerView.of(already_archived(s, bucket, info, codec.model_id))
+                led = _LedgerView.of(already_archived(s, scope, info, codec.model_id))
 
     if wants_delete and led is not None and out.status in ("accepted", "skipped"):
         try:
-            if delete_original(session_factory, src, dst, bucket, info.key, led.id, opts,
+            if delete_original(session_factory, src, dst, info.key, led.id, opts,
                                result_ids=(prior_id,) if prior_id else ()):
                 out.original_deleted = True
         except StorageError as e:
@@ -542,8 +583,9 @@ def _process_with_retries(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, 
     return process_object(info, src, dst, codec, opts, codec_lock)
 
 
-def _outcome_from_row(r: Result) -> Outcome:
-    return Outcome(key=r.key, status=r.status, original_bytes=r.original_bytes, etag=r.etag, version_id=r.version_id,
+def _outcome_from_row(r: Result, scope: Scope | None = None) -> Outcome:
+    """A recorded row as an outcome; with ``scope``, its key relative to that scope's store."""
+    return Outcome(key=scope.relative(r.key) if scope else r.key, status=r.status, original_bytes=r.original_bytes, etag=r.etag, version_id=r.version_id,
                    reason_code=r.reason_code, reason=r.reason, content_type=r.content_type, width=r.width,
                    height=r.height, compressed_bytes=r.compressed_bytes, compressed_sha256=r.compressed_sha256,
                    psnr=r.psnr, ms_ssim=r.ms_ssim, bpp=r.bpp, quality=r.quality, dest_url=r.dest_url,
@@ -559,15 +601,16 @@ def reconcile_deleted(session_factory: sessionmaker, job_id: int, src: ObjectSto
     in the ledger) and not yet marked are checked, one HEAD each: after a clean run that is the
     handful whose delete failed. Returns how many rows were corrected.
     """
+    scope = Scope.of(src)
     with session_factory() as s:
         todo = [(r.id, r.key, r.etag) for r in s.execute(
-            select(Result).where(Result.job_id == job_id, Result.bucket == src.bucket,
+            select(Result).where(Result.job_id == job_id, Result.bucket == scope.bucket,
                                  Result.status.in_(("accepted", "skipped")), Result.original_deleted.is_(False))
         ).scalars()]
     fixed = 0
     for rid, key, etag in todo:
         try:
-            gone = with_retries(lambda k=key: src.head(k), f"checking {key}") is None
+            gone = with_retries(lambda k=scope.relative(key): src.head(k), f"checking {key}") is None
         except StorageError as e:
             log.warning("cannot check whether the original of %s still exists: %s", key, e)
             continue
@@ -575,7 +618,7 @@ def reconcile_deleted(session_factory: sessionmaker, job_id: int, src: ObjectSto
             continue
         with session_factory() as s:
             led = s.execute(select(ArchivedObject).where(
-                ArchivedObject.bucket == src.bucket, ArchivedObject.key == key, ArchivedObject.etag == etag,
+                ArchivedObject.bucket == scope.bucket, ArchivedObject.key == key, ArchivedObject.etag == etag,
                 ArchivedObject.model_id == model_id)).scalar_one_or_none()
             if led is None:  # never archived (e.g. a dry run): nothing says a container exists
                 continue

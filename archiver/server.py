@@ -3,8 +3,10 @@
 ``GET /objects/{bucket}/{key}`` returns the archived image as PNG, JPEG or WebP (``?format=`` or
 the ``Accept`` header; ``original`` re-creates the original's format where possible):
 
-* the container is found through the ledger (``archived_objects``, newest row for that bucket
-  and key); without a ledger row, ``KEY.cxa`` beside the key in ``s3://bucket`` is tried;
+* the container is found through the ledger (``archived_objects``: the row for the original's
+  current ETag while the original exists, ``409 archive_stale`` if it changed since; the newest
+  row once it is deleted); without a ledger row, ``KEY.cxa`` beside the key in ``s3://bucket``
+  is tried;
 * the container's sha256 is checked against the ledger before decoding, and decoding runs in
   a thread pool under an ``asyncio.Semaphore`` (``[server] max_concurrent_decodes``), so a burst
   of requests queues instead of oversubscribing the CPU/GPU;
@@ -116,14 +118,34 @@ class Located:
 
 
 def locate(st: Settings, sf: Any, bucket: str, key: str) -> Located | None:
-    """The container for ``bucket``/``key``: the newest ledger row, else ``KEY<suffix>`` beside it."""
+    """The container for ``bucket``/``key``: from the ledger, else ``KEY<suffix>`` beside it.
+
+    The ledger may hold several versions of an object. While the original still exists (an
+    archive job without ``--replace``), the row for its current ETag is served; if none matches,
+    the original changed after it was archived and serving the old archive as "the object" would
+    be wrong, so ``409 archive_stale``. Once the original is gone, the newest row is served.
+    """
     from .jobs import get_store
 
     with sf() as s:
-        row = s.execute(select(ArchivedObject).where(ArchivedObject.bucket == bucket, ArchivedObject.key == key)
-                        .order_by(ArchivedObject.archived_at.desc(), ArchivedObject.id.desc()).limit(1)
-                        ).scalar_one_or_none()
-    if row is not None:
+        rows = list(s.execute(select(ArchivedObject).where(ArchivedObject.bucket == bucket, ArchivedObject.key == key)
+                              .order_by(ArchivedObject.archived_at.desc(), ArchivedObject.id.desc())).scalars())
+    if rows:
+        row = rows[0]
+        if BUCKET_RE.match(bucket) and not all(r.original_deleted for r in rows):
+            try:
+                current = get_store(f"s3://{bucket}", st).head(key)
+            except StorageError as e:
+                if e.code not in ("no_such_bucket", "access_denied"):
+                    raise
+                current = None  # the server may be allowed to read archives only: serve the newest
+            if current is not None:
+                match = next((r for r in rows if r.etag == current.etag), None)
+                if match is None:
+                    raise HTTPProblem(409, "archive_stale",
+                                      f"{key!r} in {bucket!r} changed after it was archived (ETag {current.etag}); "
+                                      "the archive holds an older version; read the original instead")
+                row = match
         return Located(row.dest_url, row.compressed_sha256 or None)
     if key.endswith(st.container_suffix) or not BUCKET_RE.match(bucket):
         return None

@@ -179,7 +179,7 @@ def main() -> None:
         print("worker:", ready.split("] ", 1)[-1])
 
         # bare codec, same images, same codec work as the pipeline
-        from archiver.codec.api import Codec, TargetNotReached
+        from archiver.codec.api import Codec, QualityHints, TargetNotReached
         from archiver.images import load_image
         from archiver.pipeline import PSNR_MARGIN
 
@@ -194,14 +194,19 @@ def main() -> None:
         def bare_pass(objs: list[bytes]) -> int:
             return codec_thread.submit(bare_pass_here, objs).result()
 
+        hints = QualityHints()  # the pipeline's search; like a worker's, it remembers across passes
+
         def bare_pass_here(objs: list[bytes]) -> int:
             ok = 0
+            target = a.min_psnr + PSNR_MARGIN
             for data in objs:
                 img = load_image(data, max_pixels=st.max_pixels)
                 try:
-                    enc = codec.encode_detailed(img, target_psnr=a.min_psnr + PSNR_MARGIN)
+                    hint, spread = hints.get(codec.model_id, target)
+                    enc = codec.encode_detailed(img, target_psnr=target, quality_hint=hint, hint_spread=spread)
                 except TargetNotReached:
                     continue
+                hints.add(codec.model_id, target, enc.quality)
                 codec.decode(enc.data)
                 ok += 1
             return ok

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import json
 import shutil
 import struct
@@ -22,7 +23,7 @@ from PIL import Image
 from archiver.codec import Codec, TargetNotReached
 from archiver.codec import container as cx
 from archiver.codec import registry
-from archiver.codec.api import SEARCH_STEPS, delivered
+from archiver.codec.api import SEARCH_STEPS, QualityHints, delivered, smallest_quality
 from archiver.codec.exact import ExactDepthwise, ExactPointwise, GRID
 from archiver.errors import ContainerError, UnknownModelError, WeightsIntegrityError
 from archiver.images import load_image
@@ -197,6 +198,50 @@ def test_icc_and_exif_are_preserved(codec: Codec) -> None:
     assert dec.meta.content_type == "image/jpeg"
 
 
+def _concave_psnr(q: float) -> float:
+    """Shaped like the shipped model's PSNR(q) on a photo: steep at low q, flat near 100."""
+    return 20.0 + 15.0 * (1.0 - math.exp(-q / 25.0))
+
+
+@pytest.mark.parametrize("answer", [0.0, 0.4, 7.7, 42.0, 63.1, 99.6, 100.0])
+def test_quality_search_finds_the_smallest_quality_from_any_hint(answer: float) -> None:
+    target = _concave_psnr(answer)
+    res = 100 / 2**SEARCH_STEPS
+    for hint in [None, answer, answer - 0.5, answer + 0.5, answer - 1.4, answer + 20, 0.0, 100.0, -5.0, 150.0]:
+        calls: list[float] = []
+
+        def probe(q: float) -> float:
+            calls.append(q)
+            return _concave_psnr(q)
+
+        q = smallest_quality(probe, target, hint=hint)
+        assert _concave_psnr(q) >= target, (answer, hint, q)
+        assert q == 0.0 or q - res < answer <= q + 1e-9, (answer, hint, q)  # within one step above the answer
+        if hint is None:
+            assert len(calls) <= 2 + SEARCH_STEPS
+        elif abs(hint - answer) <= 1.4 and 0.0 < answer < 100.0:
+            assert len(calls) <= 4, (answer, hint, calls)  # the point of a hint
+        assert len(calls) <= 2 * (2 + SEARCH_STEPS), (answer, hint, calls)  # a bad hint is never pathological
+
+
+def test_quality_search_gives_up_early_when_the_target_is_out_of_reach() -> None:
+    for hint in [None, 30.0, 100.0]:
+        calls: list[float] = []
+        with pytest.raises(TargetNotReached):
+            smallest_quality(lambda q: calls.append(q) or _concave_psnr(q), 40.0, hint=hint)
+        assert len(calls) <= (1 if hint is None or hint == 100.0 else 2)
+
+
+def test_quality_hints_remember_the_median_and_spread_per_model_and_target() -> None:
+    h = QualityHints(keep=5)
+    assert h.get("m", 40.0) == (None, 0.0)
+    for q in [10, 12, 11, 90, 13, 12]:  # the oldest (10) falls out; one outlier does not move the median
+        h.add("m", 40.0, q)
+    mid, spread = h.get("m", 40.0)
+    assert mid == 12.0 and spread == 1.0
+    assert h.get("m", 41.0) == (None, 0.0) and h.get("other", 40.0) == (None, 0.0)
+
+
 def test_target_psnr_is_met_and_smallest(codec: Codec, crop_rgb: Image.Image) -> None:
     orig = np.asarray(crop_rgb)
     top = psnr(orig, codec.decode(codec.encode(crop_rgb, quality=100)).rgb)
@@ -212,6 +257,12 @@ def test_target_psnr_is_met_and_smallest(codec: Codec, crop_rgb: Image.Image) ->
         assert psnr(orig, lower) < target
     with pytest.raises(TargetNotReached):
         codec.encode(crop_rgb, target_psnr=top + 5)
+    # started from a good hint the search probes far less and still returns a quality that meets
+    # the target and lies within one search step of the unhinted answer
+    hinted = codec.encode_detailed(crop_rgb, target_psnr=target, quality_hint=res.quality + 0.3)
+    assert hinted.probes <= 5 < res.probes
+    assert psnr(orig, codec.decode(hinted.data).rgb) >= target - 0.01
+    assert abs(hinted.quality - res.quality) <= step
 
 
 def test_gray_psnr_is_measured_on_delivered_pixels(codec: Codec) -> None:

@@ -170,3 +170,43 @@ def test_cli_version() -> None:
     res = CliRunner().invoke(main, ["--version"])
     assert res.exit_code == 0
     assert "archiver" in res.output
+
+
+def test_migration_0002_puts_each_jobs_prefix_in_front_of_its_keys(db_url: str) -> None:
+    """Rows written before 0002 named objects relative to the job's prefix; after the upgrade
+    they carry the full key, a ledger twin (same object archived from two prefixes) is merged,
+    and rows of bucket-root and local jobs are left as they were."""
+    upgrade(db_url, "0001")
+    factory = session_factory(db_url)
+    with factory() as s:
+        pref = Job(source="s3://b/photos/2019", model_id="m")
+        root = Job(source="s3://b", model_id="m")
+        local = Job(source="file:///data/photos", model_id="m")
+        s.add_all([pref, root, local])
+        s.flush()
+        rows = {
+            "pref": Result(job=pref, bucket="b", key="a.jpg", model_id="m", original_bytes=1, etag="e1"),
+            "pref2": Result(job=pref, bucket="b", key="c.jpg", model_id="m", original_bytes=1, etag="e3"),
+            "root": Result(job=root, bucket="b", key="photos/2019/c.jpg", model_id="m", original_bytes=1, etag="e3"),
+            "local": Result(job=local, bucket="/data/photos", key="d.jpg", model_id="m", original_bytes=1),
+        }
+        s.add_all(rows.values())
+        s.flush()
+        common = dict(model_id="m", dest_url="s3://x/y.cxa", compressed_sha256="0" * 64, compressed_bytes=1,
+                      original_bytes=1)
+        s.add_all([
+            ArchivedObject(bucket="b", key="a.jpg", etag="e1", result_id=rows["pref"].id, **common),
+            ArchivedObject(bucket="b", key="photos/2019/c.jpg", etag="e3", result_id=rows["root"].id, **common),
+            ArchivedObject(bucket="b", key="c.jpg", etag="e3", result_id=rows["pref2"].id, **common),
+        ])
+        s.commit()
+        ids = {k: r.id for k, r in rows.items()}
+    upgrade(db_url)
+    assert current_revision(db_url) == head_revision()
+    with factory() as s:
+        keys = {k: s.get(Result, i).key for k, i in ids.items()}
+        assert keys == {"pref": "photos/2019/a.jpg", "pref2": "photos/2019/c.jpg", "root": "photos/2019/c.jpg",
+                        "local": "d.jpg"}
+        ledger = sorted((a.key, a.etag) for a in s.execute(select(ArchivedObject)).scalars())
+        assert ledger == [("photos/2019/a.jpg", "e1"), ("photos/2019/c.jpg", "e3")]
+    factory.kw["bind"].dispose()

@@ -584,6 +584,69 @@ def test_rerun_corrects_rows_of_originals_deleted_just_before_a_crash(
     assert all(a.original_deleted for a in ledger(sqlite_sf))
 
 
+def test_rows_name_objects_by_full_key_whatever_prefix_the_job_listed(
+        s3_settings: Any, s3_bucket: str, sqlite_sf: Any, codec: Codec) -> None:
+    """A job on s3://b/photos/ and a later one on s3://b/ name an object the same way: the second
+    recognises what the first archived (skipped, no re-encoding), and rows carry the full key."""
+    root = S3Store(s3_bucket, s3_settings.s3)
+    populate(root, {k: GOOD[k] for k in ("photos/k01.png", "photos/k02.jpg")} | {"gray/k03-gray.png": GOOD["gray/k03-gray.png"]})
+    sub = S3Store(f"{s3_bucket}/photos", s3_settings.s3)
+    first = run_job(src=sub, dst=sub, source_url=sub.url, dest_url=None, codec=codec, opts=accept_opts(),
+                    session_factory=sqlite_sf)
+    assert first.accepted == 2
+    rows = by_key(results(sqlite_sf, first.job_id))
+    assert set(rows) == {"photos/k01.png", "photos/k02.jpg"}
+    assert {a.key for a in ledger(sqlite_sf)} == {"photos/k01.png", "photos/k02.jpg"}
+    assert rows["photos/k01.png"].dest_url == f"{s3_bucket}/photos/k01.png.cxa"
+    second = run_job(src=root, dst=root, source_url=root.url, dest_url=None, codec=codec, opts=accept_opts(),
+                     session_factory=sqlite_sf)
+    rows2 = by_key(results(sqlite_sf, second.job_id))
+    assert (second.skipped, second.accepted) == (2, 1)
+    assert {k: r.status for k, r in rows2.items()} == {
+        "photos/k01.png": "skipped", "photos/k02.jpg": "skipped", "gray/k03-gray.png": "accepted"}
+    assert len(ledger(sqlite_sf)) == 3
+    root.close()
+    sub.close()
+
+
+def test_a_container_of_another_original_is_never_overwritten(
+        s3_settings: Any, s3_client: Any, sqlite_sf: Any, codec: Codec) -> None:
+    """Two source buckets with the same key archived into one destination: the second job must
+    not overwrite (and so destroy) the first one's archive, whose original is already deleted."""
+    names = [f"src-{uuid.uuid4().hex[:12]}" for _ in range(2)] + [f"arch-{uuid.uuid4().hex[:12]}"]
+    for n in names:
+        s3_client.create_bucket(Bucket=n)
+    a, b, dst = (S3Store(f"s3://{n}", s3_settings.s3) for n in names)
+    populate(a, {"x/shot.png": GOOD["photos/k01.png"]})
+    populate(b, {"x/shot.png": GOOD["photos/k02.jpg"]})
+    opts = accept_opts(replace=True)
+    first = run_job(src=a, dst=dst, source_url=a.url, dest_url=dst.url, codec=codec, opts=opts,
+                    session_factory=sqlite_sf)
+    assert (first.accepted, first.deleted) == (1, 1) and listing(a) == {}
+    archived = dst.get("x/shot.png.cxa")
+    second = run_job(src=b, dst=dst, source_url=b.url, dest_url=dst.url, codec=codec, opts=opts,
+                     session_factory=sqlite_sf)
+    assert (second.failed, second.deleted) == (1, 0)
+    (row,) = results(sqlite_sf, second.job_id)
+    assert row.reason_code == "dest_conflict" and "another original" in row.reason
+    assert dst.get("x/shot.png.cxa") == archived  # the first archive is intact ...
+    check_container(results(sqlite_sf, first.job_id)[0], GOOD["photos/k01.png"], dst, opts)
+    assert b.get("x/shot.png") == GOOD["photos/k02.jpg"]  # ... and the second original was kept
+    # a rerun of the first source's object (same original) may still replace its own container
+    populate(a, {"x/shot.png": GOOD["photos/k01.png"]})
+    s = a.head("x/shot.png")
+    out = pipeline.process_object(s, a, dst, codec, accept_opts())
+    assert out.status == "accepted", (out.reason_code, out.reason)
+    # and anything this system did not write is never overwritten either
+    dst.put("y/other.png.cxa", b"somebody else's file")
+    populate(a, {"y/other.png": GOOD["photos/k01.png"]})
+    out = pipeline.process_object(a.head("y/other.png"), a, dst, codec, accept_opts())
+    assert (out.status, out.reason_code) == ("failed", "dest_conflict")
+    assert dst.get("y/other.png.cxa") == b"somebody else's file"
+    for st in (a, b, dst):
+        st.close()
+
+
 # --------------------------------------------------------------------- 2. crash and rerun (CLI)
 def cli_env(s3_endpoint: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}

@@ -90,14 +90,23 @@ def archive(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     client.create_bucket(Bucket=bucket)
     client.put_object(Bucket=bucket, Key="cats/a.png", Body=png(1, 96, 64))
     client.put_object(Bucket=bucket, Key="alpha.png", Body=png(2, 64, 80, "RGBA"))
-    client.close()
+    client.put_object(Bucket=bucket, Key="stale.png", Body=png(3, 64, 64))
     upgrade(env.db_url)
     sf = get_session_factory(env.db_url)
     store = open_store(f"s3://{bucket}", st)
+    opts = PipelineOptions(min_psnr=1.0, min_saving=0.0)
     summary = run_job(src=store, dst=store, source_url=f"s3://{bucket}", dest_url=None,
-                      codec=Codec.cached(st.model_id, "cpu"), opts=PipelineOptions(min_psnr=1.0, min_saving=0.0),
-                      session_factory=sf, workers=2)
-    assert summary.accepted == 2, summary
+                      codec=Codec.cached(st.model_id, "cpu"), opts=opts, session_factory=sf, workers=2)
+    assert summary.accepted == 3, summary
+    # changed after it was archived: the archive is an older version of the object
+    client.put_object(Bucket=bucket, Key="stale.png", Body=png(4, 64, 64))
+    # archived by a job listing a prefix, into another prefix: found through the ledger by full key
+    client.put_object(Bucket=bucket, Key="dogs/b.png", Body=png(5, 80, 48))
+    client.close()
+    sub, dest = open_store(f"s3://{bucket}/dogs", st), open_store(f"s3://{bucket}/cxa", st)
+    summary = run_job(src=sub, dst=dest, source_url=sub.url, dest_url=dest.url,
+                      codec=Codec.cached(st.model_id, "cpu"), opts=opts, session_factory=sf)
+    assert summary.accepted == 1, summary
 
     good = store.get("cats/a.png.cxa")
     bad = bytearray(good)
@@ -166,6 +175,15 @@ def test_formats_decode_to_the_right_size(server: str, archive: dict[str, Any]) 
     assert (alpha[:, :32] == 255).all() and (alpha[:, 32:] == 40).all()
     r = httpx.get(f"{server}/objects/{b}/alpha.png?format=webp", timeout=60)
     assert Image.open(io.BytesIO(r.content)).mode == "RGBA"
+
+
+def test_objects_are_found_by_full_key_and_stale_archives_are_409(server: str, archive: dict[str, Any]) -> None:
+    b = archive["bucket"]
+    r = httpx.get(f"{server}/objects/{b}/dogs/b.png", timeout=60)  # container at cxa/b.png.cxa
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(r.content)).size == (80, 48)
+    r = httpx.get(f"{server}/objects/{b}/stale.png", timeout=60)
+    assert r.status_code == 409 and r.json()["code"] == "archive_stale", r.text
 
 
 def test_etag_and_not_modified(server: str, archive: dict[str, Any]) -> None:

@@ -2,10 +2,10 @@
 
 Images are coded in independent tiles (default 1024 px) so that memory stays bounded for any
 image size; each tile is padded (edge replication) to the model's multiple of 64 and cropped on
-decode. ``target_psnr`` searches the continuous quality knob by bisection on the encoder's own
-reconstruction, which is bit-identical in latents to what the decoder will produce, so the
-search needs no entropy decoding; callers that must be sure (the pipeline) still decode the real
-bytes afterwards.
+decode. ``target_psnr`` searches the continuous quality knob by bisection (``smallest_quality``)
+on the encoder's own reconstruction, which is bit-identical in latents to what the decoder will
+produce, so the search needs no entropy decoding; callers that must be sure (the pipeline) still
+decode the real bytes afterwards.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import hashlib
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,6 +98,96 @@ def tile_grid(height: int, width: int, tile: int) -> list[tuple[int, int, slice,
     return out
 
 
+def smallest_quality(psnr_at: Callable[[float], float], target: float, steps: int = SEARCH_STEPS,
+                     hint: float | None = None, spread: float = 0.0) -> float:
+    """The smallest quality in [0, 100] whose PSNR reaches ``target``, to within 100 / 2**steps.
+
+    Without a hint: probe both ends, then bisect (2 + ``steps`` probes). With a ``hint`` (the
+    answer for similar images, see ``QualityHints``): probe the hint, gallop away from it in
+    doubling strides (the first as wide as ``spread``, how far recent answers strayed from the
+    hint, and at least two resolution steps) until the answer is bracketed, then bisect the
+    bracket; an answer within two resolution steps of the hint costs 3-4 probes instead of 9. When the hint misses the target,
+    quality 100 is probed next, so an image that cannot reach the target still costs only two.
+    Each probe is a full encoder-side reconstruction (entropy model + synthesis), by far the
+    largest cost of an archive encode. Interpolating inside the bracket was tried and measured on
+    Kodak crops: PSNR(q) is concave (it flattens at high q) and regula falsi needed 6-13 probes.
+    """
+    res = 100 / 2**steps
+    if hint is None or not math.isfinite(hint):
+        if psnr_at(100.0) < target:
+            raise TargetNotReached(f"even quality 100 stays below {target:.2f} dB PSNR for this image")
+        if psnr_at(0.0) >= target:
+            return 0.0
+        lo, hi = 0.0, 100.0
+    else:
+        h = min(max(float(hint), 0.0), 100.0)
+        stride = max(2 * res, float(spread) if math.isfinite(spread) else 0.0)
+        if psnr_at(h) >= target:
+            if h == 0.0:
+                return 0.0
+            hi = h
+            while True:
+                q = hi - stride
+                if q <= 0.0:
+                    if psnr_at(0.0) >= target:
+                        return 0.0
+                    lo = 0.0
+                    break
+                if psnr_at(q) >= target:
+                    hi, stride = q, stride * 2
+                else:
+                    lo = q
+                    break
+        else:
+            if h >= 100.0 or psnr_at(100.0) < target:
+                raise TargetNotReached(f"even quality 100 stays below {target:.2f} dB PSNR for this image")
+            lo, hi = h, 100.0
+            while lo + stride < hi:
+                q = lo + stride
+                if psnr_at(q) >= target:
+                    hi = q
+                    break
+                lo, stride = q, stride * 2
+    while hi - lo > res:
+        mid = (lo + hi) / 2
+        if psnr_at(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+class QualityHints:
+    """Recent answers of the quality search, per (model, target PSNR), for the next search.
+
+    Photos from one bucket tend to need similar qualities for one target, so the median of the
+    last few answers is a good place to start (``smallest_quality(hint=...)``). Thread-safe; one
+    per process (the pipeline keeps one), so a Celery worker learns its job's typical quality
+    within a few objects. Only a speed-up: the search result still meets the target and is the
+    smallest to within the search resolution, whatever the hint.
+    """
+
+    def __init__(self, keep: int = 15) -> None:
+        self.keep = keep
+        self._seen: dict[tuple[str, float], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model_id: str, target: float) -> tuple[float | None, float]:
+        """(median of the recent answers or None, their median distance from it)."""
+        with self._lock:
+            seen = self._seen.get((model_id, round(target, 2)))
+            if not seen:
+                return None, 0.0
+            mid = float(np.median(seen))
+            return mid, float(np.median(np.abs(np.asarray(seen) - mid)))
+
+    def add(self, model_id: str, target: float, quality: float) -> None:
+        with self._lock:
+            seen = self._seen.setdefault((model_id, round(target, 2)), [])
+            seen.append(float(quality))
+            del seen[:-self.keep]
+
+
 class Codec:
     def __init__(self, model, entry, device: torch.device, tile_size: int = DEFAULT_TILE) -> None:
         if tile_size % PAD_MULTIPLE or not 64 <= tile_size <= 4096:
@@ -161,22 +252,30 @@ class Codec:
         return out
 
     @torch.inference_mode()
-    def _encode_at(self, img: LoadedImage, latents: list[torch.Tensor], quality: float, dry: bool
-                   ) -> tuple[list[cx.TilePayload], np.ndarray, str]:
+    def _encode_at(self, img: LoadedImage, latents: list[torch.Tensor], quality: float, dry: bool,
+                   recon: np.ndarray | None = None) -> tuple[list[cx.TilePayload], np.ndarray, str]:
+        """Code (or with ``dry`` only reconstruct) at ``quality``; a ``recon`` already made at this
+        quality by a search probe is reused instead of running the synthesis again."""
         gain, inv_gain = self._gains(quality)
-        recon = np.empty_like(img.rgb)
+        synth = recon is None
+        if recon is None:
+            recon = np.empty_like(img.rgb)
         tiles = []
         hasher = hashlib.sha256()
         for (r, c, rs, cs), y in zip(tile_grid(img.height, img.width, self.tile_size), latents):
             coded = self._timed(lambda: self.coder.encode(y * gain, hasher, code=not dry))
-            recon[rs, cs] = self._timed(lambda: self._synth(self.coder.last_y_hat, inv_gain, rs.stop - rs.start, cs.stop - cs.start))
+            if synth:
+                recon[rs, cs] = self._timed(lambda: self._synth(self.coder.last_y_hat, inv_gain,
+                                                                rs.stop - rs.start, cs.stop - cs.start))
             if not dry:
                 tiles.append(cx.TilePayload(row=r, col=c, z=coded.z, y=[coded.y]))
         return tiles, recon, hasher.hexdigest()
 
     def encode_detailed(self, image: Image.Image | LoadedImage, quality: float | None = None,
-                        target_psnr: float | None = None) -> EncodeResult:
-        """Encode; with ``target_psnr`` return the smallest quality whose decoded image meets it."""
+                        target_psnr: float | None = None, quality_hint: float | None = None,
+                        hint_spread: float = 0.0) -> EncodeResult:
+        """Encode; with ``target_psnr`` return the smallest quality whose decoded image meets it
+        (``quality_hint``, where the search starts, only changes how many probes that takes)."""
         if (quality is None) == (target_psnr is None):
             raise ValueError("give exactly one of quality or target_psnr")
         t0 = time.perf_counter()
@@ -188,30 +287,23 @@ class Codec:
             ]
         target_rgb = delivered(img.rgb, img.mode)
         probes = 0
+        kept: dict[float, np.ndarray] = {}  # the last probe that met the target: the answer so far
 
         def quality_psnr(q: float) -> float:
             nonlocal probes
             probes += 1
             _, recon, _ = self._encode_at(img, latents, q, dry=True)
-            return psnr(target_rgb, delivered(recon, img.mode))
+            p = psnr(target_rgb, delivered(recon, img.mode))
+            if target_psnr is not None and p >= target_psnr:
+                kept.clear()
+                kept[q] = recon
+            return p
 
         if target_psnr is not None:
-            if quality_psnr(100.0) < target_psnr:
-                raise TargetNotReached(f"even quality 100 stays below {target_psnr:.2f} dB PSNR for this image")
-            lo, hi = 0.0, 100.0
-            if quality_psnr(lo) >= target_psnr:
-                hi = lo
-            else:
-                for _ in range(SEARCH_STEPS):
-                    mid = (lo + hi) / 2
-                    if quality_psnr(mid) >= target_psnr:
-                        hi = mid
-                    else:
-                        lo = mid
-            quality = hi
+            quality = smallest_quality(quality_psnr, target_psnr, hint=quality_hint, spread=hint_spread)
         assert quality is not None
         quality = float(min(max(quality, 0.0), 100.0))
-        tiles, recon, latent_hash = self._encode_at(img, latents, quality, dry=False)
+        tiles, recon, latent_hash = self._encode_at(img, latents, quality, dry=False, recon=kept.get(quality))
         meta = cx.ContainerMeta(
             model_id=self.model_id, weights_sha256=self.weights_sha256, quality=quality,
             width=img.width, height=img.height, mode=img.mode, content_type=img.content_type,

@@ -73,6 +73,9 @@ class ObjectStore(ABC):
 
     bucket: str
     url: str
+    #: the part of each object's full key in its bucket that the store's keys leave out
+    #: (``some/prefix/`` for ``s3://bucket/some/prefix``); see ``archiver.identity``.
+    prefix: str = ""
 
     @abstractmethod
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
