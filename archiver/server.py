@@ -249,8 +249,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.codec = None
         app.state.model_error = None
         try:  # load the model before serving: the first request should not pay for it
-            from .codec.api import Codec
+            from .codec.api import Codec, apply_torch_threads
 
+            apply_torch_threads(st.torch_threads)
             app.state.codec = await run_in_threadpool(Codec.cached, st.model_id, st.device)
         except Exception as e:  # reported by /health; requests for other models may still work
             log.exception("could not load model %s", st.model_id)

@@ -169,6 +169,8 @@ class Settings(BaseSettings):
     # --- codec and acceptance ---------------------------------------------------------------
     model_id: str = "compact-v1"
     device: str = "auto"
+    # CPU threads for torch's intra-op pool; 0 leaves torch's default (one per core).
+    torch_threads: int = Field(default=0, ge=0, le=512)
     min_psnr: float = Field(default=40.0, gt=0, lt=100)
     min_saving: float = Field(default=0.1, ge=0, lt=1)
 

@@ -364,3 +364,16 @@ def test_registry_refuses_to_reuse_an_id(tmp_path: Path) -> None:
     registry.register("m1", entry.file, entry.sha256, entry.preset, {}, registry=reg)  # same weights: fine
     with pytest.raises(ValueError, match="new id"):
         registry.register("m1", entry.file, "f" * 64, entry.preset, {}, registry=reg)
+
+
+def test_torch_threads_setting_sizes_the_pool() -> None:
+    from archiver.codec.api import apply_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        apply_torch_threads(1)
+        assert torch.get_num_threads() == 1
+        apply_torch_threads(0)  # 0 leaves it alone
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

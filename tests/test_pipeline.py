@@ -808,3 +808,23 @@ def test_recompress_without_argument_runs_the_demo(tmp_path: Path) -> None:
         if r.status == "accepted":  # weights-dependent; if it is accepted it must be real
             assert (src / (r.key + ".cxa")).is_file()
     factory.kw["bind"].dispose()
+
+
+def test_recompress_exits_1_when_objects_fail_but_0_for_rejections(tmp_path: Path) -> None:
+    """Schedulers go by the exit status: rejected objects are policy verdicts (0), failed ones
+    (here: a foreign file where a container would go) need attention (1)."""
+    src = tmp_path / "src"
+    populate(LocalStore(src, create=True), {"a.png": GOOD["photos/k01.png"], "notes.jpg": ALL["bad/notes.jpg"]})
+    env = {**cli_env(), "ARCHIVER_TORCH_THREADS": "1"}
+    args = [str(ARCHIVER_BIN), "recompress", str(src), "--dest", str(tmp_path / "dst"), "--device", "cpu",
+            "--min-psnr", "1", "--min-saving", "0", "--db", f"sqlite:///{tmp_path / 'a.sqlite'}"]
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "a.png.cxa").write_bytes(b"not ours")
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "1 object(s) failed" in proc.stdout + proc.stderr
+    assert (tmp_path / "dst" / "a.png.cxa").read_bytes() == b"not ours"
+    (tmp_path / "dst" / "a.png.cxa").unlink()
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # accepted + one rejected non-image
+    assert (tmp_path / "dst" / "a.png.cxa").read_bytes()[:4] != b"not "

@@ -110,8 +110,9 @@ def _load_model_in_child(**_: object) -> None:
     try:
         import torch
 
-        from archiver.codec.api import Codec
+        from archiver.codec.api import Codec, apply_torch_threads
 
+        apply_torch_threads(st.torch_threads)
         codec = Codec.cached(st.model_id, st.device)
         log.info("worker process ready: model %s on %s (%d torch threads)", codec.model_id, codec.device_name,
                  torch.get_num_threads())

@@ -70,6 +70,7 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
     Without SOURCE, runs on the sample images shipped with the package (copied to ./archive-demo).
     """
     from ..codec import Codec
+    from ..codec.api import apply_torch_threads
     from ..db.session import session_factory, upgrade
     from ..pipeline import JobSummary, Outcome, PipelineOptions, run_job
     from ..settings import load_settings
@@ -92,6 +93,7 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
             suffix=st.container_suffix,
         )
         with console.status("loading model"):
+            apply_torch_threads(st.torch_threads)
             codec = Codec.cached(model or st.model_id, device or st.device)
         console.print(f"model {codec.model_id} on {codec.device_name}; PSNR >= {opts.min_psnr} dB, "
                       f"saving >= {opts.min_saving:.0%}{'; DRY RUN' if dry_run else ''}{'; REPLACE originals' if replace else ''}")
@@ -124,6 +126,12 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
     t.add_row("saved", f"{human(summary.saved_bytes)} ({pct:.1%})")
     t.add_row("time", f"{summary.seconds:.1f} s")
     Console().print(t)
+    if summary.failed:
+        # Rejections are verdicts under the policy; failures (storage, a changed object, a bug)
+        # are not, and a scheduler must see them: exit 1, and a rerun retries exactly those.
+        console.print(f"[yellow]{summary.failed} object(s) failed[/yellow]; see `archiver report` or the results table; "
+                      "rerunning the same command retries them")
+        raise SystemExit(1)
 
 
 @click.command()

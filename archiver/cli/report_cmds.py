@@ -138,6 +138,7 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from ..codec import Codec
+        from ..codec.api import apply_torch_threads
         from ..pipeline import PipelineOptions
         from ..storage import open_store
 
@@ -150,6 +151,7 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
             suffix=st.container_suffix,
         )
         with console.status("loading model"):
+            apply_torch_threads(st.torch_threads)
             codec = Codec.cached(model or st.model_id, device or st.device)
         console.print(f"pilot: model {codec.model_id} on {codec.device_name}; PSNR >= {opts.min_psnr} dB, "
                       f"saving >= {opts.min_saving:.0%}; sample {sample} (seed {seed}); nothing is written to storage")

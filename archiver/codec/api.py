@@ -76,6 +76,18 @@ class DecodedImage:
         return self._image
 
 
+def apply_torch_threads(threads: int) -> None:
+    """Size torch's CPU thread pool (``torch_threads`` setting; 0 keeps torch's default).
+
+    Torch starts one thread per core; a worker that shares the machine with other processes
+    (several Celery children, an I/O pool, a database) is faster with fewer, because
+    oversubscribed intra-op threads spin against each other. Process-wide, so it is applied by
+    each front door (CLI, worker process, server) right after loading settings.
+    """
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
