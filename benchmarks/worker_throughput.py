@@ -278,7 +278,7 @@ def record(a: argparse.Namespace, n: int, bare: float, worker: float, bare_ok: i
     lines = text.rstrip("\n").split("\n")
     # append the row after the last row of our table (other sections may follow it)
     start = lines.index(header)
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("#")), len(lines))
     last = max(i for i in range(start, end) if lines[i].startswith("|"))
     lines.insert(last + 1, row.rstrip("\n"))
     path.write_text("\n".join(lines) + "\n")
