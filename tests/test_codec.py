@@ -324,6 +324,36 @@ def test_forged_entropy_data_is_detected(codec: Codec, crop_rgb: Image.Image) ->
         assert e.value.code in ("latent_mismatch", "bad_section", "truncated")
 
 
+@pytest.mark.parametrize("fill", [0xFF, 0x00, 0xF0, None])
+def test_worst_case_forged_streams_are_refused_cleanly(codec: Codec, crop_rgb: Image.Image, fill: int | None) -> None:
+    """All-ones streams drive CompressAI's decoder into its longest bypass runs (every 4-bit group
+    0xF); with the padding bound it reads only our zeros, and the result is a clear error. An
+    absurdly long stream is refused before decoding."""
+    from archiver.codec.entropy import MAX_STREAM_BYTES_PER_SYMBOL
+
+    data = codec.encode(crop_rgb, quality=40)
+    off, tag, n = next(s for s in _sections(data) if s[1] == b"TILE")
+    payload = data[off + 8 : off + 8 + n]
+    row_col, z_len = payload[:4], struct.unpack(">I", payload[4:8])[0]
+    z = payload[8 : 8 + z_len]
+    n_y = 192 * (crop_rgb.height // 16) * (crop_rgb.width // 16)
+    (y_len,) = struct.unpack(">I", payload[12 + z_len : 16 + z_len])  # after the count of y streams (1)
+
+    def tile(z_bytes: bytes, y_bytes: bytes) -> bytes:
+        return row_col + struct.pack(">I", len(z_bytes)) + z_bytes + struct.pack(">II", 1, len(y_bytes)) + y_bytes
+
+    assert tile(z, payload[16 + z_len :]) == payload and len(payload) == 16 + z_len + y_len
+    for length in (y_len, MAX_STREAM_BYTES_PER_SYMBOL * n_y + 64):
+        y = bytes([fill]) * length if fill is not None else np.random.default_rng(length).bytes(length)
+        for z_forged in (z, bytes([fill if fill is not None else 0xFF]) * len(z)):
+            with pytest.raises(ContainerError) as e:
+                codec.decode(_reforge(data, off, tag, tile(z_forged, y)))
+            assert e.value.code in ("latent_mismatch", "bad_section"), e.value
+    too_long = tile(z, bytes(9 * n_y + 64))
+    with pytest.raises(ContainerError, match="longer than the encoder can produce"):
+        codec.decode(_reforge(data, off, tag, too_long))
+
+
 def test_forged_dimensions_and_model(codec: Codec, crop_rgb: Image.Image) -> None:
     data = codec.encode(crop_rgb, quality=40)
     off, tag, n = _sections(data)[0]

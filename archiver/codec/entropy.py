@@ -94,8 +94,8 @@ class TileCoder:
         hz, wz = z_shape
         c = m.preset.z_channels
         n_z = c * hz * wz
-        # rANS reads ahead without bounds checks: give a forged stream zeros to read, never
-        # memory beyond the buffer (at most one 32-bit refill per symbol).
+        # rANS reads without bounds checks: _padded gives a forged stream zeros to read, never
+        # memory beyond the buffer (the bound is derived in _padded).
         zs = RansDecoder().decode_with_indexes(
             _padded(z_bytes, n_z), self._z_indexes((1, c, hz, wz)), self.eb_cdf, self.eb_len, self.eb_off
         )
@@ -120,7 +120,30 @@ class TileCoder:
         return torch.cat(decoded, dim=1)
 
 
+#: the longest stream the encoder can write, in bytes per symbol: <= 16 bits for a symbol in the
+#: table plus, for one clamped to +-SYMBOL_LIMIT, about 24 bits of bypass groups (~5 bytes)
+MAX_STREAM_BYTES_PER_SYMBOL = 8
+
+
 def _padded(data: bytes, n_symbols: int) -> bytes:
+    """The stream followed by enough zeros that CompressAI's decoder never reads past them.
+
+    Its rANS decoder (64-bit state, 32-bit refills, no bounds checks) refills at most once per
+    call, and a refill happens only after 16 or more bits of state were consumed; so, reading
+    zeros past the data:
+    * a symbol in the table consumes <= 16 bits: 2 bytes per symbol (4 are given);
+    * bypass groups are 4 bits; a run of 0xF groups adds 15 raw groups each, so bits taken from
+      the data can make the decoder read at most ~15x their length past it (16 x given);
+    * what is left is a bypass symbol decoded past the data from state bits alone (<= 16 groups
+      of 0xF in a 64-bit state, so <= 240 raw groups, <= 128 bytes); the 2 spare bytes per symbol
+      and 64 KiB cover such symbols at a rate over 1.5 %, where the tables give bypass under
+      0.1 % and zeros drive the state towards the first (most likely) symbols.
+    A stream longer than the encoder can produce is refused first, which also bounds the padding
+    of a forged one. Whatever is read, the latent checksum rejects the result.
+    """
     if len(data) < 8:
         raise ContainerError("entropy-coded stream is shorter than the coder state", code="bad_section")
-    return data + bytes(4 * n_symbols + 64)
+    if len(data) > MAX_STREAM_BYTES_PER_SYMBOL * n_symbols + 64:
+        raise ContainerError(f"entropy-coded stream of {len(data):,} bytes for {n_symbols:,} symbols is longer than "
+                             "the encoder can produce", code="bad_section")
+    return data + bytes(4 * n_symbols + 16 * len(data) + 65536)
