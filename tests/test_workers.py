@@ -491,6 +491,50 @@ def test_poison_objects_are_recorded_failed_and_skipped(s3_server: str, pg_modul
     assert res.finished_job and job_status(pg_module_url, job_id) == "finished"
 
 
+def test_batches_of_a_prefixed_source_record_full_keys(s3_server: str, pg_module_url: str, tmp_path: Path) -> None:
+    """A batch of s3://b/cam1/ names its objects cam1/... in rows, the ledger and the attempt
+    counter, so a later job over s3://b/ recognises them (dropped at submission, skipped here)."""
+    from archiver import jobs
+    from archiver.db.models import ArchivedObject
+
+    stack = Stack(s3_server, pg_module_url, "memory://", tmp_path)
+    root = stack.bucket({"cam1/a.png": noise_png(11), "cam1/b.png": noise_png(12)})
+
+    class Counter:
+        def __init__(self) -> None:
+            self.keys: list[str] = []
+
+        def start(self, job_id: int, bucket: str, key: str) -> int:
+            self.keys.append(key)
+            return 1
+
+        def finish(self, job_id: int, bucket: str, key: str) -> None:
+            pass
+
+    counter = Counter()
+    job_id = _running_job(pg_module_url, root + "/cam1", 2)
+    res = jobs.process_batch(job_id, root + "/cam1", None, [["a.png", "", 0], ["b.png", "", 0]], ACCEPT,
+                             settings=stack.settings(), attempts=counter)
+    assert sorted(o.key for o in res.outcomes) == ["a.png", "b.png"]  # outcomes stay store-relative
+    assert all(o.status == "accepted" for o in res.outcomes)
+    assert sorted(counter.keys) == ["cam1/a.png", "cam1/b.png"]
+    assert sorted(r.key for r in job_rows(pg_module_url, job_id)) == ["cam1/a.png", "cam1/b.png"]
+    with session_factory(pg_module_url)() as s:
+        bucket = root.removeprefix("s3://")
+        assert sorted(a.key for a in s.query(ArchivedObject).filter_by(bucket=bucket)) == ["cam1/a.png", "cam1/b.png"]
+    # a job over the whole bucket: both are already archived (same ETag, same model)
+    st = stack.settings()
+    src = jobs.get_store(root, st)
+    chunk = [[i.key, i.etag, i.size] for i in src.list() if not i.key.endswith(".cxa")]
+    sf = jobs.get_session_factory(pg_module_url)
+    from archiver.identity import Scope
+
+    assert jobs._drop_archived(sf, Scope.of(src), "compact-v1", chunk) == []
+    job2 = _running_job(pg_module_url, root, 2)
+    res2 = jobs.process_batch(job2, root, None, chunk, ACCEPT, settings=st, attempts=counter)
+    assert sorted((o.key, o.status) for o in res2.outcomes) == [("cam1/a.png", "skipped"), ("cam1/b.png", "skipped")]
+
+
 # ---- a real worker ----------------------------------------------------------------------------------
 
 def test_submitted_job_completes_and_records_every_object(stack: Stack, worker: dict[str, Proc],
