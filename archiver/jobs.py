@@ -103,14 +103,15 @@ def get_store(url: str, settings: Settings, *, create: bool = False) -> ObjectSt
         return _STORES[key]
 
 
-_CODEC_LOCKS: dict[int, threading.Lock] = {}
+_CODEC_LOCKS: dict[int, threading.BoundedSemaphore] = {}
 
 
-def codec_lock(codec: Codec) -> threading.Lock:
-    """One lock per codec object per process: the codec encodes one image at a time, also when
-    several batches run in threads of one process (``--pool threads``)."""
+def codec_lock(codec: Codec, slots: int = 1) -> threading.BoundedSemaphore:
+    """One gate per codec object per process: at most ``slots`` images in the codec at once
+    (``workers.codec_slots``), also when several batches run in threads of one process
+    (``--pool threads``). The first caller's ``slots`` sizes it."""
     with _LOCK:
-        return _CODEC_LOCKS.setdefault(id(codec), threading.Lock())
+        return _CODEC_LOCKS.setdefault(id(codec), threading.BoundedSemaphore(max(1, slots)))
 
 
 def reset_process_caches() -> None:
@@ -567,7 +568,7 @@ def process_batch(job_id: int, source_url: str, dest_url: str | None, items: Ite
     src = get_store(source_url, st)
     dst = get_store(dest_url, st, create=True) if dest_url else src
     cx = codec or Codec.cached(model_id, st.device)
-    lock = codec_lock(cx)
+    lock = codec_lock(cx, st.workers.codec_slots)
     scope = Scope.of(src)
 
     def one(item: Item) -> Outcome | None:

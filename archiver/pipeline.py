@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -183,7 +184,7 @@ def _verify_stored(dst: ObjectStore, key: str, data_len: int, sha: str, max_byte
 
 
 def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: Codec, opts: PipelineOptions,
-                   codec_lock: threading.Lock | None = None) -> Outcome:
+                   codec_lock: AbstractContextManager | None = None) -> Outcome:
     """Recompress and verify one object, and (unless dry-run) write and re-read its container.
 
     Never deletes anything and never raises for a bad object or a storage failure: the outcome
@@ -497,7 +498,7 @@ FINAL_STATUSES = ("accepted", "rejected", "skipped")
 
 
 def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: ObjectStore, codec: Codec,
-                  opts: PipelineOptions, session_factory: sessionmaker, codec_lock: threading.Lock | None = None,
+                  opts: PipelineOptions, session_factory: sessionmaker, codec_lock: AbstractContextManager | None = None,
                   worker: str | None = None) -> Outcome:
     """The full per-object step shared by the CLI loop and the Celery task: skip-or-process,
     record, then (with replace) delete the original.
@@ -577,12 +578,6 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
     return out
 
 
-def _process_with_retries(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: Codec, opts: PipelineOptions,
-                          codec_lock: threading.Lock | None, attempts: int | None = None) -> Outcome:
-    """Kept for callers of the earlier API: ``process_object`` now retries each storage step."""
-    return process_object(info, src, dst, codec, opts, codec_lock)
-
-
 def _outcome_from_row(r: Result, scope: Scope | None = None) -> Outcome:
     """A recorded row as an outcome; with ``scope``, its key relative to that scope's store."""
     return Outcome(key=scope.relative(r.key) if scope else r.key, status=r.status, original_bytes=r.original_bytes, etag=r.etag, version_id=r.version_id,
@@ -647,11 +642,13 @@ def finish_job(session_factory: sessionmaker, job_id: int, status: str = "finish
 
 def run_job(*, src: ObjectStore, dst: ObjectStore, source_url: str, dest_url: str | None, codec: Codec,
             opts: PipelineOptions, session_factory: sessionmaker, limit: int | None = None, workers: int = 1,
-            on_outcome: Callable[[Outcome, JobSummary], None] | None = None, new_job: bool = False) -> JobSummary:
+            on_outcome: Callable[[Outcome, JobSummary], None] | None = None, new_job: bool = False,
+            codec_slots: int = 1) -> JobSummary:
     """Run (or resume) a recompression job in this process.
 
     ``workers`` threads overlap downloads, image decoding, uploads and database writes with the
-    codec, which runs one image at a time under a lock (it already uses every core or the GPU).
+    codec, which holds at most ``codec_slots`` images at once (1: it already uses every core or
+    the GPU; 2 on a GPU lets one image's CPU-side work overlap another's GPU work).
     """
     with session_factory() as s:
         job = None if new_job else find_resumable_job(s, source_url, dest_url, opts, codec.model_id)
@@ -665,7 +662,7 @@ def run_job(*, src: ObjectStore, dst: ObjectStore, source_url: str, dest_url: st
         job_id = job.id
     summary = JobSummary(job_id=job_id)
     t0 = time.perf_counter()
-    lock = threading.Lock()
+    lock = threading.BoundedSemaphore(max(1, codec_slots))
     bytes_listed = 0
 
     def one(info: ObjectInfo) -> Outcome:

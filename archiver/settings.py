@@ -128,6 +128,9 @@ class WorkerSettings(BaseModel):
     poison_attempts: int = Field(default=3, ge=1, le=100)
     # Threads per batch that prefetch/decode the next objects while the codec works.
     io_threads: int = Field(default=2, ge=1, le=32)
+    # Images inside the codec at once per process. 1 on a CPU (torch already uses every core);
+    # 2 on a GPU lets one image's CPU-side work (entropy coding, PSNR) overlap another's GPU work.
+    codec_slots: int = Field(default=1, ge=1, le=8)
     # Objects per task when a listing is split into batches.
     chunk_size: int = Field(default=16, ge=1, le=10_000)
     # Scheduled archive jobs for `celery -A workers beat` (relative to the current directory).

@@ -407,3 +407,23 @@ def test_torch_threads_setting_sizes_the_pool() -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_threads_sharing_one_codec_get_the_same_bytes(codec: Codec, crop_rgb: Image.Image) -> None:
+    """The codec keeps no per-call state, so ``workers.codec_slots > 1`` (several images in one
+    codec at once) gives exactly the bytes and pixels of one-at-a-time use."""
+    import concurrent.futures
+
+    crops = [kodak_crop(n, (64, 64, 192, 192)) for n in (3, 7, 11, 15)]
+    expected = [codec.encode_detailed(im, quality=30 + 10 * i) for i, im in enumerate(crops)]
+
+    def work(i: int) -> tuple[bytes, float, np.ndarray]:
+        res = codec.encode_detailed(crops[i], quality=30 + 10 * i)  # its psnr comes from its own recon
+        return res.data, res.psnr, codec.decode(res.data).rgb
+
+    order = [0, 1, 2, 3, 3, 2, 1, 0]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(work, order))
+    for i, (data, p, rgb) in zip(order, got):
+        assert data == expected[i].data and p == expected[i].psnr
+        assert np.array_equal(rgb, codec.decode(expected[i].data).rgb)

@@ -828,3 +828,21 @@ def test_recompress_exits_1_when_objects_fail_but_0_for_rejections(tmp_path: Pat
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr  # accepted + one rejected non-image
     assert (tmp_path / "dst" / "a.png.cxa").read_bytes()[:4] != b"not "
+
+
+def test_two_codec_slots_archive_the_same_as_one(tmp_path: Path, sqlite_sf: Any, codec: Codec) -> None:
+    """``workers.codec_slots = 2`` (two images in the codec at once, for GPUs) gives the same
+    containers as one at a time: same bytes, same verified PSNR."""
+    objects = {k: GOOD[k] for k in ("photos/k01.png", "photos/k02.jpg", "gray/k03-gray.png", "alpha/k04-rgba.png")}
+    sizes = {}
+    for slots in (1, 2):
+        st = LocalStore(tmp_path / f"slots{slots}", create=True)
+        populate(st, objects)
+        summary = run_job(src=st, dst=st, source_url=st.url, dest_url=None, codec=codec, opts=accept_opts(),
+                          session_factory=sqlite_sf, workers=4, codec_slots=slots)
+        assert summary.accepted == len(objects)
+        rows = by_key(results(sqlite_sf, summary.job_id))
+        for key, data in objects.items():
+            check_container(rows[key], data, st, accept_opts())
+        sizes[slots] = {k: (r.compressed_sha256, r.psnr) for k, r in rows.items()}
+    assert sizes[1] == sizes[2]

@@ -111,7 +111,7 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
 
             summary = run_job(src=src, dst=dst, source_url=source, dest_url=dest_url, codec=codec, opts=opts,
                               session_factory=session_factory(url), limit=limit, workers=workers,
-                              on_outcome=on_outcome, new_job=new_job)
+                              on_outcome=on_outcome, new_job=new_job, codec_slots=st.workers.codec_slots)
     except ArchiverError as e:
         _fail(e)
     t = Table(title=f"job {summary.job_id} summary", show_header=False)

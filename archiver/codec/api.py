@@ -211,7 +211,15 @@ class Codec:
         self.device = device
         self.tile_size = tile_size
         self.coder = TileCoder(model)
-        self.gpu_seconds = 0.0  # accumulated accelerator time, for the ROI report's compute cost
+        self._accounting = threading.local()
+
+    @property
+    def gpu_seconds(self) -> float:
+        """Accelerator time spent by codec calls of the calling thread (for the ROI report's
+        compute cost; a caller takes the difference around its own encode/decode). Per thread,
+        so that several threads sharing one codec (``workers.codec_slots``) each see their own;
+        overlapping calls are each counted in full, so the total is an upper bound."""
+        return getattr(self._accounting, "seconds", 0.0)
 
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, device: str = "auto", tile_size: int = DEFAULT_TILE) -> Codec:
@@ -260,7 +268,7 @@ class Codec:
         out = fn()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.gpu_seconds += time.perf_counter() - t
+            self._accounting.seconds = self.gpu_seconds + time.perf_counter() - t
         return out
 
     @torch.inference_mode()
@@ -277,7 +285,7 @@ class Codec:
         for (r, c, rs, cs), y in zip(tile_grid(img.height, img.width, self.tile_size), latents):
             coded = self._timed(lambda: self.coder.encode(y * gain, hasher, code=not dry))
             if synth:
-                recon[rs, cs] = self._timed(lambda: self._synth(self.coder.last_y_hat, inv_gain,
+                recon[rs, cs] = self._timed(lambda: self._synth(coded.y_hat, inv_gain,
                                                                 rs.stop - rs.start, cs.stop - cs.start))
             if not dry:
                 tiles.append(cx.TilePayload(row=r, col=c, z=coded.z, y=[coded.y]))

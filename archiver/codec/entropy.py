@@ -26,6 +26,7 @@ class CodedTile:
     z: bytes
     y: bytes
     z_shape: tuple[int, int]
+    y_hat: Tensor | None = None  # the decoded latents (gained), exactly what the decoder will rebuild
 
 
 def _symbols_bytes(t: Tensor) -> bytes:
@@ -56,7 +57,8 @@ class TileCoder:
     @torch.no_grad()
     def encode(self, y_g: Tensor, hasher: "hashlib._Hash", code: bool = True) -> CodedTile:
         """Code one tile's gained latent ``y_g`` (1, M, h, w). ``code=False`` only computes the
-        decoded latents (``last_y_hat``), for the quality search."""
+        decoded latents (``y_hat``), for the quality search. Keeps no state between calls, so
+        several threads may code with one model (``workers.codec_slots``)."""
         m = self.model
         z = m.h_a(y_g)
         med = self.medians.to(z.device)
@@ -83,8 +85,8 @@ class TileCoder:
                 )
             y_hat_i = sym + mu
             decoded.append(y_hat_i + m.lrp(i, mean_sup, y_hat_i))
-        self.last_y_hat = torch.cat(decoded, dim=1)
-        return CodedTile(z=z_bytes, y=enc.flush() if code else b"", z_shape=(int(z.shape[2]), int(z.shape[3])))
+        return CodedTile(z=z_bytes, y=enc.flush() if code else b"", z_shape=(int(z.shape[2]), int(z.shape[3])),
+                         y_hat=torch.cat(decoded, dim=1))
 
     @torch.no_grad()
     def decode(self, z_bytes: bytes, y_bytes: bytes, z_shape: tuple[int, int], device: torch.device,
