@@ -29,7 +29,7 @@ from archiver.errors import ContainerError, UnknownModelError, WeightsIntegrityE
 from archiver.images import load_image
 from archiver.metrics import psnr
 
-KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
+from shared_paths import KODAK  # noqa: E402
 
 
 def kodak_crop(n: int, box: tuple[int, int, int, int], mode: str = "RGB") -> Image.Image:

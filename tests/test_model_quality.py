@@ -8,7 +8,6 @@ few hundredths with library versions.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from PIL import Image
 from archiver.codec import Codec
 from archiver.metrics import psnr
 
-KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
+from shared_paths import KODAK  # noqa: E402
 
 # (quality, bpp ceiling, PSNR floor in dB) for kodim19 crop (256, 256, 512, 512), measured at registration
 EXPECTED = [

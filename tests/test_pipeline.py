@@ -44,7 +44,7 @@ from archiver.settings import S3Settings
 from archiver.storage import LocalStore, ObjectStore
 from archiver.storage.s3 import S3Store
 
-KODAK = Path("/work/shared/data/kodak")
+from shared_paths import KODAK  # noqa: E402
 MODEL = "compact-v1"
 MAX_PIXELS = 1_000_000
 ACCEPT_PSNR = 1.0  # see the module docstring: reachable with any weights, even untrained ones

@@ -35,7 +35,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageStat
 from sqlalchemy import select
 
-KODAK = Path("/work/shared/data/kodak")
+from shared_paths import KODAK  # noqa: E402
 MIN_PSNR = 1.0
 MIN_SAVING = 0.0
 MODEL = "compact-v1"

@@ -13,8 +13,7 @@ from safetensors import safe_open
 from archiver.bdrate import bd_rate, bd_rate_files
 from archiver.cli import main
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-KODAK = SHARED / "data" / "kodak"
+from shared_paths import KODAK, SHARED  # noqa: E402
 ANCHORS = SHARED / "anchors" / "kodak"
 
 
