@@ -8,7 +8,6 @@ few hundredths with library versions.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from PIL import Image
