@@ -45,6 +45,7 @@ class Restored:
     ok: bool
     error: str | None = None
     bytes_out: int = 0
+    skipped: bool = False  # the output already existed and overwriting was not asked for
 
 
 def restored_key(container_key: str, suffix: str, fmt: str, used: str | None = None) -> str:
@@ -68,11 +69,15 @@ def _ext_matches(name: str, fmt: str) -> bool:
 
 
 def restore_all(src: ObjectStore, dst: ObjectStore, *, fmt: str = "png", suffix: str = ".cxa", device: str = "auto",
-                limit: int | None = None, on_item: Callable[[Restored], None] | None = None) -> Iterator[Restored]:
+                limit: int | None = None, on_item: Callable[[Restored], None] | None = None,
+                overwrite: bool = False) -> Iterator[Restored]:
     """Decode every container under ``src`` into ``dst``; a bad container is reported, not fatal.
 
     The original's name is kept when it was re-created in its own format, e.g. ``a/b.jpg.cxa``
     -> ``a/b.jpg`` with ``fmt="original"``; otherwise the extension is the written format's.
+    An object already at the output key is never replaced unless ``overwrite``: restoring into
+    the archive's own bucket would otherwise put a lossy decode over an original that still
+    exists (``skipped``, not an error, so a rerun completes an interrupted restore).
     """
     if fmt not in (*MEDIA_TYPES, "original"):
         raise ArchiverError(f"unsupported output format {fmt!r}; use png, jpeg, webp or original", code="bad_format")
@@ -81,11 +86,17 @@ def restore_all(src: ObjectStore, dst: ObjectStore, *, fmt: str = "png", suffix:
         if not info.key.endswith(suffix):
             continue
         try:
-            dec = decode_container(src.get(info.key, max_bytes=max(info.size, 1)), device)
-            data, used = render(dec, fmt)
-            out_key = restored_key(info.key, suffix, fmt, used)
-            dst.put(out_key, data, metadata={}, content_type=MEDIA_TYPES[used])
-            item = Restored(info.key, out_key, True, bytes_out=len(data))
+            if not overwrite and fmt != "original" and dst.head(restored_key(info.key, suffix, fmt)) is not None:
+                item = Restored(info.key, restored_key(info.key, suffix, fmt), True, skipped=True)
+            else:
+                dec = decode_container(src.get(info.key, max_bytes=max(info.size, 1)), device)
+                data, used = render(dec, fmt)
+                out_key = restored_key(info.key, suffix, fmt, used)
+                if not overwrite and dst.head(out_key) is not None:
+                    item = Restored(info.key, out_key, True, skipped=True)
+                else:
+                    dst.put(out_key, data, metadata={}, content_type=MEDIA_TYPES[used])
+                    item = Restored(info.key, out_key, True, bytes_out=len(data))
         except ArchiverError as e:
             item = Restored(info.key, None, False, f"{e.code}: {e}")
         except Exception as e:  # a decoder bug or a library error on one container: report it, go on

@@ -787,6 +787,18 @@ def test_restore_decodes_every_container_and_reports_bad_ones(tmp_path: Path, sq
         assert sniff(data) == sniff(GOOD[key])
         assert Image.open(io.BytesIO(data)).size == (decoded[key].meta.width, decoded[key].meta.height)
 
+    # restoring into the archive's own bucket, where the originals still exist: nothing is
+    # replaced by a lossy decode unless asked; a second run into --to skips what is there
+    again = list(restore_all(st, st, fmt="original", device="cpu"))
+    assert {i.key for i in again if i.skipped} == {k + ".cxa" for k in GOOD}
+    assert all(st.get(k) == v for k, v in GOOD.items())
+    first_png = out.get("photos/k01.png")
+    out.put("photos/k01.png", b"a file that was there before")
+    items = {i.key: i for i in restore_all(st, out, fmt="png", device="cpu")}
+    assert items["photos/k01.png.cxa"].skipped and out.get("photos/k01.png") == b"a file that was there before"
+    items = {i.key: i for i in restore_all(st, out, fmt="png", device="cpu", overwrite=True)}
+    assert not items["photos/k01.png.cxa"].skipped and out.get("photos/k01.png") == first_png
+
 
 # --------------------------------------------------------------------------------- 4. the demo
 def test_recompress_without_argument_runs_the_demo(tmp_path: Path) -> None:

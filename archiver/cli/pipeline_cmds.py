@@ -140,8 +140,12 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
 @click.option("--format", "fmt", type=click.Choice(["png", "original", "jpeg", "webp"]), default="png", show_default=True)
 @click.option("--device", default=None)
 @click.option("--limit", type=int, default=None)
-def restore(source, to, fmt, device, limit) -> None:
-    """Decode every container under SOURCE back to images under --to."""
+@click.option("--overwrite", is_flag=True, help="replace objects already at the output keys (default: skip them)")
+def restore(source, to, fmt, device, limit, overwrite) -> None:
+    """Decode every container under SOURCE back to images under --to.
+
+    Existing objects at the output keys are kept (counted as skipped) unless --overwrite.
+    """
     from ..restore import restore_all
     from ..settings import load_settings
     from ..storage import open_store
@@ -149,19 +153,22 @@ def restore(source, to, fmt, device, limit) -> None:
     try:
         st = load_settings()
         src, dst = open_store(source, st), open_store(to, st, create=True)
-        ok = bad = 0
+        ok = bad = skipped = 0
         with Progress(TextColumn("[bold]restore"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as prog:
             task = prog.add_task("restore", total=limit)
-            for item in restore_all(src, dst, fmt=fmt, suffix=st.container_suffix, device=device or st.device, limit=limit):
-                ok += item.ok
+            for item in restore_all(src, dst, fmt=fmt, suffix=st.container_suffix, device=device or st.device,
+                                    limit=limit, overwrite=overwrite):
+                ok += item.ok and not item.skipped
+                skipped += item.skipped
                 bad += not item.ok
                 if not item.ok:
                     console.print(f"[yellow]{item.key}[/yellow]: {item.error}")
-                prog.update(task, completed=ok + bad)
+                prog.update(task, completed=ok + bad + skipped)
     except ArchiverError as e:
         _fail(e)
-    console.print(f"restored {ok} image(s) to {to}; {bad} failed")
+    console.print(f"restored {ok} image(s) to {to}; {skipped} skipped (already there; --overwrite replaces them); "
+                  f"{bad} failed")
     if bad:
         raise SystemExit(1)
 
