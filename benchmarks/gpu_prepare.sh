@@ -3,6 +3,7 @@
 #
 #   benchmarks/gpu_prepare.sh train [SHARD]   # one training shard (00..NN of ../shared/data/train)
 #   benchmarks/gpu_prepare.sh eval            # the 24 Kodak images instead (evaluation only)
+#   benchmarks/gpu_prepare.sh bench           # worker throughput: Redis + moto/Celery wheels
 #
 # The device machine has torch 2.11 + torchvision 0.26 on Python 3.12 and nothing else of ours,
 # and only the repository travels (not ../shared). So this puts, under git-ignored folders:
@@ -21,13 +22,37 @@ cd "$root"
 shared=$(cd "$root/.." && pwd)/shared
 mkdir -p "$(dirname "$(git rev-parse --git-path info/exclude)")"  # gpu-wheels.sh appends there
 rm -rf .whl .gpu
+# Without dependencies: the device's own numpy/Pillow/scipy/pandas must stay in charge (compressai
+# needs numpy < 2 and imports scipy, pandas, matplotlib and torch_geometric at import time; the
+# device image has them, since compressai imports there with its own wheel alone). A bare torch
+# environment here lacked `packaging`, `tqdm` and `einops` besides those: add more with
+# EXTRA="name ..." if the first import on the device fails.
+# shellcheck disable=SC2086
 bash "$shared/tools/gpu-wheels.sh" safetensors click rich pydantic pydantic-core pydantic-settings \
   annotated-types typing-inspection typing-extensions python-dotenv sqlalchemy markdown-it-py mdurl \
-  pygments >/dev/null
+  pygments packaging tqdm einops ${EXTRA:-} >/dev/null
 case "$mode" in
   train) mkdir -p .gpu/train && cp "$shared/data/train/shard-$shard"/* .gpu/train/ ;;
   eval) mkdir -p .gpu/kodak && cp "$shared/data/kodak"/*.png .gpu/kodak/ && cp -r "$shared/anchors" .gpu/anchors ;;
-  *) echo "usage: $0 train [SHARD] | eval" >&2; exit 2 ;;
+  bench)
+    # benchmarks/worker_throughput.py starts moto's S3 server, a private redis-server and a real
+    # Celery worker: their wheels (with dependencies, ~43 MiB: the tree + these stay under 64 MiB)
+    # and this machine's redis-server, unpacked (run it with .gpu/redis/usr/bin on PATH and
+    # .gpu/redis/usr/lib/x86_64-linux-gnu on LD_LIBRARY_PATH).
+    python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 --platform any -d .whl "moto[s3]" flask flask-cors celery redis \
+      sqlalchemy alembic boto3 tenacity pydantic-settings rich click safetensors packaging >/dev/null
+    mkdir -p .gpu/debs .gpu/redis
+    (cd .gpu/debs && apt-get download redis-server redis-tools libjemalloc2 liblzf1 >/dev/null 2>&1)
+    for f in .gpu/debs/*.deb; do dpkg -x "$f" .gpu/redis; done
+    # keep the server only (Debian's redis-server is a symlink to redis-check-rdb)
+    b=.gpu/redis/usr/bin
+    cp "$b/redis-check-rdb" .gpu/server.tmp
+    rm -f "$b"/redis-* && mv .gpu/server.tmp "$b/redis-server"
+    rm -rf .gpu/debs .gpu/redis/usr/share .gpu/redis/etc .gpu/redis/lib
+    ;;
+  *) echo "usage: $0 train [SHARD] | eval | bench" >&2; exit 2 ;;
 esac
 du -sh .whl .gpu
 echo "carry: [\".whl\", \".gpu\"]"

@@ -117,6 +117,7 @@ def main() -> None:
     ap.add_argument("--min-psnr", type=float, default=35.0)
     ap.add_argument("--min-saving", type=float, default=0.0)
     ap.add_argument("--chunk-size", type=int, default=4)
+    ap.add_argument("--codec-slots", type=int, default=1, help="[workers] codec_slots of the worker (2 for GPUs)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3, help="alternating bare/worker measurements (medians)")
     ap.add_argument("--no-record", action="store_true", help="do not append to docs/BENCHMARKS.md")
@@ -141,6 +142,7 @@ def main() -> None:
         env.update({"ARCHIVER_DATABASE_URL": db_url, "ARCHIVER_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
                     "ARCHIVER_DEVICE": a.device, "ARCHIVER_S3__ENDPOINT_URL": endpoint,
                     "ARCHIVER_S3__PATH_STYLE": "true", "ARCHIVER_WORKERS__SCHEDULES_FILE": str(tmp / "none.toml"),
+                    "ARCHIVER_WORKERS__CODEC_SLOTS": str(a.codec_slots),
                     "PYTHONUNBUFFERED": "1"})
         os.environ.update({k: v for k, v in env.items() if k.startswith(("ARCHIVER_", "AWS_"))})
 
@@ -272,7 +274,8 @@ def record(a: argparse.Namespace, n: int, bare: float, worker: float, bare_ok: i
             "Rates depend on the weights (rejected images cost less) and on machine load.\n\n") + table
     cmd = "python benchmarks/worker_throughput.py " + shlex.join(sys.argv[1:])
     row = (f"| {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} | `{cmd.strip()}` | {machine(a.device, load)} | {model} | "
-           f"{n} x {a.size}px PNG, min_psnr {a.min_psnr}, median of {a.repeats} | {bare:.2f} (target met {bare_ok}/{n}) | "
+           f"{n} x {a.size}px PNG, min_psnr {a.min_psnr}, median of {a.repeats}"
+           f"{f', worker codec_slots {a.codec_slots}' if a.codec_slots != 1 else ''} | {bare:.2f} (target met {bare_ok}/{n}) | "
            f"{worker:.2f} | "
            f"{worker / bare:.2f} | {outcomes} |\n")
     lines = text.rstrip("\n").split("\n")
