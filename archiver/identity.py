@@ -24,7 +24,7 @@ class Scope:
 
     @classmethod
     def of(cls, store: ObjectStore) -> Scope:
-        return cls(store.bucket, getattr(store, "prefix", "") or "")
+        return cls(store.bucket, store.prefix)
 
     def key(self, key: str) -> str:
         """The database key of a store-relative key."""

@@ -623,11 +623,10 @@ def process_batch(job_id: int, source_url: str, dest_url: str | None, items: Ite
 
 def _record(sf: sessionmaker[Session], job_id: int, scope: Scope, model_id: str, out: Outcome,
             worker: str | None) -> Outcome:
-    from .pipeline import _outcome_from_row, record_outcome
+    from .pipeline import _outcome_from_row, record_outcome, result_row
 
     with sf() as s:
-        row = s.execute(select(Result).where(Result.job_id == job_id, Result.bucket == scope.bucket,
-                                             Result.key == scope.key(out.key))).scalar_one_or_none()
+        row = result_row(s, job_id, scope, out.key)
         if row is not None and row.status in ("accepted", "rejected", "skipped"):
             return _outcome_from_row(row, scope)  # finished earlier (e.g. the original was then replaced)
         record_outcome(s, job_id, scope, model_id, out, worker)
@@ -647,17 +646,12 @@ def _failed(sf: sessionmaker[Session], job_id: int, scope: Scope, key: str, item
 
 def _vanished(sf: sessionmaker[Session], job_id: int, scope: Scope, key: str, item: Item, codec: Codec,
               worker: str | None) -> Outcome:
-    from .pipeline import _outcome_from_row
+    from .pipeline import _outcome_from_row, ledger_row, result_row
 
-    bucket, db_key = scope.bucket, scope.key(key)
     with sf() as s:  # finished earlier and the original was deleted (e.g. killed before marking it)
-        row = s.execute(select(Result).where(Result.job_id == job_id, Result.bucket == bucket, Result.key == db_key,
-                                             Result.status.in_(("accepted", "skipped")))).scalar_one_or_none()
-        if row is not None:
-            ledger = s.execute(select(ArchivedObject).where(ArchivedObject.bucket == bucket,
-                                                            ArchivedObject.key == db_key,
-                                                            ArchivedObject.model_id == row.model_id,
-                                                            ArchivedObject.etag == row.etag)).scalar_one_or_none()
+        row = result_row(s, job_id, scope, key)
+        if row is not None and row.status in ("accepted", "skipped"):
+            ledger = ledger_row(s, scope, key, row.etag, row.model_id)
             if ledger is not None:
                 ledger.original_deleted = row.original_deleted = True
                 s.commit()

@@ -290,13 +290,24 @@ _NULL_LOCK = _NullLock()
 
 # ---- database --------------------------------------------------------------------------------
 
+def result_row(session: Session, job_id: int, scope: Scope, key: str) -> Result | None:
+    """This job's row for the store-relative ``key`` (rows are unique per job, bucket and key)."""
+    return session.execute(select(Result).where(Result.job_id == job_id, Result.bucket == scope.bucket,
+                                                Result.key == scope.key(key))).scalar_one_or_none()
+
+
+def ledger_row(session: Session, scope: Scope, key: str, etag: str | None, model_id: str) -> ArchivedObject | None:
+    """The ledger row of one version (``etag``) of the store-relative ``key`` archived with ``model_id``."""
+    return session.execute(select(ArchivedObject).where(
+        ArchivedObject.bucket == scope.bucket, ArchivedObject.key == scope.key(key), ArchivedObject.etag == etag,
+        ArchivedObject.model_id == model_id)).scalar_one_or_none()
+
+
 def record_outcome(session: Session, job_id: int, scope: Scope, model_id: str, out: Outcome,
                    worker: str | None = None) -> Result:
     """Upsert the job's row for this object and, for an accepted write, the ledger row — atomically."""
     bucket, key = scope.bucket, scope.key(out.key)
-    row = session.execute(
-        select(Result).where(Result.job_id == job_id, Result.bucket == bucket, Result.key == key)
-    ).scalar_one_or_none()
+    row = result_row(session, job_id, scope, out.key)
     if row is None:
         row = Result(job_id=job_id, bucket=bucket, key=key, model_id=model_id, attempts=0)
         session.add(row)
@@ -313,10 +324,7 @@ def record_outcome(session: Session, job_id: int, scope: Scope, model_id: str, o
     row.worker = worker
     session.flush()
     if out.status == "accepted" and out.dest_url and out.etag:
-        ledger = session.execute(
-            select(ArchivedObject).where(ArchivedObject.bucket == bucket, ArchivedObject.key == key,
-                                         ArchivedObject.etag == out.etag, ArchivedObject.model_id == model_id)
-        ).scalar_one_or_none()
+        ledger = ledger_row(session, scope, out.key, out.etag, model_id)
         if ledger is None:
             ledger = ArchivedObject(bucket=bucket, key=key, etag=out.etag, model_id=model_id)
             session.add(ledger)
@@ -346,12 +354,7 @@ def _record(session_factory: sessionmaker, job_id: int, scope: Scope, model_id: 
 
 
 def already_archived(session: Session, scope: Scope, info: ObjectInfo, model_id: str) -> ArchivedObject | None:
-    if not info.etag:
-        return None
-    return session.execute(
-        select(ArchivedObject).where(ArchivedObject.bucket == scope.bucket, ArchivedObject.key == scope.key(info.key),
-                                     ArchivedObject.etag == info.etag, ArchivedObject.model_id == model_id)
-    ).scalar_one_or_none()
+    return ledger_row(session, scope, info.key, info.etag, model_id) if info.etag else None
 
 
 @dataclass(frozen=True)
@@ -515,8 +518,7 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
     """
     scope = Scope.of(src)
     with session_factory() as s:
-        done = s.execute(select(Result).where(Result.job_id == job_id, Result.bucket == scope.bucket,
-                                              Result.key == scope.key(info.key))).scalar_one_or_none()
+        done = result_row(s, job_id, scope, info.key)
         prior = _outcome_from_row(done, scope) if done is not None and done.etag == info.etag else None
         prior_id = done.id if prior is not None else None
         led = None if opts.dry_run else _LedgerView.of(already_archived(s, scope, info, codec.model_id))
@@ -580,8 +582,8 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
 
 def _outcome_from_row(r: Result, scope: Scope | None = None) -> Outcome:
     """A recorded row as an outcome; with ``scope``, its key relative to that scope's store."""
-    return Outcome(key=scope.relative(r.key) if scope else r.key, status=r.status, original_bytes=r.original_bytes, etag=r.etag, version_id=r.version_id,
-                   reason_code=r.reason_code, reason=r.reason, content_type=r.content_type, width=r.width,
+    return Outcome(key=scope.relative(r.key) if scope else r.key, status=r.status, original_bytes=r.original_bytes,
+                   etag=r.etag, version_id=r.version_id, reason_code=r.reason_code, reason=r.reason, content_type=r.content_type, width=r.width,
                    height=r.height, compressed_bytes=r.compressed_bytes, compressed_sha256=r.compressed_sha256,
                    psnr=r.psnr, ms_ssim=r.ms_ssim, bpp=r.bpp, quality=r.quality, dest_url=r.dest_url,
                    original_deleted=r.original_deleted, device=r.device)
@@ -598,23 +600,21 @@ def reconcile_deleted(session_factory: sessionmaker, job_id: int, src: ObjectSto
     """
     scope = Scope.of(src)
     with session_factory() as s:
-        todo = [(r.id, r.key, r.etag) for r in s.execute(
+        todo = [(r.id, scope.relative(r.key), r.etag) for r in s.execute(
             select(Result).where(Result.job_id == job_id, Result.bucket == scope.bucket,
                                  Result.status.in_(("accepted", "skipped")), Result.original_deleted.is_(False))
         ).scalars()]
     fixed = 0
     for rid, key, etag in todo:
         try:
-            gone = with_retries(lambda k=scope.relative(key): src.head(k), f"checking {key}") is None
+            gone = with_retries(lambda k=key: src.head(k), f"checking {key}") is None
         except StorageError as e:
             log.warning("cannot check whether the original of %s still exists: %s", key, e)
             continue
         if not gone:
             continue
         with session_factory() as s:
-            led = s.execute(select(ArchivedObject).where(
-                ArchivedObject.bucket == scope.bucket, ArchivedObject.key == key, ArchivedObject.etag == etag,
-                ArchivedObject.model_id == model_id)).scalar_one_or_none()
+            led = ledger_row(s, scope, key, etag, model_id)
             if led is None:  # never archived (e.g. a dry run): nothing says a container exists
                 continue
             led.original_deleted = True

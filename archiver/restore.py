@@ -86,13 +86,16 @@ def restore_all(src: ObjectStore, dst: ObjectStore, *, fmt: str = "png", suffix:
         if not info.key.endswith(suffix):
             continue
         try:
-            if not overwrite and fmt != "original" and dst.head(restored_key(info.key, suffix, fmt)) is not None:
-                item = Restored(info.key, restored_key(info.key, suffix, fmt), True, skipped=True)
+            # A fixed format names its output before decoding, so an existing one costs no decode;
+            # "original" knows its output name (and format) only after rendering.
+            known = None if fmt == "original" else restored_key(info.key, suffix, fmt)
+            if known is not None and not overwrite and dst.head(known) is not None:
+                item = Restored(info.key, known, True, skipped=True)
             else:
                 dec = decode_container(src.get(info.key, max_bytes=max(info.size, 1)), device)
                 data, used = render(dec, fmt)
-                out_key = restored_key(info.key, suffix, fmt, used)
-                if not overwrite and dst.head(out_key) is not None:
+                out_key = known or restored_key(info.key, suffix, fmt, used)
+                if known is None and not overwrite and dst.head(out_key) is not None:
                     item = Restored(info.key, out_key, True, skipped=True)
                 else:
                     dst.put(out_key, data, metadata={}, content_type=MEDIA_TYPES[used])

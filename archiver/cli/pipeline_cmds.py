@@ -146,12 +146,14 @@ def restore(source, to, fmt, device, limit, overwrite) -> None:
 
     Existing objects at the output keys are kept (counted as skipped) unless --overwrite.
     """
+    from ..codec.api import apply_torch_threads
     from ..restore import restore_all
     from ..settings import load_settings
     from ..storage import open_store
 
     try:
         st = load_settings()
+        apply_torch_threads(st.torch_threads)
         src, dst = open_store(source, st), open_store(to, st, create=True)
         ok = bad = skipped = 0
         with Progress(TextColumn("[bold]restore"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

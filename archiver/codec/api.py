@@ -118,8 +118,9 @@ def smallest_quality(psnr_at: Callable[[float], float], target: float, steps: in
     answer for similar images, see ``QualityHints``): probe the hint, gallop away from it in
     doubling strides (the first as wide as ``spread``, how far recent answers strayed from the
     hint, and at least two resolution steps) until the answer is bracketed, then bisect the
-    bracket; an answer within two resolution steps of the hint costs 3-4 probes instead of 9. When the hint misses the target,
-    quality 100 is probed next, so an image that cannot reach the target still costs only two.
+    bracket; an answer within two resolution steps of the hint costs 3-4 probes instead of 9.
+    When the hint misses the target, quality 100 is probed next, so an image that cannot reach
+    the target still costs only two.
     Each probe is a full encoder-side reconstruction (entropy model + synthesis), by far the
     largest cost of an archive encode. Interpolating inside the bracket was tried and measured on
     Kodak crops: PSNR(q) is concave (it flattens at high q) and regula falsi needed 6-13 probes.
