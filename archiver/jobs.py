@@ -629,7 +629,7 @@ def _record(sf: sessionmaker[Session], job_id: int, scope: Scope, model_id: str,
         row = result_row(s, job_id, scope, out.key)
         if row is not None and row.status in ("accepted", "rejected", "skipped"):
             return _outcome_from_row(row, scope)  # finished earlier (e.g. the original was then replaced)
-        record_outcome(s, job_id, scope, model_id, out, worker)
+        record_outcome(s, job_id, scope, model_id, out, worker, row=row)
         s.commit()
     return out
 

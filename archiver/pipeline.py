@@ -304,10 +304,13 @@ def ledger_row(session: Session, scope: Scope, key: str, etag: str | None, model
 
 
 def record_outcome(session: Session, job_id: int, scope: Scope, model_id: str, out: Outcome,
-                   worker: str | None = None) -> Result:
-    """Upsert the job's row for this object and, for an accepted write, the ledger row — atomically."""
+                   worker: str | None = None, *, row: Result | None = None) -> Result:
+    """Upsert the job's row for this object and, for an accepted write, the ledger row — atomically.
+
+    ``row``: the job's row for this object when the caller has just looked it up (saves a query).
+    """
     bucket, key = scope.bucket, scope.key(out.key)
-    row = result_row(session, job_id, scope, out.key)
+    row = row or result_row(session, job_id, scope, out.key)
     if row is None:
         row = Result(job_id=job_id, bucket=bucket, key=key, model_id=model_id, attempts=0)
         session.add(row)

@@ -6,6 +6,7 @@ property that must hold for any weights (round trips, bit-exactness, error handl
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import math
@@ -24,7 +25,8 @@ from archiver.codec import Codec, TargetNotReached
 from archiver.codec import container as cx
 from archiver.codec import registry
 from archiver.codec.api import SEARCH_STEPS, QualityHints, delivered, smallest_quality
-from archiver.codec.exact import ExactDepthwise, ExactPointwise, GRID
+from archiver.codec.exact import GRID, ExactBlock, ExactDepthwise, ExactPointwise, float_twin
+from archiver.codec.model import PRESETS, build_model
 from archiver.errors import ContainerError, UnknownModelError, WeightsIntegrityError
 from archiver.images import load_image
 from archiver.metrics import psnr
@@ -110,6 +112,33 @@ def test_training_path_matches_exact_path() -> None:
     layer = ExactPointwise(16, 8)
     x = torch.randint(-2000, 2000, (1, 16, 6, 6)).double() / GRID
     assert torch.equal(layer(x.float()).double(), layer(x))
+
+
+def test_scale_rules_pick_the_entry_up_or_nearest_in_log() -> None:
+    up = build_model("compact")
+    nearest = build_model(dataclasses.replace(PRESETS["compact"], scale_rule="nearest"))
+    t = up.scale_table.double()
+    mid = math.sqrt(float(t[10]) * float(t[11]))
+    s = torch.tensor([float(t[10]), float(t[10]) * 1.001, mid * 0.999, mid * 1.001, 1e-3, 1e6], dtype=torch.float64)
+    assert up.scale_indexes(s).tolist() == [10, 11, 11, 11, 0, 63]
+    assert nearest.scale_indexes(s).tolist() == [10, 10, 10, 11, 0, 63]
+    # a model registered before the rule existed keeps its rule (its bitstreams depend on it)
+    assert registry.read_registry()["compact-v1"].preset.scale_rule == "up"
+    with pytest.raises(ValueError, match="scale_rule"):
+        dataclasses.replace(PRESETS["compact"], scale_rule="down")
+
+
+def test_float_twin_is_off_grid_only_inside_its_block() -> None:
+    """The RD-cost benchmark's float twin must really leave the grid, and never leak out of it."""
+    torch.manual_seed(4)
+    block = ExactBlock(8)
+    x = torch.randn(1, 8, 6, 6)
+    on_grid = block(x)
+    assert torch.equal(on_grid * GRID, torch.round(on_grid * GRID))
+    with float_twin():
+        twin = block(x)
+    assert not torch.equal(twin * GRID, torch.round(twin * GRID))
+    assert torch.equal(block(x), on_grid)
 
 
 # ---- round trips -----------------------------------------------------------------------------
@@ -394,6 +423,43 @@ def test_registry_refuses_to_reuse_an_id(tmp_path: Path) -> None:
     registry.register("m1", entry.file, entry.sha256, entry.preset, {}, registry=reg)  # same weights: fine
     with pytest.raises(ValueError, match="new id"):
         registry.register("m1", entry.file, "f" * 64, entry.preset, {}, registry=reg)
+
+
+def test_register_model_ships_weights_under_a_new_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     crop_rgb: Image.Image) -> None:
+    """`archiver register-model`: the file is checked, copied and recorded with its scale rule, and
+    the new id encodes and decodes; an id is never given other weights; a broken file is refused."""
+    from click.testing import CliRunner
+
+    from archiver.cli import main as cli
+
+    shutil.copy(registry.WEIGHTS_DIR / "registry.json", tmp_path / "registry.json")
+    shutil.copy(registry.WEIGHTS_DIR / "compact-v1.safetensors", tmp_path / "compact-v1.safetensors")
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(registry, "REGISTRY_FILE", tmp_path / "registry.json")
+    trained = tmp_path / "run" / "w.safetensors"
+    trained.parent.mkdir()
+    shutil.copy(tmp_path / "compact-v1.safetensors", trained)
+
+    res = CliRunner().invoke(cli, ["register-model", "test-near", str(trained), "--note", "copy", "--steps", "7"])
+    assert res.exit_code == 0, res.output
+    entry = registry.read_registry()["test-near"]
+    assert entry.file == tmp_path / "test-near.safetensors" and entry.file.read_bytes() == trained.read_bytes()
+    assert entry.preset.scale_rule == "nearest" and entry.info == {"note": "copy", "trained_steps": 7}
+    near = Codec.load("test-near", "cpu")
+    data = near.encode(crop_rgb, quality=50)
+    assert cx.unpack(data).meta.model_id == "test-near"
+    assert psnr(np.asarray(crop_rgb), near.decode(data).rgb) > 15
+
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(trained.read_bytes()[:-1] + b" ")
+    res = CliRunner().invoke(cli, ["register-model", "test-near", str(other)])
+    assert res.exit_code != 0 and "new id" in res.output
+    other.write_bytes(trained.read_bytes()[: len(trained.read_bytes()) // 2])
+    res = CliRunner().invoke(cli, ["register-model", "test-broken", str(other)])
+    assert res.exit_code == 1 and "not a complete weights file" in res.output
+    assert "test-broken" not in registry.read_registry()
+    assert not (tmp_path / "test-broken.safetensors").exists()
 
 
 def test_torch_threads_setting_sizes_the_pool() -> None:

@@ -178,4 +178,29 @@ def evaluate(folder, model, device, qualities, out, plot, anchors, reference, li
     console.print(f"results written to {out}")
 
 
-COMMANDS = [encode, decode, info, train, evaluate]
+@click.command("register-model")
+@click.argument("model_id")
+@click.argument("weights", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--scale-rule", type=click.Choice(["up", "nearest"]), default="nearest", show_default=True,
+              help="how scales pick a table entry (part of the bitstream format; nearest costs less rate)")
+@click.option("--note", default="", help="free text kept in the registry (how it was trained)")
+@click.option("--steps", "trained_steps", type=int, default=None, help="training steps, kept in the registry")
+def register_model(model_id: str, weights: Path, scale_rule: str, note: str, trained_steps: int | None) -> None:
+    """Ship trained WEIGHTS under a new MODEL_ID (copied into the package, sha256 recorded).
+
+    Afterwards: write its golden bitstreams (tests/make_golden.py MODEL_ID) and, to make it the
+    default, set DEFAULT_MODEL, the settings' model_id and config/archiver.toml."""
+    from ..codec.registry import register_weights
+
+    info: dict = {"note": note} if note else {}
+    if trained_steps is not None:
+        info["trained_steps"] = trained_steps
+    try:
+        entry = register_weights(model_id, weights, scale_rule=scale_rule, info=info)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    console.print(f"registered {entry.model_id}: {entry.file.name} sha256 {entry.sha256[:16]}… "
+                  f"({entry.preset.scale_rule} scale rule)")
+
+
+COMMANDS = [encode, decode, info, train, evaluate, register_model]

@@ -22,6 +22,9 @@ learns under the quantisation it will be evaluated with.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,6 +33,28 @@ FRAC_BITS = 8
 GRID = float(2**FRAC_BITS)  # activation / weight grid: multiples of 1/256
 ACT_LIMIT = 4096.0  # |activation| bound (2^20 grid units)
 W_LIMIT = 128.0  # |weight| bound (2^15 grid units)
+
+
+#: Set only by ``float_twin()``: the same layers without the grid and with GELU, so that
+#: ``benchmarks/exact_cost.py`` can measure what exactness costs. Never set in the product.
+_FLOAT_TWIN = False
+
+
+@contextmanager
+def float_twin() -> Iterator[None]:
+    """Within this block the exact layers become ordinary float layers (no grid, GELU): the
+    baseline of the RD-cost measurement. Bitstreams made this way would not decode anywhere."""
+    global _FLOAT_TWIN
+    before, _FLOAT_TWIN = _FLOAT_TWIN, True
+    try:
+        yield
+    finally:
+        _FLOAT_TWIN = before
+
+
+def act(x: Tensor) -> Tensor:
+    """The exact path's nonlinearity: ReLU (GELU is not exact); GELU in the float twin."""
+    return F.gelu(x) if _FLOAT_TWIN else F.relu(x)
 
 
 def round_half_up(x: Tensor) -> Tensor:
@@ -45,18 +70,22 @@ def ste(x: Tensor, fn) -> Tensor:
 def to_grid(x: Tensor, limit: float = ACT_LIMIT) -> Tensor:
     """Snap to the 2^-8 grid and clamp; differentiable (STE) when training."""
     x = torch.clamp(x, -limit, limit)
+    if _FLOAT_TWIN:
+        return x
     if x.requires_grad:
         return ste(x, lambda v: round_half_up(v * GRID) / GRID)
     return round_half_up(x * GRID) / GRID
 
 
 def quant_weight(w: Tensor) -> Tensor:
-    return to_grid(w, W_LIMIT)
+    return w if _FLOAT_TWIN else to_grid(w, W_LIMIT)
 
 
 def quant_bias(b: Tensor) -> Tensor:
     g = GRID * GRID
     b = torch.clamp(b, -ACT_LIMIT, ACT_LIMIT)
+    if _FLOAT_TWIN:
+        return b
     if b.requires_grad:
         return ste(b, lambda v: round_half_up(v * g) / g)
     return round_half_up(b * g) / g
@@ -127,7 +156,7 @@ class ExactBlock(nn.Module):
         self.pw2 = ExactPointwise(channels * expansion, channels, init_scale=0.1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return to_grid(x + self.pw2(F.relu(self.pw1(self.dw(x)))))
+        return to_grid(x + self.pw2(act(self.pw1(self.dw(x)))))
 
 
 class ExactUp(nn.Module):
@@ -151,7 +180,7 @@ class ExactMLPHead(nn.Module):
         self.out = ExactPointwise(width, cout, init_scale=0.5)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.blocks(F.relu(self.inp(x))))
+        return self.out(self.blocks(act(self.inp(x))))
 
 
 def enter_grid(x: Tensor, exact: bool) -> Tensor:

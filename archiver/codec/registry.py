@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -115,3 +116,38 @@ def register(model_id: str, path: Path, sha256: str, preset: Preset, info: dict,
         )
     raw["models"][model_id] = {"file": path.name, "sha256": sha256, "preset": preset.to_dict(), "info": info}
     registry.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+
+
+def register_weights(model_id: str, weights: Path, *, scale_rule: str, info: dict,
+                     weights_dir: Path | None = None) -> ModelEntry:
+    """Ship ``weights`` (a file written by ``archiver train``) under a new ``model_id``.
+
+    The file is loaded strictly first (a wrong or truncated file fails here, not in a decoder),
+    copied next to the registry and recorded with its sha256 and its architecture. The scale
+    rule is chosen at registration because it is part of the bitstream format, not of training.
+    An id is never reused for other weights; registering the same file again changes nothing.
+    """
+    weights_dir = weights_dir or WEIGHTS_DIR
+    registry = weights_dir / "registry.json"
+    blob = weights.read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()
+    known = read_registry(registry).get(model_id)
+    if known is not None and known.sha256 != digest:
+        raise ValueError(f"model id {model_id!r} is already registered with other weights; bitstreams depend on it "
+                         "— use a new id")
+    try:
+        with safe_open(str(weights), framework="pt") as f:  # the preset travels in the file's metadata
+            meta = f.metadata() or {}
+        preset = replace(Preset.from_dict(json.loads(meta["preset"])), scale_rule=scale_rule)
+        state = {k: (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v) for k, v in st_load(blob).items()}
+        load_state(build_model(preset), state)  # strict: every tensor present, every shape right
+    except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, it is not shipped
+        raise ValueError(f"{weights} is not a complete weights file written by `archiver train`: "
+                         f"{type(e).__name__}: {e}") from e
+    target = weights_dir / f"{model_id}.safetensors"
+    if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() != digest:
+        raise ValueError(f"{target} exists with other contents; refusing to replace shipped weights")
+    if not target.exists():
+        target.write_bytes(blob)
+    register(model_id, target, digest, preset, info, registry)
+    return read_registry(registry)[model_id]
