@@ -423,6 +423,9 @@ def test_registry_refuses_to_reuse_an_id(tmp_path: Path) -> None:
     registry.register("m1", entry.file, entry.sha256, entry.preset, {}, registry=reg)  # same weights: fine
     with pytest.raises(ValueError, match="new id"):
         registry.register("m1", entry.file, "f" * 64, entry.preset, {}, registry=reg)
+    with pytest.raises(ValueError, match="new id"):  # same weights, other scale rule: other bitstreams
+        registry.register("m1", entry.file, entry.sha256, dataclasses.replace(entry.preset, scale_rule="nearest"), {},
+                          registry=reg)
 
 
 def test_register_model_ships_weights_under_a_new_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -437,9 +440,12 @@ def test_register_model_ships_weights_under_a_new_id(tmp_path: Path, monkeypatch
     shutil.copy(registry.WEIGHTS_DIR / "compact-v1.safetensors", tmp_path / "compact-v1.safetensors")
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
     monkeypatch.setattr(registry, "REGISTRY_FILE", tmp_path / "registry.json")
-    trained = tmp_path / "run" / "w.safetensors"
+    trained = tmp_path / "run" / "w.safetensors"  # "newly trained": compact-v1 with the synthesis nudged
     trained.parent.mkdir()
-    shutil.copy(tmp_path / "compact-v1.safetensors", trained)
+    model, _ = registry.load_model("compact-v1")
+    with torch.no_grad():
+        next(model.g_s.parameters()).add_(1e-3)
+    registry.save_weights(model, trained)
 
     res = CliRunner().invoke(cli, ["register-model", "test-near", str(trained), "--note", "copy", "--steps", "7"])
     assert res.exit_code == 0, res.output
@@ -450,6 +456,14 @@ def test_register_model_ships_weights_under_a_new_id(tmp_path: Path, monkeypatch
     data = near.encode(crop_rgb, quality=50)
     assert cx.unpack(data).meta.model_id == "test-near"
     assert psnr(np.asarray(crop_rgb), near.decode(data).rgb) > 15
+
+    res = CliRunner().invoke(cli, ["register-model", "test-near", str(trained)])  # again: nothing changes
+    assert res.exit_code == 0 and registry.read_registry()["test-near"] == entry
+    # compact-v1's own weights under a new id with the other scale rule: shipped once, not copied
+    res = CliRunner().invoke(cli, ["register-model", "test-v1-near", str(trained.parent.parent / "compact-v1.safetensors")])
+    again = registry.read_registry()["test-v1-near"]
+    assert res.exit_code == 0 and again.file == tmp_path / "compact-v1.safetensors"
+    assert again.preset.scale_rule == "nearest" and not (tmp_path / "test-v1-near.safetensors").exists()
 
     other = tmp_path / "other.safetensors"
     other.write_bytes(trained.read_bytes()[:-1] + b" ")

@@ -110,10 +110,12 @@ def save_weights(model: ConvNeXtCharm, path: Path, meta: dict[str, str] | None =
 def register(model_id: str, path: Path, sha256: str, preset: Preset, info: dict, registry: Path | None = None) -> None:
     registry = registry or REGISTRY_FILE
     raw = json.loads(registry.read_text()) if registry.exists() else {"models": {}}
-    if model_id in raw["models"] and raw["models"][model_id]["sha256"] != sha256:
-        raise ValueError(
-            f"model id {model_id!r} is already registered with other weights; bitstreams depend on it — use a new id"
-        )
+    if model_id in raw["models"]:
+        known = raw["models"][model_id]
+        if known["sha256"] != sha256 or Preset.from_dict(known["preset"]) != preset:
+            raise ValueError(f"model id {model_id!r} is already registered with other weights or another "
+                             "preset (scale rule); bitstreams depend on it — use a new id")
+        return  # already registered exactly so: nothing changes
     raw["models"][model_id] = {"file": path.name, "sha256": sha256, "preset": preset.to_dict(), "info": info}
     registry.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
 
@@ -126,6 +128,8 @@ def register_weights(model_id: str, weights: Path, *, scale_rule: str, info: dic
     copied next to the registry and recorded with its sha256 and its architecture. The scale
     rule is chosen at registration because it is part of the bitstream format, not of training.
     An id is never reused for other weights; registering the same file again changes nothing.
+    Weights already shipped under another id (e.g. the same network with a new scale rule) are
+    not copied twice: the new entry points at the existing file.
     """
     weights_dir = weights_dir or WEIGHTS_DIR
     registry = weights_dir / "registry.json"
@@ -144,7 +148,8 @@ def register_weights(model_id: str, weights: Path, *, scale_rule: str, info: dic
     except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, it is not shipped
         raise ValueError(f"{weights} is not a complete weights file written by `archiver train`: "
                          f"{type(e).__name__}: {e}") from e
-    target = weights_dir / f"{model_id}.safetensors"
+    same = [e.file for e in read_registry(registry).values() if e.sha256 == digest and e.file.exists()]
+    target = same[0] if same else weights_dir / f"{model_id}.safetensors"  # one file per distinct weights
     if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() != digest:
         raise ValueError(f"{target} exists with other contents; refusing to replace shipped weights")
     if not target.exists():
