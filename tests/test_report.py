@@ -432,6 +432,43 @@ def test_compute_basis_gpu_and_mixed(tmp_path: Path) -> None:
     factory.kw["bind"].dispose()
 
 
+def test_an_object_archived_again_counts_once(db_url: str) -> None:
+    """An original that changed and was archived again (or re-archived by a new model) is one
+    object: only its latest accepted row is in the savings; the earlier one is "superseded" but
+    its compute still counts. Dry runs and pilots never supersede. SQLite and PostgreSQL."""
+    from archiver.db import Job, Result, session_factory, upgrade
+    from archiver.report import Pricing, ReportFilters, build_report, render
+
+    upgrade(db_url)
+    factory = session_factory(db_url)
+    with factory() as s:
+        jobs = [Job(kind=kind, source="s3://b", model_id=MODEL, status="finished",
+                    settings={"options": {"min_psnr": 40.0, "min_saving": 0.1, "dry_run": dry}})
+                for kind, dry in (("recompress", False), ("scheduled", False), ("recompress", True), ("pilot", False))]
+        s.add_all(jobs)
+        s.flush()
+        rows = [(0, "a.png", 1000, 200, 2.0), (0, "b.png", 500, 100, 1.0),  # first archive run
+                (1, "a.png", 1100, 300, 3.0),  # a.png changed, archived again by the scheduled job
+                (2, "b.png", 500, 50, 1.0), (3, "a.png", 1100, 10, 1.0)]  # a dry run and a pilot, later
+        for j, key, ob, cb, tt in rows:
+            s.add(Result(job_id=jobs[j].id, bucket="b", key=key, model_id=MODEL, status="accepted", device="cpu",
+                         t_total=tt, original_bytes=ob, compressed_bytes=cb, psnr=41.0))
+            s.flush()
+        s.commit()
+        everything = build_report(s, ReportFilters(), Pricing(0.023, 3.6))
+        first_job = build_report(s, ReportFilters(job_ids=[jobs[0].id]), Pricing(0.023, 3.6))
+    assert everything["bytes"]["saved"] == (1100 - 300) + (500 - 100)
+    assert everything["bytes"]["seen"] == 1100 + 500
+    c = everything["counts"]
+    assert (c["seen"], c["accepted"], c["superseded"]) == (2, 2, 1)
+    assert everything["psnr"]["count"] == 2 and everything["timeline"]["points"][-1]["saved_cumulative"] == 1200
+    assert everything["compute"]["cpu_seconds"] == pytest.approx(2.0 + 1.0 + 3.0)  # spent, even if superseded
+    assert first_job["bytes"]["saved"] == 400 and first_job["counts"]["superseded"] == 1
+    assert "superseded (archived again later" in render(everything, "table")
+    assert "superseded <b>1</b>" in render(everything, "html")
+    factory.kw["bind"].dispose()
+
+
 # ---------------------------------------------------------------------------------- HTML + Chromium
 def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)

@@ -9,7 +9,11 @@ memory: two float arrays of 8 bytes per accepted object, one entry per prefix, <
 
 Definitions (also printed in every format, under "assumptions"):
 
-* **saved bytes** = sum over *accepted* rows of ``original_bytes - compressed_bytes``.
+* **saved bytes** = sum over *accepted* rows of ``original_bytes - compressed_bytes``. An
+  accepted row that a later accepted row of the same object (bucket and key) replaced — the
+  original changed and was archived again, or a new model re-archived it — is **superseded**:
+  counted apart, not in the savings, or every re-archive would count the object twice. Its
+  compute still counts (it was spent).
   ``saved %`` is relative to the accepted objects' original bytes; ``saved % of seen`` is
   relative to all objects' original bytes (what the whole source shrinks by).
 * The storage saving is realised once the originals are replaced by their containers
@@ -37,8 +41,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, case, exists, func, select
+from sqlalchemy.orm import Session, aliased
 
 from ..db.models import Job, Result, utcnow
 from ..errors import ArchiverError
@@ -205,6 +209,18 @@ def selected_jobs(session: Session, filters: ReportFilters) -> tuple[list[Job], 
     return keep, excluded
 
 
+def _superseded(session: Session) -> Any:
+    """SQL condition: this accepted row was replaced by a later accepted row of the same object in
+    a job whose savings are real (not a pilot or dry run), whatever the report's filters."""
+    unreal = [j.id for j in session.execute(select(Job)).scalars()
+              if j.kind == "pilot" or ((j.settings or {}).get("options") or {}).get("dry_run")]
+    later = aliased(Result)
+    conds = [later.bucket == Result.bucket, later.key == Result.key, later.status == "accepted", later.id > Result.id]
+    if unreal:
+        conds.append(later.job_id.not_in(unreal))
+    return and_(Result.status == "accepted", exists().where(*conds))
+
+
 def _where(filters: ReportFilters, excluded_jobs: Sequence[int]) -> list[Any]:
     conds: list[Any] = []
     if filters.job_ids:
@@ -257,16 +273,22 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
     # --- counts and bytes per status / reason (SQL) -------------------------------------------
     counts = {s: 0 for s in STATUSES}
     bytes_seen = before = after = deleted = 0
-    q = (select(Result.status, func.count(), func.sum(Result.original_bytes), func.sum(Result.compressed_bytes),
+    superseded = _superseded(session)
+    status_of = case((superseded, "superseded"), else_=Result.status)
+    q = (select(status_of, func.count(), func.sum(Result.original_bytes), func.sum(Result.compressed_bytes),
                 func.sum(case((Result.original_deleted.is_(True), 1), else_=0)))
-         .where(*where).group_by(Result.status))
+         .where(*where).group_by(status_of))
     for status, n, ob, cb, dl in session.execute(q):
         counts[status] = counts.get(status, 0) + int(n)
+        if status == "superseded":
+            continue  # the object's bytes are counted with its later row
         bytes_seen += _int(ob)
         if status == "accepted":
             before, after = _int(ob), _int(cb)
         deleted += _int(dl)
-    seen = sum(counts.values())
+    seen = sum(counts.values()) - counts.get("superseded", 0)  # a re-archived object is one object
+    if not counts.get("superseded"):
+        counts.pop("superseded", None)
     if not counts.get("pending"):
         counts.pop("pending", None)
     q = (select(Result.status, Result.reason_code, func.count())
@@ -276,11 +298,11 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
     reasons = [{"status": st, "reason_code": rc or "(none)", "count": int(n)} for st, rc, n in session.execute(q)]
 
     # --- per content type (SQL) ---------------------------------------------------------------
-    acc = Result.status == "accepted"
+    acc = and_(Result.status == "accepted", ~superseded)  # the accepted rows whose saving stands
     by_type: dict[str, dict[str, Any]] = {}
     q = (select(Result.content_type, func.count(), func.sum(case((acc, 1), else_=0)), func.sum(Result.original_bytes),
                 func.sum(case((acc, Result.original_bytes), else_=0)), func.sum(case((acc, Result.compressed_bytes), else_=0)))
-         .where(*where).group_by(Result.content_type))
+         .where(*where, ~superseded).group_by(Result.content_type))
     for ct, n, na, ob, bb, ab in session.execute(q):
         name = ct or UNKNOWN_TYPE
         g = by_type.setdefault(name, _group_row("content_type", name))
@@ -318,7 +340,7 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
     by_prefix: dict[str, dict[str, Any]] = {}
     q = (select(Result.key, Result.status, Result.original_bytes, Result.compressed_bytes, Result.psnr, Result.bpp,
                 Result.created_at)
-         .where(*where).execution_options(yield_per=5000))
+         .where(*where, ~superseded).execution_options(yield_per=5000))
     for key, status, ob, cb, p, b, t in session.execute(q):
         name = prefix_of(key, prefix_depth)
         g = by_prefix.get(name)
@@ -379,7 +401,9 @@ def assumptions(pricing: Pricing, basis: str, prefix_depth: int = 1) -> dict[str
             "none": "no processed rows, so no compute time.",
         }[basis] + " Skipped (already archived) objects cost nothing.",
         "Saved bytes count accepted objects only (original - container); the saving is realised once "
-        "originals are replaced (recompress --replace) or moved to a colder tier.",
+        "originals are replaced (recompress --replace) or moved to a colder tier. An object archived "
+        "again later (changed original, new model) counts once, by its latest accepted row; the earlier "
+        "rows are shown as superseded and only their compute is counted.",
         "Payback = one-off compute cost / storage saving per month.",
         "PSNR and bpp distributions are over accepted objects; percentiles use linear interpolation.",
         f"Prefix = first {prefix_depth} path component(s) of the key.",

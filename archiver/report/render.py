@@ -178,6 +178,8 @@ def _outcome_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append((status, f"{c[status]:,}" + (f"  ({detail})" if detail and status != "skipped" else "")))
     if c.get("pending"):
         rows.append(("pending", f"{c['pending']:,}"))
+    if c.get("superseded"):
+        rows.append(("superseded (archived again later; not in the savings)", f"{c['superseded']:,}"))
     rows.append(("originals deleted (saving realised)", f"{c['originals_deleted']:,}"))
     return rows
 
@@ -376,7 +378,8 @@ def report_html(report: dict[str, Any]) -> str:
     ])
     pills = "".join(f'<span class="pill">{_e(label)} <b>{c.get(k, 0):,}</b></span>' for k, label in (
         ("seen", "seen"), ("accepted", "accepted"), ("rejected", "rejected"), ("failed", "failed"),
-        ("skipped", "skipped"), ("originals_deleted", "originals deleted")))
+        ("skipped", "skipped"), ("originals_deleted", "originals deleted"))
+        + ((("superseded", "superseded"),) if c.get("superseded") else ()))
     chart_html = "".join([
         _img(charts.savings_by_prefix(report), "chart-savings-by-prefix", "Savings by prefix: bytes before and after",
              f"Accepted objects grouped by the first {report['prefix_depth']} key component(s); label = % saved."),
