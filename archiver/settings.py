@@ -170,7 +170,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///archiver.sqlite"
 
     # --- codec and acceptance ---------------------------------------------------------------
-    model_id: str = "compact-v1"
+    model_id: str = "compact-v2"
     device: str = "auto"
     # CPU threads for torch's intra-op pool; 0 leaves torch's default (one per core).
     torch_threads: int = Field(default=0, ge=0, le=512)

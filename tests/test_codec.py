@@ -46,12 +46,12 @@ def png_bytes(im: Image.Image) -> bytes:
 
 @pytest.fixture(scope="module")
 def codec() -> Codec:
-    return Codec.load("compact-v1", "cpu")
+    return Codec.load(registry.DEFAULT_MODEL, "cpu")  # the shipped default (scale rule "nearest")
 
 
 @pytest.fixture(scope="module")
 def small_tile_codec() -> Codec:
-    return Codec.load("compact-v1", "cpu", tile_size=64)
+    return Codec.load(registry.DEFAULT_MODEL, "cpu", tile_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_round_trip_is_deterministic_and_matches_encoder(codec: Codec, crop_rgb:
     assert res.data == again, "encoding must be deterministic"
     dec = codec.decode(res.data)
     assert dec.rgb.shape == (128, 192, 3)
-    assert dec.meta.quality == 60 and dec.meta.model_id == "compact-v1"
+    assert dec.meta.quality == 60 and dec.meta.model_id == registry.DEFAULT_MODEL
     assert abs(psnr(np.asarray(crop_rgb), dec.rgb) - res.psnr) < 0.05
     assert res.bpp == pytest.approx(len(res.data) * 8 / (192 * 128))
 

@@ -36,7 +36,7 @@ def codecs() -> dict[str, Codec]:
 @pytest.mark.parametrize("path", STREAMS, ids=[f"{p.parent.name}/{p.stem}" for p in STREAMS])
 def test_golden_stream_decodes_as_when_written(path: Path, codecs: dict[str, Codec]) -> None:
     model_id = path.parent.name
-    codec = codecs.setdefault(model_id, Codec.load(model_id, "cpu"))
+    codec = codecs.get(model_id) or codecs.setdefault(model_id, Codec.load(model_id, "cpu"))
     data = path.read_bytes()
     meta = cx.unpack(data).meta
     _, _, mode, quality = CASES[path.stem]

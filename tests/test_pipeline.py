@@ -45,7 +45,7 @@ from archiver.storage import LocalStore, ObjectStore
 from archiver.storage.s3 import S3Store
 
 from shared_paths import KODAK  # noqa: E402
-MODEL = "compact-v1"
+MODEL = "compact-v2"  # the shipped default
 MAX_PIXELS = 1_000_000
 ACCEPT_PSNR = 1.0  # see the module docstring: reachable with any weights, even untrained ones
 ARCHIVER_BIN = Path(sys.executable).with_name("archiver")

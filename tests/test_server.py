@@ -237,7 +237,7 @@ def test_health(server: str) -> None:
     assert r.status_code == 200, r.text
     h = r.json()
     assert h["status"] == "ok"
-    assert h["model"]["id"] == "compact-v1" and h["model"]["loaded"] and h["model"]["device"] == "cpu"
+    assert h["model"]["id"] == "compact-v2" and h["model"]["loaded"] and h["model"]["device"] == "cpu"
     assert h["database"]["reachable"] is True
     assert h["broker"]["reachable"] is False and h["broker"]["error"]  # nothing listens on that port
 

@@ -60,7 +60,7 @@ def _fail(e: ArchiverError) -> None:
 @click.option("--dry-run", is_flag=True, help="recompress and verify in memory; write and delete nothing")
 @click.option("--limit", type=int, default=None, help="process at most N objects")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="I/O threads per process")
-@click.option("--model", default=None, help="model id [settings: compact-v1]")
+@click.option("--model", default=None, help="model id [settings: compact-v2]")
 @click.option("--device", default=None, help="cpu | cuda | auto [settings]")
 @click.option("--db", "db_url", default=None, help="SQLAlchemy URL [settings: sqlite:///archiver.sqlite]")
 @click.option("--new-job", is_flag=True, help="start a new job even if an unfinished identical one exists")

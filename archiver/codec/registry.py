@@ -23,7 +23,7 @@ from .model import ConvNeXtCharm, Preset, build_model, load_state
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 REGISTRY_FILE = WEIGHTS_DIR / "registry.json"
-DEFAULT_MODEL = "compact-v1"
+DEFAULT_MODEL = "compact-v2"
 
 
 @dataclass(frozen=True)
