@@ -69,12 +69,15 @@ def load_model(model_id: str, device: torch.device | str = "cpu") -> tuple[ConvN
         raise WeightsIntegrityError(
             f"weights for {model_id!r} do not match the registry: sha256 {digest[:16]}..., expected {entry.sha256[:16]}..."
         )
-    state = st_load(blob)
     model = build_model(entry.preset)
-    state = {k: (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v) for k, v in state.items()}
-    load_state(model, state)
+    load_state(model, _state_from(blob))
     model.eval().requires_grad_(False)
     return model.to(device), entry
+
+
+def _state_from(blob: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of a shipped file, fp16/bf16 transforms widened to fp32 for computing."""
+    return {k: (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v) for k, v in st_load(blob).items()}
 
 
 def _is_exact_param(name: str) -> bool:
@@ -135,7 +138,8 @@ def register_weights(model_id: str, weights: Path, *, scale_rule: str, info: dic
     registry = weights_dir / "registry.json"
     blob = weights.read_bytes()
     digest = hashlib.sha256(blob).hexdigest()
-    known = read_registry(registry).get(model_id)
+    shipped = read_registry(registry)
+    known = shipped.get(model_id)
     if known is not None and known.sha256 != digest:
         raise ValueError(f"model id {model_id!r} is already registered with other weights; bitstreams depend on it "
                          "— use a new id")
@@ -143,12 +147,11 @@ def register_weights(model_id: str, weights: Path, *, scale_rule: str, info: dic
         with safe_open(str(weights), framework="pt") as f:  # the preset travels in the file's metadata
             meta = f.metadata() or {}
         preset = replace(Preset.from_dict(json.loads(meta["preset"])), scale_rule=scale_rule)
-        state = {k: (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v) for k, v in st_load(blob).items()}
-        load_state(build_model(preset), state)  # strict: every tensor present, every shape right
+        load_state(build_model(preset), _state_from(blob))  # strict: every tensor present, every shape right
     except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, it is not shipped
         raise ValueError(f"{weights} is not a complete weights file written by `archiver train`: "
                          f"{type(e).__name__}: {e}") from e
-    same = [e.file for e in read_registry(registry).values() if e.sha256 == digest and e.file.exists()]
+    same = [e.file for e in shipped.values() if e.sha256 == digest and e.file.exists()]
     target = same[0] if same else weights_dir / f"{model_id}.safetensors"  # one file per distinct weights
     if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() != digest:
         raise ValueError(f"{target} exists with other contents; refusing to replace shipped weights")

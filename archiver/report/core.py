@@ -190,6 +190,11 @@ def compute_basis(gpu_rows: int, cpu_rows: int) -> str:
 
 # ---- the report --------------------------------------------------------------------------------
 
+def _unrealised(j: Job) -> bool:
+    """Pilots and dry runs: their savings were never realised."""
+    return j.kind == "pilot" or bool(((j.settings or {}).get("options") or {}).get("dry_run"))
+
+
 def selected_jobs(session: Session, filters: ReportFilters) -> tuple[list[Job], list[int]]:
     """The jobs the report covers, and the ids of jobs left out by default (pilots, dry runs)."""
     jobs = list(session.execute(select(Job).order_by(Job.id)).scalars())
@@ -201,8 +206,7 @@ def selected_jobs(session: Session, filters: ReportFilters) -> tuple[list[Job], 
         return [j for j in jobs if j.id in wanted], []
     keep, excluded = [], []
     for j in jobs:
-        opts = (j.settings or {}).get("options") or {}
-        if j.kind == "pilot" or opts.get("dry_run"):
+        if _unrealised(j):
             excluded.append(j.id)
         else:
             keep.append(j)
@@ -212,8 +216,7 @@ def selected_jobs(session: Session, filters: ReportFilters) -> tuple[list[Job], 
 def _superseded(session: Session) -> Any:
     """SQL condition: this accepted row was replaced by a later accepted row of the same object in
     a job whose savings are real (not a pilot or dry run), whatever the report's filters."""
-    unreal = [j.id for j in session.execute(select(Job)).scalars()
-              if j.kind == "pilot" or ((j.settings or {}).get("options") or {}).get("dry_run")]
+    unreal = [j.id for j in session.execute(select(Job)).scalars() if _unrealised(j)]
     later = aliased(Result)
     conds = [later.bucket == Result.bucket, later.key == Result.key, later.status == "accepted", later.id > Result.id]
     if unreal:
