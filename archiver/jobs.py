@@ -137,22 +137,21 @@ def _aware(t: dt.datetime | None) -> dt.datetime | None:
 
 
 def make_options(settings: Settings, *, min_psnr: float | None = None, min_saving: float | None = None,
-                 replace: bool = False, dry_run: bool = False) -> PipelineOptions:
+                 replace: bool = False, dry_run: bool = False, upgrade: bool = False) -> PipelineOptions:
     from .pipeline import PipelineOptions
 
     return PipelineOptions(
         min_psnr=settings.min_psnr if min_psnr is None else min_psnr,
         min_saving=settings.min_saving if min_saving is None else min_saving,
         replace=replace, dry_run=dry_run, max_object_bytes=int(settings.max_object_bytes),
-        max_pixels=settings.max_pixels, suffix=settings.container_suffix,
+        max_pixels=settings.max_pixels, suffix=settings.container_suffix, upgrade=upgrade,
     )
 
 
 def options_from_dict(d: dict[str, Any]) -> PipelineOptions:
     from .pipeline import PipelineOptions
 
-    known = PipelineOptions.__dataclass_fields__
-    return PipelineOptions(**{k: v for k, v in d.items() if k in known})
+    return PipelineOptions.from_dict(d)
 
 
 # ---- submit -------------------------------------------------------------------------------------
@@ -231,7 +230,8 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
 
         def flush() -> None:
             nonlocal chunk, listed, listed_bytes
-            items = _drop_archived(sf, Scope.of(src), model_id, chunk) if skip_archived and chunk else chunk
+            items = (_drop_archived(sf, Scope.of(src), None if opts.upgrade else model_id, chunk)
+                     if skip_archived and chunk else chunk)
             with sf() as s:  # counters first: a batch must never finish before it is counted
                 s.execute(update(Job).where(Job.id == job_id).values(
                     objects_enqueued=Job.objects_enqueued + len(items), objects_listed=Job.objects_listed + listed,
@@ -262,14 +262,16 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
     finalize(sf, job_id)  # nothing to do, or every batch already finished while we were listing
 
 
-def _drop_archived(sf: sessionmaker[Session], scope: Scope, model_id: str, chunk: list[list[Any]]) -> list[list[Any]]:
-    """Leave out objects whose current version is already in the ledger for this model."""
+def _drop_archived(sf: sessionmaker[Session], scope: Scope, model_id: str | None,
+                   chunk: list[list[Any]]) -> list[list[Any]]:
+    """Leave out objects whose current version is already in the ledger for this model (for any
+    model when ``model_id`` is None: a run that is not an upgrade)."""
     keys = [scope.key(k) for k, _, _ in chunk]
+    where = [ArchivedObject.bucket == scope.bucket, ArchivedObject.key.in_(keys)]
+    if model_id is not None:
+        where.append(ArchivedObject.model_id == model_id)
     with sf() as s:
-        have = {(k, e) for k, e in s.execute(
-            select(ArchivedObject.key, ArchivedObject.etag).where(
-                ArchivedObject.bucket == scope.bucket, ArchivedObject.model_id == model_id,
-                ArchivedObject.key.in_(keys)))}
+        have = {(k, e) for k, e in s.execute(select(ArchivedObject.key, ArchivedObject.etag).where(*where))}
     return [it for it in chunk if (scope.key(it[0]), it[1]) not in have]
 
 
@@ -292,7 +294,8 @@ def start_scheduled(schedule: Schedule | dict[str, Any], db_url: str | None = No
     st = _settings(settings)
     url = db_url or st.database_url
     sf = get_session_factory(url, migrate=True)
-    opts = make_options(st, min_psnr=sched.min_psnr, min_saving=sched.min_saving, replace=sched.replace)
+    opts = make_options(st, min_psnr=sched.min_psnr, min_saving=sched.min_saving, replace=sched.replace,
+                        upgrade=sched.upgrade)
     size = sched.chunk_size or st.workers.chunk_size
     with sf() as s:
         # Serialise check-and-insert per schedule. SQLite: the session's BEGIN IMMEDIATE already

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import select
@@ -61,9 +61,18 @@ class PipelineOptions:
     max_object_bytes: int = 256 * 1024 * 1024
     max_pixels: int = 120_000_000
     suffix: str = ".cxa"
+    # Re-encode object versions already archived with another (older) model. Off by default: a
+    # new default model then archives new and changed objects only, so shipping one never turns
+    # the next scheduled run into a re-encode of the whole archive; an upgrade is its own job.
+    upgrade: bool = False
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PipelineOptions:
+        """Options saved with a job or sent in a task; fields it predates take their defaults."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -356,8 +365,18 @@ def _record(session_factory: sessionmaker, job_id: int, scope: Scope, model_id: 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def already_archived(session: Session, scope: Scope, info: ObjectInfo, model_id: str) -> ArchivedObject | None:
-    return ledger_row(session, scope, info.key, info.etag, model_id) if info.etag else None
+def already_archived(session: Session, scope: Scope, info: ObjectInfo, model_id: str,
+                     any_model: bool = False) -> ArchivedObject | None:
+    """The ledger row of this version archived with ``model_id`` or, with ``any_model``, the newest
+    one with any model (a model upgrade overwrites the container in place, so the newest row is
+    the one that names what is at the destination; ``container_matches`` still checks it)."""
+    if not info.etag:
+        return None
+    if not any_model:
+        return ledger_row(session, scope, info.key, info.etag, model_id)
+    return session.execute(select(ArchivedObject).where(
+        ArchivedObject.bucket == scope.bucket, ArchivedObject.key == scope.key(info.key),
+        ArchivedObject.etag == info.etag).order_by(ArchivedObject.id.desc()).limit(1)).scalar_one_or_none()
 
 
 @dataclass(frozen=True)
@@ -366,6 +385,7 @@ class _LedgerView:
 
     id: int
     etag: str
+    model_id: str
     result_id: int | None
     dest_url: str
     compressed_sha256: str
@@ -375,7 +395,8 @@ class _LedgerView:
     def of(cls, row: ArchivedObject | None) -> _LedgerView | None:
         if row is None:
             return None
-        return cls(row.id, row.etag, row.result_id, row.dest_url, row.compressed_sha256, row.compressed_bytes)
+        return cls(row.id, row.etag, row.model_id, row.result_id, row.dest_url, row.compressed_sha256,
+                   row.compressed_bytes)
 
 
 def container_matches(dst: ObjectStore, key: str, ledger: _LedgerView, opts: PipelineOptions) -> bool:
@@ -486,7 +507,9 @@ def find_resumable_job(session: Session, source: str, dest: str | None, opts: Pi
     ).scalars():
         if (job.settings or {}).get("via") == "workers":
             continue  # a distributed job (archiver submit): its batches belong to the Celery workers
-        if job.dest == dest and job.model_id == model_id and (job.settings or {}).get("options") == opts.as_dict():
+        saved = (job.settings or {}).get("options")
+        if (job.dest == dest and job.model_id == model_id and isinstance(saved, dict)
+                and PipelineOptions.from_dict(saved) == opts):
             return job
     return None
 
@@ -511,8 +534,9 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
 
     * This job already has a final row for this version of the object: return it (a resumed job
       re-does nothing), unless its original is still to be deleted.
-    * The ledger has this version with this model and its container is still at the destination
-      with the recorded size and sha256: ``skipped`` (``already_archived``), no re-encoding.
+    * The ledger has this version with this model (any model unless ``opts.upgrade``) and its
+      container is still at the destination with the recorded size and sha256: ``skipped``
+      (``already_archived``, the row names the archive's model), no re-encoding.
       A ledger entry whose container is gone or differs is not trusted: the object is recompressed.
     * Otherwise process, and record the outcome (and the ledger row) in one transaction.
     * Only then, with ``replace``, delete the original (after re-verifying the container).
@@ -524,7 +548,8 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
         done = result_row(s, job_id, scope, info.key)
         prior = _outcome_from_row(done, scope) if done is not None and done.etag == info.etag else None
         prior_id = done.id if prior is not None else None
-        led = None if opts.dry_run else _LedgerView.of(already_archived(s, scope, info, codec.model_id))
+        led = None if opts.dry_run else _LedgerView.of(
+            already_archived(s, scope, info, codec.model_id, any_model=not opts.upgrade))
     wants_delete = opts.replace and not opts.dry_run
     if prior is not None and prior.status in FINAL_STATUSES:
         if not (wants_delete and prior.status in ("accepted", "skipped") and not prior.original_deleted):
@@ -557,9 +582,9 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
     elif led is not None:
         out = Outcome(key=info.key, status="skipped", original_bytes=info.size, etag=info.etag,
                       version_id=info.version_id, reason_code="already_archived",
-                      reason=f"unchanged since archived with {codec.model_id}", dest_url=led.dest_url,
+                      reason=f"unchanged since archived with {led.model_id}", dest_url=led.dest_url,
                       compressed_sha256=led.compressed_sha256, device=codec.device_name)
-        prior_id = _record(session_factory, job_id, scope, codec.model_id, out, worker)
+        prior_id = _record(session_factory, job_id, scope, led.model_id, out, worker)
     else:
         out = process_object(info, src, dst, codec, opts, codec_lock)
         prior_id = _record(session_factory, job_id, scope, codec.model_id, out, worker)
@@ -592,7 +617,7 @@ def _outcome_from_row(r: Result, scope: Scope | None = None) -> Outcome:
                    original_deleted=r.original_deleted, device=r.device)
 
 
-def reconcile_deleted(session_factory: sessionmaker, job_id: int, src: ObjectStore, model_id: str) -> int:
+def reconcile_deleted(session_factory: sessionmaker, job_id: int, src: ObjectStore) -> int:
     """Mark ``original_deleted`` on this job's archived rows whose original is gone.
 
     A kill between deleting an original and committing that fact leaves the row saying the
@@ -603,12 +628,12 @@ def reconcile_deleted(session_factory: sessionmaker, job_id: int, src: ObjectSto
     """
     scope = Scope.of(src)
     with session_factory() as s:
-        todo = [(r.id, scope.relative(r.key), r.etag) for r in s.execute(
+        todo = [(r.id, scope.relative(r.key), r.etag, r.model_id) for r in s.execute(
             select(Result).where(Result.job_id == job_id, Result.bucket == scope.bucket,
                                  Result.status.in_(("accepted", "skipped")), Result.original_deleted.is_(False))
         ).scalars()]
     fixed = 0
-    for rid, key, etag in todo:
+    for rid, key, etag, model_id in todo:  # a skipped row names the model of the archive it found
         try:
             gone = with_retries(lambda k=key: src.head(k), f"checking {key}") is None
         except StorageError as e:
@@ -685,7 +710,7 @@ def run_job(*, src: ObjectStore, dst: ObjectStore, source_url: str, dest_url: st
             for f in pending:
                 _collect(f, summary, on_outcome)
         if opts.replace and not opts.dry_run:
-            reconcile_deleted(session_factory, job_id, src, codec.model_id)
+            reconcile_deleted(session_factory, job_id, src)
         with session_factory() as s:
             job = s.get(Job, job_id)
             job.objects_listed = summary.seen

@@ -48,6 +48,8 @@ class Schedule(BaseModel):
     min_psnr: float = Field(default=40.0, gt=0, lt=100)
     min_saving: float = Field(default=0.1, ge=0, lt=1)
     replace: bool = False
+    # also re-encode objects archived with an older model (see PipelineOptions.upgrade)
+    upgrade: bool = False
     chunk_size: int | None = Field(default=None, ge=1, le=10_000)
     enabled: bool = True
     # a run still "running" after this many hours no longer blocks the next one (it is marked

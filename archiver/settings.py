@@ -42,6 +42,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .codec.default import DEFAULT_MODEL
 from .errors import ConfigError
 
 ENV_PREFIX = "ARCHIVER_"
@@ -170,7 +171,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///archiver.sqlite"
 
     # --- codec and acceptance ---------------------------------------------------------------
-    model_id: str = "compact-v2"
+    model_id: str = DEFAULT_MODEL
     device: str = "auto"
     # CPU threads for torch's intra-op pool; 0 leaves torch's default (one per core).
     torch_threads: int = Field(default=0, ge=0, le=512)

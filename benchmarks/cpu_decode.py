@@ -1,6 +1,6 @@
 """CPU decode latency (768x512) and peak memory of a 24 MP decode, for on-demand retrieval.
 
-    python benchmarks/cpu_decode.py [--threads 2] [--mp 24] [--record]
+    python benchmarks/cpu_decode.py [--threads 2] [--mp 24] [--model ID] [--record]
 
 Latency: median of 3 decodes of kodim01 encoded at qualities 30 and 80, with ``--threads`` torch
 threads. Memory: a ~24 MP image (Kodak tiled 8x6 = 6144x3072, 18.9 MP, upscaled to the requested
@@ -26,16 +26,17 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-KODAK = ROOT.parent / "shared" / "data" / "kodak"
+sys.path.insert(0, str(ROOT / "tests"))
+from shared_paths import KODAK  # noqa: E402
 
 
-def _decode_child(path: str, threads: int) -> None:
+def _decode_child(path: str, threads: int, model: str) -> None:
     import torch
 
     from archiver.codec import Codec
 
     torch.set_num_threads(threads)
-    codec = Codec.load("compact-v1", "cpu")
+    codec = Codec.load(model, "cpu")
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     dec = codec.decode(Path(path).read_bytes())
@@ -50,10 +51,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mp", type=float, default=24.0)
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--model", default=None, help="model id [the shipped default]")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    from archiver.codec.registry import DEFAULT_MODEL
+
+    model = a.model or DEFAULT_MODEL
     if a.child:
-        _decode_child(a.child, a.threads)
+        _decode_child(a.child, a.threads, model)
         return
     import torch
     from PIL import Image
@@ -62,7 +67,7 @@ def main() -> None:
     from archiver.images import from_pil
 
     torch.set_num_threads(a.threads)
-    codec = Codec.load("compact-v1", "cpu")
+    codec = Codec.load(model, "cpu")
     img = Image.open(KODAK / "kodim01.png").convert("RGB")
     lat = {}
     for q in (30.0, 80.0):
@@ -85,7 +90,7 @@ def main() -> None:
     enc_s = time.perf_counter() - t
     with tempfile.NamedTemporaryFile(suffix=".cxa", delete=False) as fh:
         fh.write(data)
-    child = subprocess.run([sys.executable, __file__, "--child", fh.name, "--threads", str(a.threads)],
+    child = subprocess.run([sys.executable, __file__, "--child", fh.name, "--threads", str(a.threads), "--model", model],
                            capture_output=True, text=True, check=True)
     mem = json.loads(child.stdout.strip().splitlines()[-1])
     out = {"date": dt.date.today().isoformat(), "machine": f"{platform.machine()} CPU, {a.threads} torch threads",
@@ -97,8 +102,8 @@ def main() -> None:
     if a.record:
         b = out["big_image"]
         lines = [f"\n### CPU decode latency and memory, {out['date']}\n",
-                 f"- command: `python benchmarks/cpu_decode.py --threads {a.threads} --mp {a.mp:g} --record`",
-                 f"- machine: dev-cpu ({out['machine']})"]
+                 f"- command: `python benchmarks/cpu_decode.py --threads {a.threads} --mp {a.mp:g} --model {model} --record`",
+                 f"- machine: dev-cpu ({out['machine']}); model `{model}`"]
         for q, v in out["decode_768x512_s"].items():
             lines.append(f"- 768x512 decode at {q} ({v['bpp']} bpp): median {v['median_s']} s (target: <= 2 s)")
         lines.append(f"- {b['megapixels']} MP ({b['size'][0]}x{b['size'][1]}): encode {b['encode_s']} s, decode {b['decode_s']} s, "

@@ -64,10 +64,14 @@ def main() -> None:
     ap.add_argument("--images", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/kodak")
     ap.add_argument("--qualities", default="10,50,90")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--model", default="compact-v1")
+    ap.add_argument("--model", default=None, help="model id [the shipped default]")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--record", action="store_true", help="append the result to docs/BENCHMARKS.md")
     a = ap.parse_args()
+    if a.model is None:
+        from archiver.codec.registry import DEFAULT_MODEL
+
+        a.model = DEFAULT_MODEL
     files = sorted(a.images.glob("*.png"))[: a.limit]
     images = [load_image(f.read_bytes(), max_pixels=10**9) for f in files]
     qs = [float(v) for v in a.qualities.split(",")]

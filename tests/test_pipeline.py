@@ -35,6 +35,7 @@ from sqlalchemy import func, select
 
 from archiver import pipeline
 from archiver.codec.api import Codec, delivered
+from archiver.codec.default import DEFAULT_MODEL
 from archiver.db import ArchivedObject, Job, Result, session_factory, upgrade
 from archiver.images import load_image, sniff
 from archiver.metrics import psnr
@@ -45,7 +46,7 @@ from archiver.storage import LocalStore, ObjectStore
 from archiver.storage.s3 import S3Store
 
 from shared_paths import KODAK  # noqa: E402
-MODEL = "compact-v2"  # the shipped default
+MODEL = DEFAULT_MODEL
 MAX_PIXELS = 1_000_000
 ACCEPT_PSNR = 1.0  # see the module docstring: reachable with any weights, even untrained ones
 ARCHIVER_BIN = Path(sys.executable).with_name("archiver")
@@ -443,6 +444,49 @@ def test_changed_object_and_lost_container_are_processed_again(tmp_path: Path, s
     assert len(current) == 1 and current[0].result_id == rows["photos/k01.png"].id
     gray = [a for a in led if a.key == "gray/k03-gray.png"]
     assert len(gray) == 1 and gray[0].result_id == rows["gray/k03-gray.png"].id  # re-pointed, not duplicated
+
+
+def test_new_model_leaves_older_archives_alone_unless_the_job_upgrades(tmp_path: Path, sqlite_sf: Any,
+                                                                          codec: Codec) -> None:
+    """Shipping a new default model must not turn the next run into a re-encode of the archive:
+    versions archived with an older model are skipped; ``upgrade`` re-encodes them in place."""
+    st = LocalStore(tmp_path / "bucket", create=True)
+    objects = {k: GOOD[k] for k in ("photos/k01.png", "photos/k02.jpg")}
+    populate(st, objects)
+    older = Codec.load("compact-v1", "cpu")
+    assert older.model_id != codec.model_id
+    first = run_job(src=st, dst=st, source_url=st.url, dest_url=None, codec=older, opts=accept_opts(),
+                    session_factory=sqlite_sf)
+    assert first.accepted == 2
+    v1 = {k: st.get(k + ".cxa") for k in objects}
+
+    second = run_job(src=st, dst=st, source_url=st.url, dest_url=None, codec=codec, opts=accept_opts(),
+                     session_factory=sqlite_sf)
+    rows = by_key(results(sqlite_sf, second.job_id))
+    for key in objects:
+        r = rows[key]
+        assert (r.status, r.reason_code, r.model_id, r.t_encode) == ("skipped", "already_archived", "compact-v1", None)
+        assert "compact-v1" in r.reason
+        assert st.get(key + ".cxa") == v1[key]  # untouched
+
+    third = run_job(src=st, dst=st, source_url=st.url, dest_url=None, codec=codec, opts=accept_opts(upgrade=True),
+                    session_factory=sqlite_sf)
+    assert third.job_id != second.job_id and third.accepted == 2
+    rows = by_key(results(sqlite_sf, third.job_id))
+    for key, data in objects.items():
+        assert rows[key].model_id == codec.model_id
+        check_container(rows[key], data, st, accept_opts())
+        assert decode_container(st.get(key + ".cxa"), "cpu").meta.model_id == codec.model_id
+    assert sorted((a.key, a.model_id) for a in ledger(sqlite_sf)) == sorted(
+        (k, m) for k in objects for m in ("compact-v1", codec.model_id))
+
+    # a later replace run (no upgrade) trusts the newest archive, the one at the destination
+    fourth = run_job(src=st, dst=st, source_url=st.url, dest_url=None, codec=codec, opts=accept_opts(replace=True),
+                     session_factory=sqlite_sf)
+    rows = by_key(results(sqlite_sf, fourth.job_id))
+    for key in objects:
+        assert (rows[key].status, rows[key].model_id, rows[key].original_deleted) == ("skipped", codec.model_id, True)
+        assert st.head(key) is None and st.head(key + ".cxa") is not None
 
 
 def test_forced_rejections_record_the_verified_numbers(tmp_path: Path, sqlite_sf: Any, codec: Codec) -> None:

@@ -35,10 +35,12 @@ from click.testing import CliRunner
 from PIL import Image, ImageStat
 from sqlalchemy import select
 
+from archiver.codec.default import DEFAULT_MODEL
 from shared_paths import KODAK  # noqa: E402
+
 MIN_PSNR = 1.0
 MIN_SAVING = 0.0
-MODEL = "compact-v2"  # the shipped default
+MODEL = DEFAULT_MODEL
 CHART_IDS = ("chart-savings-by-prefix", "chart-psnr-histogram", "chart-bytes-by-content-type", "chart-cumulative-savings")
 KPI_IDS = ("kpi-bytes-saved", "kpi-saved-pct", "kpi-per-year", "kpi-payback")
 TABLE_IDS = ("table-outcomes", "table-money", "table-content-types", "table-prefixes", "table-distributions", "table-jobs")

@@ -26,6 +26,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from archiver.codec.default import DEFAULT_MODEL
+
 REPO = Path(__file__).resolve().parents[1]
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
             "AWS_DEFAULT_REGION": "us-east-1"}
@@ -237,7 +239,7 @@ def test_health(server: str) -> None:
     assert r.status_code == 200, r.text
     h = r.json()
     assert h["status"] == "ok"
-    assert h["model"]["id"] == "compact-v2" and h["model"]["loaded"] and h["model"]["device"] == "cpu"
+    assert h["model"]["id"] == DEFAULT_MODEL and h["model"]["loaded"] and h["model"]["device"] == "cpu"
     assert h["database"]["reachable"] is True
     assert h["broker"]["reachable"] is False and h["broker"]["error"]  # nothing listens on that port
 

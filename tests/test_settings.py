@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from archiver.codec.default import DEFAULT_MODEL
 from archiver.errors import ConfigError
 from archiver.settings import Settings, load_settings
 
@@ -23,7 +24,7 @@ def _no_cwd_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults() -> None:
     s = load_settings()
     assert s.database_url == "sqlite:///archiver.sqlite"
-    assert s.model_id == "compact-v2"
+    assert s.model_id == DEFAULT_MODEL
     assert s.device == "auto"
     assert s.min_psnr == 40.0 and s.min_saving == 0.1
     assert s.max_object_bytes == 256 * 1024 * 1024

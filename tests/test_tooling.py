@@ -4,14 +4,17 @@ and resume from their own weights."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 from safetensors import safe_open
 
 from archiver.bdrate import bd_rate, bd_rate_files
 from archiver.cli import main
+from archiver.train import TrainConfig, learning_rate
 
 from shared_paths import KODAK, SHARED  # noqa: E402
 ANCHORS = SHARED / "anchors" / "kodak"
@@ -43,6 +46,21 @@ def test_train_writes_weights_and_log_and_resumes(tmp_path: Path) -> None:
                                   "--crop", "64", "--device", "cpu", "--resume", str(out)])
     assert r.exit_code == 0, r.output
     assert out2.exists()
+
+
+def test_lr_schedule_warms_up_and_follows_the_budget_that_ends_first() -> None:
+    cfg = TrainConfig(data=[], out=Path("w"), steps=1000, lr=1e-3, warmup=100)
+    assert learning_rate(cfg, 1, 0.0) == pytest.approx(1e-5, rel=1e-2)  # warm-up: 1/100 of the peak
+    assert learning_rate(cfg, 100, 0.0) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 0.1))))
+    assert learning_rate(cfg, 500, 0.0) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
+    assert learning_rate(cfg, 1000, 0.0) == pytest.approx(5e-5)
+    timed = TrainConfig(data=[], out=Path("w"), steps=10**6, lr=1e-3, warmup=0, max_minutes=10)
+    assert learning_rate(timed, 200, 300.0) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))  # half the time gone
+    assert learning_rate(timed, 200, 900.0) == pytest.approx(5e-5)  # past the time cap: the floor
+    step = TrainConfig(data=[], out=Path("w"), steps=1000, lr=1e-3, warmup=0, schedule="step")
+    assert learning_rate(step, 900, 0.0) == 1e-3 and learning_rate(step, 901, 0.0) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate(TrainConfig(data=[], out=Path("w"), schedule="linear"), 1, 0.0)
 
 
 def test_eval_writes_compressai_json_bd_rates_and_plot(tmp_path: Path) -> None:

@@ -526,6 +526,8 @@ def test_batches_of_a_prefixed_source_record_full_keys(s3_server: str, pg_module
     from archiver.identity import Scope
 
     assert jobs._drop_archived(sf, Scope.of(src), "compact-v1", chunk) == []
+    assert jobs._drop_archived(sf, Scope.of(src), None, chunk) == []  # archived with any model: not an upgrade
+    assert jobs._drop_archived(sf, Scope.of(src), "some-newer-model", chunk) == chunk  # an upgrade run keeps them
     job2 = _running_job(pg_module_url, root, 2)
     res2 = jobs.process_batch(job2, root, None, chunk, ACCEPT, settings=st, attempts=counter)
     assert sorted((o.key, o.status) for o in res2.outcomes) == [("cam1/a.png", "skipped"), ("cam1/b.png", "skipped")]

@@ -117,14 +117,19 @@ def info(src: Path, as_json: bool) -> None:
 @click.option("--compile/--no-compile", default=False, show_default=True)
 @click.option("--max-minutes", type=float, default=None, help="stop (and save) after this long")
 @click.option("--seed", default=0, show_default=True)
-def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, max_minutes, seed) -> None:
+@click.option("--schedule", default="cosine", type=click.Choice(["cosine", "step"]), show_default=True,
+              help="lr schedule over steps or --max-minutes, whichever ends first")
+@click.option("--warmup", default=100, show_default=True, help="steps of linear lr warm-up")
+def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, max_minutes, seed, schedule,
+          warmup) -> None:
     """Train the variable-rate model; logs loss/bpp/PSNR to OUT.log.jsonl."""
     from ..train import TrainConfig, train as run
 
     if crop % 64:
         raise click.UsageError("--crop must be a multiple of 64")
     cfg = TrainConfig(data=list(data), out=out, preset=preset, resume=resume, steps=steps, batch=batch, crop=crop,
-                      lr=lr, device=device, compile=compile, max_minutes=max_minutes, seed=seed)
+                      lr=lr, device=device, compile=compile, max_minutes=max_minutes, seed=seed,
+                      schedule=schedule, warmup=warmup)
     with _progress() as prog:
         task = prog.add_task("training", total=steps, info="")
 
@@ -189,7 +194,7 @@ def register_model(model_id: str, weights: Path, scale_rule: str, note: str, tra
     """Ship trained WEIGHTS under a new MODEL_ID (copied into the package, sha256 recorded).
 
     Afterwards: write its golden bitstreams (tests/make_golden.py MODEL_ID) and, to make it the
-    default, set DEFAULT_MODEL, the settings' model_id and config/archiver.toml."""
+    default, set DEFAULT_MODEL (archiver/codec/default.py) and model_id in config/archiver.toml."""
     from ..codec.registry import register_weights
 
     info: dict = {"note": note} if note else {}

@@ -30,14 +30,16 @@ def duration(seconds: float | None) -> str:
 @click.option("--chunk-size", type=click.IntRange(1, 10_000), default=None, help="objects per batch [settings: 16]")
 @click.option("--older-than-days", type=click.FloatRange(0), default=None, help="only objects last modified this long ago")
 @click.option("--db", "db_url", default=None, help="SQLAlchemy URL [settings: database_url]")
-def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_days, db_url) -> None:
+@click.option("--upgrade", is_flag=True,
+              help="also re-encode objects already archived with another (older) model")
+def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_days, db_url, upgrade) -> None:
     """Queue a recompression job over SOURCE for the Celery workers; prints the job id."""
     from .. import jobs
     from ..settings import load_settings
 
     st = load_settings()
     dest = dest or (st.dest if st.dest_mode == "prefix" else None)
-    opts = jobs.make_options(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace)
+    opts = jobs.make_options(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace, upgrade=upgrade)
     with console.status("listing and enqueueing"):
         job_id = jobs.submit(source, opts, dest=dest, chunk_size=chunk_size, db_url=db_url,
                              older_than_days=older_than_days, settings=st)

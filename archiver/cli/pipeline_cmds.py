@@ -21,6 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ..codec.default import DEFAULT_MODEL
 from ..errors import ArchiverError
 
 console = Console(stderr=True)
@@ -60,19 +61,24 @@ def _fail(e: ArchiverError) -> None:
 @click.option("--dry-run", is_flag=True, help="recompress and verify in memory; write and delete nothing")
 @click.option("--limit", type=int, default=None, help="process at most N objects")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="I/O threads per process")
-@click.option("--model", default=None, help="model id [settings: compact-v2]")
+@click.option("--model", default=None, help=f"model id [settings: {DEFAULT_MODEL}]")
 @click.option("--device", default=None, help="cpu | cuda | auto [settings]")
 @click.option("--db", "db_url", default=None, help="SQLAlchemy URL [settings: sqlite:///archiver.sqlite]")
 @click.option("--new-job", is_flag=True, help="start a new job even if an unfinished identical one exists")
-def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, workers, model, device, db_url, new_job) -> None:
+@click.option("--upgrade", is_flag=True,
+              help="also re-encode objects already archived with another (older) model")
+def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, workers, model, device, db_url, new_job,
+               upgrade) -> None:
     """Recompress every image under SOURCE (s3://bucket/prefix, file:///dir or a path).
 
     Without SOURCE, runs on the sample images shipped with the package (copied to ./archive-demo).
     """
     from ..codec import Codec
     from ..codec.api import apply_torch_threads
-    from ..db.session import session_factory, upgrade
-    from ..pipeline import JobSummary, Outcome, PipelineOptions, run_job
+    from ..db.session import session_factory
+    from ..db.session import upgrade as migrate
+    from ..jobs import make_options
+    from ..pipeline import JobSummary, Outcome, run_job
     from ..settings import load_settings
     from ..storage import open_store
 
@@ -82,21 +88,18 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
             source = prepare_demo()
             console.print(f"no SOURCE given: running on the shipped samples in [bold]{source}[/bold]")
         url = db_url or st.database_url
-        upgrade(url)
+        migrate(url)
         src = open_store(source, st)
         dest_url = dest or (st.dest if st.dest_mode == "prefix" else None)
         dst = open_store(dest_url, st, create=True) if dest_url else src
-        opts = PipelineOptions(
-            min_psnr=min_psnr if min_psnr is not None else st.min_psnr,
-            min_saving=min_saving if min_saving is not None else st.min_saving,
-            replace=replace, dry_run=dry_run, max_object_bytes=int(st.max_object_bytes), max_pixels=st.max_pixels,
-            suffix=st.container_suffix,
-        )
+        opts = make_options(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace, dry_run=dry_run,
+                            upgrade=upgrade)
         with console.status("loading model"):
             apply_torch_threads(st.torch_threads)
             codec = Codec.cached(model or st.model_id, device or st.device)
         console.print(f"model {codec.model_id} on {codec.device_name}; PSNR >= {opts.min_psnr} dB, "
-                      f"saving >= {opts.min_saving:.0%}{'; DRY RUN' if dry_run else ''}{'; REPLACE originals' if replace else ''}")
+                      f"saving >= {opts.min_saving:.0%}{'; DRY RUN' if dry_run else ''}{'; REPLACE originals' if replace else ''}"
+                      f"{'; UPGRADE older archives' if upgrade else ''}")
         progress = Progress(TextColumn("[bold]recompress"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
         with progress:

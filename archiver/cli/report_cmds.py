@@ -11,6 +11,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from ..codec.default import DEFAULT_MODEL
 from ..report.render import FORMATS
 
 console = Console(stderr=True)
@@ -106,7 +107,7 @@ def report(job_ids, since, until, bucket, prefix, model, prefix_depth, price_per
 @click.option("--seed", type=int, default=0, show_default=True, help="random seed of the sample")
 @click.option("--min-psnr", type=click.FloatRange(1, 99), default=None, help="verified PSNR floor in dB [settings: 40]")
 @click.option("--min-saving", type=click.FloatRange(0, 0.99), default=None, help="minimum fractional saving [0.1]")
-@click.option("--model", default=None, help="model id [settings: compact-v2]")
+@click.option("--model", default=None, help=f"model id [settings: {DEFAULT_MODEL}]")
 @click.option("--device", default=None, help="cpu | cuda | auto [settings]")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="I/O threads")
 @click.option("--job", "job_id", type=int, default=None, help="re-render the projection of a recorded pilot job "

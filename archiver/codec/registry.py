@@ -19,11 +19,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..errors import UnknownModelError, WeightsIntegrityError
+from .default import DEFAULT_MODEL
 from .model import ConvNeXtCharm, Preset, build_model, load_state
+
+__all__ = ["DEFAULT_MODEL"]  # re-exported: callers import it from the registry
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 REGISTRY_FILE = WEIGHTS_DIR / "registry.json"
-DEFAULT_MODEL = "compact-v2"
 
 
 @dataclass(frozen=True)
