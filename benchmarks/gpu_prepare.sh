@@ -4,6 +4,12 @@
 #   benchmarks/gpu_prepare.sh train [SHARD]   # one training shard (00..NN of ../shared/data/train)
 #   benchmarks/gpu_prepare.sh eval            # the 24 Kodak images instead (evaluation only)
 #   benchmarks/gpu_prepare.sh bench           # worker throughput: Redis + moto/Celery wheels
+#   benchmarks/gpu_prepare.sh restore         # put the weights moved aside back (before any commit)
+#
+# Every shipped model is 15 MB of fp16 weights and the whole working tree travels with each call,
+# so the weights of models the call does not use (all but DEFAULT_MODEL, or the ids in
+# $KEEP_MODELS) are moved aside into the git-ignored .gpu-aside/ first; `restore` puts them back.
+# Never commit while they are aside (git would record their deletion; tests/test_golden.py fails).
 #
 # The device machine has torch 2.11 + torchvision 0.26 on Python 3.12 and nothing else of ours,
 # and only the repository travels (not ../shared). So this puts, under git-ignored folders:
@@ -21,6 +27,14 @@ root=$(git rev-parse --show-toplevel)
 cd "$root"
 shared=$(cd "$root/.." && pwd)/shared
 mkdir -p "$(dirname "$(git rev-parse --git-path info/exclude)")"  # gpu-wheels.sh appends there
+
+if [ "$mode" = restore ]; then
+  if compgen -G ".gpu-aside/*.safetensors" >/dev/null; then mv .gpu-aside/*.safetensors archiver/codec/weights/; fi
+  rmdir .gpu-aside 2>/dev/null || true
+  git diff --quiet -- archiver/codec/weights && echo "weights restored; the tree is as committed" \
+    || { echo "archiver/codec/weights differs from the commit: check git status" >&2; exit 1; }
+  exit 0
+fi
 rm -rf .whl .gpu
 # Without dependencies: the device's own numpy/Pillow/scipy/pandas must stay in charge (compressai
 # needs numpy < 2 and imports scipy, pandas, matplotlib and torch_geometric at import time; the
@@ -52,7 +66,24 @@ case "$mode" in
     rm -f "$b"/redis-* && mv .gpu/server.tmp "$b/redis-server"
     rm -rf .gpu/debs .gpu/redis/usr/share .gpu/redis/etc .gpu/redis/lib
     ;;
-  *) echo "usage: $0 train [SHARD] | eval | bench" >&2; exit 2 ;;
+  *) echo "usage: $0 train [SHARD] | eval | bench | restore" >&2; exit 2 ;;
 esac
-du -sh .whl .gpu
+
+keep=${KEEP_MODELS:-$(sed -n 's/^DEFAULT_MODEL = "\(.*\)"$/\1/p' archiver/codec/default.py)}
+mkdir -p .gpu-aside
+for f in archiver/codec/weights/*.safetensors; do
+  id=$(basename "$f" .safetensors)
+  case " $keep " in *" $id "*) ;; *) mv "$f" .gpu-aside/ && echo "moved aside: $id (benchmarks/gpu_prepare.sh restore)" ;; esac
+done
+
+# what each call will carry: tracked + untracked-not-ignored files, plus the carried folders
+# (du complains about tracked files moved aside, which do not travel: that is expected)
+tree=$(git ls-files -co --exclude-standard -z | du --files0-from=- -cb 2>/dev/null | tail -n 1 | cut -f1 || true)
+carry=$(du -scb .whl .gpu | tail -n 1 | cut -f1)
+limit=$((64 * 1024 * 1024))
+echo "travels per call: tree $((tree / 1048576)) MiB + .whl/.gpu $((carry / 1048576)) MiB = $(((tree + carry) / 1048576)) of 64 MiB"
+if [ $((tree + carry)) -gt $limit ]; then
+  echo "too big for one call: drop images from .gpu/ or keep fewer models (KEEP_MODELS)" >&2
+  exit 1
+fi
 echo "carry: [\".whl\", \".gpu\"]"
