@@ -1,6 +1,6 @@
 """Write golden bitstreams for one registered model (run once, when a model is registered).
 
-    .venv/bin/python tests/make_golden.py compact-v2
+    .venv/bin/python tests/make_golden.py compact-v3
 
 Each case is a small image cut from Kodak (never trained on), encoded with the model, and stored
 as ``tests/data/golden/<model>/<case>.cxa`` with the image the decoder gave at that moment

@@ -19,12 +19,14 @@ from shared_paths import KODAK  # noqa: E402
 
 # (model, quality, bpp ceiling, PSNR floor in dB) for kodim19 crop (256, 256, 512, 512), measured
 # at registration: compact-v1 0.232 bpp / 20.97 dB and 0.780 / 21.82; compact-v2 0.297 / 22.10
-# and 0.877 / 22.79
+# and 0.877 / 22.79; compact-v3 0.361 / 22.78 and 1.096 / 23.47
 EXPECTED = [
     ("compact-v1", 20.0, 0.25, 20.6),
     ("compact-v1", 80.0, 0.82, 21.4),
     ("compact-v2", 20.0, 0.32, 21.8),
     ("compact-v2", 80.0, 0.92, 22.5),
+    ("compact-v3", 20.0, 0.39, 22.5),
+    ("compact-v3", 80.0, 1.15, 23.2),
 ]
 _codecs: dict[str, Codec] = {}
 
