@@ -193,8 +193,13 @@ def _verify_stored(dst: ObjectStore, key: str, data_len: int, sha: str, max_byte
 
 
 def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: Codec, opts: PipelineOptions,
-                   codec_lock: AbstractContextManager | None = None) -> Outcome:
+                   codec_lock: AbstractContextManager | None = None, archived_bytes: int | None = None) -> Outcome:
     """Recompress and verify one object, and (unless dry-run) write and re-read its container.
+
+    ``archived_bytes``: the size of a verified archive of this version made with another model
+    (an upgrade run). A new container that is not smaller is not written: the outcome is
+    ``skipped`` (``archive_smaller``) and the existing archive stays, so an upgrade never grows
+    the archive.
 
     Never deletes anything and never raises for a bad object or a storage failure: the outcome
     says what happened. Transient storage errors are retried per step (:func:`with_retries`);
@@ -249,6 +254,12 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
         if saving < opts.min_saving:
             out.status, out.reason_code = "rejected", "insufficient_saving"
             out.reason = f"saving {saving:.1%} < {opts.min_saving:.1%} ({len(data):,} -> {len(enc.data):,} bytes)"
+            return out
+        if archived_bytes is not None and len(enc.data) >= archived_bytes:
+            out.status, out.reason_code = "skipped", "archive_smaller"
+            out.reason = (f"the existing archive ({archived_bytes:,} bytes) is not larger than {codec.model_id}'s "
+                          f"({len(enc.data):,} bytes): kept")
+            out.compressed_bytes = out.compressed_sha256 = None
             return out
         if not opts.dry_run:
             t3 = time.perf_counter()
@@ -586,8 +597,12 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
                       compressed_sha256=led.compressed_sha256, device=codec.device_name)
         prior_id = _record(session_factory, job_id, scope, led.model_id, out, worker)
     else:
-        out = process_object(info, src, dst, codec, opts, codec_lock)
-        prior_id = _record(session_factory, job_id, scope, codec.model_id, out, worker)
+        older = _older_archive(info, scope, dst, codec, opts, session_factory) if opts.upgrade else None
+        out = process_object(info, src, dst, codec, opts, codec_lock,
+                             archived_bytes=older.compressed_bytes if older else None)
+        if out.reason_code == "archive_smaller" and older is not None:
+            out.dest_url, out.compressed_sha256, led = older.dest_url, older.compressed_sha256, older
+        prior_id = _record(session_factory, job_id, scope, led.model_id if led else codec.model_id, out, worker)
         if out.status == "accepted" and not opts.dry_run:
             with session_factory() as s:
                 led = _LedgerView.of(already_archived(s, scope, info, codec.model_id))
@@ -606,6 +621,23 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
                     row.reason = out.reason
                     s.commit()
     return out
+
+
+def _older_archive(info: ObjectInfo, scope: Scope, dst: ObjectStore, codec: Codec, opts: PipelineOptions,
+                   session_factory: sessionmaker) -> _LedgerView | None:
+    """For an upgrade: this version's verified archive made with another model, if any."""
+    if opts.dry_run:
+        return None
+    with session_factory() as s:
+        led = _LedgerView.of(already_archived(s, scope, info, codec.model_id, any_model=True))
+    if led is None or led.model_id == codec.model_id:
+        return None
+    try:
+        ok = with_retries(lambda: container_matches(dst, info.key, led, opts), f"checking the container of {info.key}")
+    except StorageError as e:
+        log.warning("cannot check the older archive of %s (%s): upgrading without comparing sizes", info.key, e)
+        return None
+    return led if ok else None
 
 
 def _outcome_from_row(r: Result, scope: Scope | None = None) -> Outcome:

@@ -469,6 +469,15 @@ def test_new_model_leaves_older_archives_alone_unless_the_job_upgrades(tmp_path:
         assert "compact-v1" in r.reason
         assert st.get(key + ".cxa") == v1[key]  # untouched
 
+    # an upgrade replaces an older archive only with a smaller one (see the next test); at this
+    # test's 1 dB floor both models sit at quality 0, so make the older archives look larger
+    with sqlite_sf() as s:
+        for led in s.execute(select(ArchivedObject)).scalars():
+            padded = v1[led.key] + bytes(1 << 16)
+            meta = {**(st.head(led.key + ".cxa").metadata or {}), "sha256": hashlib.sha256(padded).hexdigest()}
+            st.put(led.key + ".cxa", padded, metadata=meta)
+            led.compressed_bytes, led.compressed_sha256 = len(padded), hashlib.sha256(padded).hexdigest()
+        s.commit()
     third = run_job(src=st, dst=st, source_url=st.url, dest_url=None, codec=codec, opts=accept_opts(upgrade=True),
                     session_factory=sqlite_sf)
     assert third.job_id != second.job_id and third.accepted == 2
@@ -487,6 +496,36 @@ def test_new_model_leaves_older_archives_alone_unless_the_job_upgrades(tmp_path:
     for key in objects:
         assert (rows[key].status, rows[key].model_id, rows[key].original_deleted) == ("skipped", codec.model_id, True)
         assert st.head(key) is None and st.head(key + ".cxa") is not None
+
+
+def test_upgrade_keeps_an_older_archive_that_is_smaller(tmp_path: Path, sqlite_sf: Any, codec: Codec) -> None:
+    """An upgrade never grows the archive: when the new model's container would not be smaller
+    than the verified older one, the older one stays (``skipped``, ``archive_smaller``), and a
+    replace run deletes the original against it."""
+    st = LocalStore(tmp_path / "bucket", create=True)
+    key = "photos/k02.jpg"
+    populate(st, {key: GOOD[key]})
+    older = Codec.load("compact-v1", "cpu")
+    first = run_job(src=st, dst=st, source_url=st.url, dest_url=None, codec=older, opts=accept_opts(),
+                    session_factory=sqlite_sf)
+    assert first.accepted == 1
+    v1 = st.get(key + ".cxa")
+    # make the recorded v1 archive look tiny: any new container is larger than it
+    with sqlite_sf() as s:
+        led = s.execute(select(ArchivedObject)).scalar_one()
+        small = v1[: 64]
+        meta = {**(st.head(key + ".cxa").metadata or {}), "sha256": hashlib.sha256(small).hexdigest()}
+        st.put(key + ".cxa", small, metadata=meta)
+        led.compressed_bytes, led.compressed_sha256 = len(small), hashlib.sha256(small).hexdigest()
+        s.commit()
+    up = run_job(src=st, dst=st, source_url=st.url, dest_url=None, codec=codec,
+                 opts=accept_opts(upgrade=True, replace=True), session_factory=sqlite_sf)
+    r = by_key(results(sqlite_sf, up.job_id))[key]
+    assert (r.status, r.reason_code, r.model_id) == ("skipped", "archive_smaller", "compact-v1"), r.reason
+    assert r.compressed_bytes is None and r.t_encode is not None  # the encode ran, nothing was written
+    assert st.get(key + ".cxa") == small  # the older archive stays
+    assert r.original_deleted and st.head(key) is None  # replace verified it and deleted the original
+    assert [a.model_id for a in ledger(sqlite_sf)] == ["compact-v1"]
 
 
 def test_forced_rejections_record_the_verified_numbers(tmp_path: Path, sqlite_sf: Any, codec: Codec) -> None:
