@@ -559,8 +559,11 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
         done = result_row(s, job_id, scope, info.key)
         prior = _outcome_from_row(done, scope) if done is not None and done.etag == info.etag else None
         prior_id = done.id if prior is not None else None
-        led = None if opts.dry_run else _LedgerView.of(
-            already_archived(s, scope, info, codec.model_id, any_model=not opts.upgrade))
+        found = None if opts.dry_run else _LedgerView.of(
+            already_archived(s, scope, info, codec.model_id, any_model=True))
+    # an upgrade treats another model's archive as a size to beat, not as "already archived"
+    older = found if found is not None and opts.upgrade and found.model_id != codec.model_id else None
+    led = None if older is not None else found
     wants_delete = opts.replace and not opts.dry_run
     if prior is not None and prior.status in FINAL_STATUSES:
         if not (wants_delete and prior.status in ("accepted", "skipped") and not prior.original_deleted):
@@ -597,7 +600,7 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
                       compressed_sha256=led.compressed_sha256, device=codec.device_name)
         prior_id = _record(session_factory, job_id, scope, led.model_id, out, worker)
     else:
-        older = _older_archive(info, scope, dst, codec, opts, session_factory) if opts.upgrade else None
+        older = _intact(older, info, dst, opts) if older is not None else None
         out = process_object(info, src, dst, codec, opts, codec_lock,
                              archived_bytes=older.compressed_bytes if older else None)
         if out.reason_code == "archive_smaller" and older is not None:
@@ -623,15 +626,8 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
     return out
 
 
-def _older_archive(info: ObjectInfo, scope: Scope, dst: ObjectStore, codec: Codec, opts: PipelineOptions,
-                   session_factory: sessionmaker) -> _LedgerView | None:
-    """For an upgrade: this version's verified archive made with another model, if any."""
-    if opts.dry_run:
-        return None
-    with session_factory() as s:
-        led = _LedgerView.of(already_archived(s, scope, info, codec.model_id, any_model=True))
-    if led is None or led.model_id == codec.model_id:
-        return None
+def _intact(led: _LedgerView, info: ObjectInfo, dst: ObjectStore, opts: PipelineOptions) -> _LedgerView | None:
+    """For an upgrade: the older model's archive if its container is still the recorded one."""
     try:
         ok = with_retries(lambda: container_matches(dst, info.key, led, opts), f"checking the container of {info.key}")
     except StorageError as e:
