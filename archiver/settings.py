@@ -115,8 +115,13 @@ class WorkerSettings(BaseModel):
     # Result backend for task results (the retrieval task returns images); unset = broker_url.
     result_backend: str | None = None
     # Seconds a delivered-but-unacknowledged task stays invisible before Redis hands it to another
-    # worker. Must exceed the longest batch; it is also how long a crashed worker's batch waits.
-    visibility_timeout: int = Field(default=7200, ge=5)
+    # worker: how long a crashed worker's batch waits. A running batch renews its delivery every
+    # lease_heartbeat seconds, so this only has to cover a few missed renewals (and the longest
+    # retry countdown, which a worker waits out while holding the message).
+    visibility_timeout: int = Field(default=600, ge=5)
+    # Seconds between a running batch's lease renewals on Redis; 0 = no renewal, and then
+    # visibility_timeout must exceed the longest batch.
+    lease_heartbeat: float = Field(default=60.0, ge=0)
     # How often (seconds) workers sweep for tasks whose visibility timeout expired.
     unacked_restore_interval: float = Field(default=10.0, gt=0)
     # Transient errors (storage throttling/outage, database down) retry the batch with exponential
@@ -139,6 +144,19 @@ class WorkerSettings(BaseModel):
     # Queue of the schedule triggers. On "recompress" they are taken before queued batches (higher
     # priority); a separate queue needs a worker consuming it (`-Q ...,<queue>`).
     schedule_queue: str = Field(default="recompress", pattern=r"^[A-Za-z0-9._-]+$")
+
+    @model_validator(mode="after")
+    def _timeouts_fit(self) -> WorkerSettings:
+        # A retried batch waits out its countdown on a worker, unacknowledged and unrenewed: a
+        # countdown past the visibility timeout would hand it to a second worker as well.
+        if self.visibility_timeout <= self.retry_backoff_max:
+            raise ValueError(f"workers.visibility_timeout ({self.visibility_timeout} s) must exceed "
+                             f"workers.retry_backoff_max ({self.retry_backoff_max:g} s)")
+        if self.lease_heartbeat and self.visibility_timeout < 3 * self.lease_heartbeat:
+            raise ValueError(f"workers.visibility_timeout ({self.visibility_timeout} s) must be at least 3 x "
+                             f"workers.lease_heartbeat ({self.lease_heartbeat:g} s), so that one late renewal "
+                             "does not hand a running batch to a second worker")
+        return self
 
 
 class ServerSettings(BaseModel):
@@ -268,6 +286,11 @@ def _describe(err: Mapping[str, Any], config_file: Path | None) -> str:
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     if not name:  # model-level validator
         return f"  - {msg}"
+    if isinstance(err.get("input"), dict) and err.get("type") == "value_error":
+        # a group's own validator (e.g. [workers] settings that do not fit together): name the group
+        env = ENV_PREFIX + "__".join(p.upper() for p in loc) + "__*"
+        where = f"env {env}" + (f" or [{name}] in {config_file}" if config_file is not None else "")
+        return f"  - {msg} (set via {where})"
     env = ENV_PREFIX + "__".join(p.upper() for p in loc)
     where = f"env {env}"
     if config_file is not None:

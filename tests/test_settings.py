@@ -133,3 +133,35 @@ def test_cli_reports_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     assert res.exit_code == 2
     assert "ARCHIVER_MIN_PSNR" in res.output
     assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ("visibility_timeout = 200", "workers.visibility_timeout (200 s) must exceed workers.retry_backoff_max (300 s)"),
+        ("lease_heartbeat = 300",
+         "workers.visibility_timeout (600 s) must be at least 3 x workers.lease_heartbeat (300 s)"),
+    ],
+)
+def test_worker_timeouts_must_fit_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str,
+                                           needle: str) -> None:
+    """A visibility timeout shorter than a retry countdown or a few lease renewals would hand a
+    batch to two workers at once: refused at start, naming the group to fix (and the message keeps
+    its brackets through the CLI's rich console)."""
+    from click.testing import CliRunner
+
+    from archiver.cli import main
+
+    cfg = tmp_path / "w.toml"
+    cfg.write_text(f"[workers]\n{toml}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(cfg)
+    assert needle in str(exc.value) and "ARCHIVER_WORKERS__*" in str(exc.value)
+    res = CliRunner().invoke(main, ["--config", str(cfg), "status"])
+    assert res.exit_code == 2
+    flat = " ".join(res.output.split())
+    assert needle in flat and f"[workers] in {cfg}" in flat, res.output
+    # renewal off: only the retry countdown bounds the timeout
+    monkeypatch.setenv("ARCHIVER_WORKERS__LEASE_HEARTBEAT", "0")
+    monkeypatch.setenv("ARCHIVER_WORKERS__VISIBILITY_TIMEOUT", "301")
+    assert load_settings(cfg).workers.visibility_timeout == 301

@@ -36,6 +36,7 @@ FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", 
             "AWS_DEFAULT_REGION": "us-east-1"}
 ACCEPT = {"min_psnr": 1.0, "min_saving": 0.0}  # reachable by any working codec on noise PNGs
 VISIBILITY = 15  # seconds before a dead worker's batch is handed to another worker
+LEASE = 2  # seconds between a running batch's lease renewals
 
 
 # ---- helpers --------------------------------------------------------------------------------------
@@ -201,6 +202,7 @@ class Stack:
             "ARCHIVER_S3__MAX_ATTEMPTS": "3",
             "ARCHIVER_WORKERS__VISIBILITY_TIMEOUT": str(VISIBILITY),
             "ARCHIVER_WORKERS__UNACKED_RESTORE_INTERVAL": "1",
+            "ARCHIVER_WORKERS__LEASE_HEARTBEAT": str(LEASE),
             "ARCHIVER_WORKERS__RETRY_BACKOFF": "0.5",
             "ARCHIVER_WORKERS__RETRY_BACKOFF_MAX": "4",
             "ARCHIVER_WORKERS__SCHEDULES_FILE": str(self.schedules_file),
@@ -216,6 +218,7 @@ class Stack:
                         s3={"endpoint_url": self.s3_endpoint, "path_style": True, "max_attempts": 3,
                             "access_key_id": "testing", "secret_access_key": "testing"},
                         workers={"visibility_timeout": VISIBILITY, "unacked_restore_interval": 1,
+                                 "lease_heartbeat": LEASE, "retry_backoff": 0.5, "retry_backoff_max": 4,
                                  "schedules_file": str(self.schedules_file), "schedule_queue": self.schedule_queue})
 
     def env_for_test_process(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -660,6 +663,70 @@ def test_beat_triggers_once_while_the_run_is_running(stack: Stack, tmp_path: Pat
     finally:
         w.stop()
         redis.stop()
+
+
+def test_lease_renews_only_a_pending_delivery(redis_main: RedisServer) -> None:
+    """The renewal moves a pending delivery's score to now, never re-adds an acknowledged one, and
+    shrugs off an unreachable broker (the batch it protects goes on)."""
+    import redis
+
+    from workers.lease import BatchLease, batch_lease
+
+    client = redis.Redis.from_url(redis_main.url)
+    index = f"test-unacked-{uuid.uuid4().hex[:8]}"
+    client.zadd(index, {"tag-a": time.time() - 1000, "tag-b": time.time() - 1000})
+    lease = BatchLease(client, "tag-a", every=0.2, index_key=index)
+    lease.start()
+    time.sleep(1.2)
+    lease.stop()
+    assert lease.renewals >= 3
+    assert client.zscore(index, "tag-a") > time.time() - 2
+    assert client.zscore(index, "tag-b") < time.time() - 900  # other deliveries untouched
+    client.zrem(index, "tag-a")  # acknowledged (or handed back to the queue)
+    assert lease.renew() is False and client.zscore(index, "tag-a") is None
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)
+    assert BatchLease(dead, "tag-c", every=1).renew() is False
+    for url, tag, every in (("amqp://guest@127.0.0.1//", "t", 1.0), (redis_main.url, None, 1.0),
+                            (redis_main.url, "t", 0.0)):
+        with batch_lease(url, tag, every) as held:
+            assert held is None
+    client.delete(index)
+
+
+def test_a_batch_longer_than_the_visibility_timeout_runs_on_one_worker(stack: Stack, worker: dict[str, Proc],
+                                                                       redis_main: RedisServer) -> None:
+    """With a second, idle worker sweeping for expired deliveries every second, a batch that runs
+    well past the visibility timeout is not handed out again: its lease keeps it pending."""
+    import re
+
+    import redis
+
+    from archiver import jobs
+
+    w2 = stack.start_worker()
+    try:
+        client = redis.Redis.from_url(redis_main.url)
+        sources = {f"long/{i}.png": noise_png(900 + i, 384, 384) for i in range(12)}
+        bucket = stack.bucket(sources)
+        job_id = jobs.submit(bucket, {**ACCEPT}, chunk_size=len(sources), settings=stack.settings())
+        pending = wait_until(lambda: client.zrange("unacked_index", 0, -1, withscores=True), 60,
+                             "the batch to be delivered", poll=0.1)
+        assert len(pending) == 1
+        tag, delivered = pending[0][0], pending[0][1]
+        wait_until(lambda: time.time() > delivered + VISIBILITY + 3
+                   or job_status(stack.db_url, job_id) == "finished", VISIBILITY + 60, "the visibility timeout")
+        assert job_status(stack.db_url, job_id) == "running", "the batch ended within the visibility timeout; " \
+            "make it longer"
+        score = client.zscore("unacked_index", tag)
+        assert score is not None and score > time.time() - (LEASE + 2), "lease not renewed"
+        wait_finished(stack, job_id, 300, [worker["w"], w2])
+        rows = check_job(stack, job_id, bucket, sources, replace=False)
+        assert {r.worker for r in rows} and len({r.worker for r in rows}) == 1
+        logs = worker["w"].log() + w2.log()
+        ids = re.findall(r"recompress_batch\[([0-9a-f-]+)\] received", logs)
+        assert len(ids) == len(set(ids)), "a batch was delivered twice"
+    finally:
+        w2.stop()
 
 
 def test_worker_killed_mid_job_completes_on_another_worker(stack: Stack, worker: dict[str, Proc]) -> None:

@@ -9,9 +9,10 @@ Why these settings:
   leaves its message to be redelivered, and each worker process holds at most one unstarted batch.
   Redelivery is safe because every per-object step is idempotent (unique result rows, the
   ledger, re-verification before any delete).
-* ``visibility_timeout`` (Redis): how long a delivered, unacknowledged batch stays invisible;
-  it must exceed the longest batch, and it is also how long a dead worker's batch waits before
-  another worker gets it. Configured by ``[workers] visibility_timeout``.
+* ``visibility_timeout`` (Redis): how long a delivered, unacknowledged batch stays invisible,
+  i.e. how long a dead worker's batch waits before another worker gets it. A running batch
+  renews its delivery every ``lease_heartbeat`` seconds (:mod:`workers.lease`), so the timeout
+  does not have to exceed the longest batch. Configured in ``[workers]``.
 * The broker connection is retried forever, so a Redis restart pauses workers instead of
   killing them. Run Redis with ``appendonly yes`` so queued batches survive its restart.
 * The model is loaded once per worker *process*, after the fork (``worker_process_init``), never

@@ -59,11 +59,15 @@ def recompress_batch(self: Any, job_id: int, source_url: str, dest_url: str | No
     """Recompress one batch of a job ([key, etag, size] items), then finalize the job if complete."""
     from archiver import jobs
 
+    from .lease import batch_lease
+
     st = settings()
     worker = f"{self.request.hostname or 'worker'}"
+    tag = (self.request.properties or {}).get("delivery_tag")
     try:
-        res = jobs.process_batch(job_id, source_url, dest_url, keys_with_etags, options_dict, settings=st,
-                                 attempts=attempt_counter(), worker=worker)
+        with batch_lease(st.broker_url, tag, st.workers.lease_heartbeat):
+            res = jobs.process_batch(job_id, source_url, dest_url, keys_with_etags, options_dict, settings=st,
+                                     attempts=attempt_counter(), worker=worker)
     except Exception as e:
         if not _transient(e):
             raise

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from .. import __version__
 from ..errors import ArchiverError
@@ -26,7 +27,7 @@ class ArchiverGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ArchiverError as exc:
-            err_console.print(f"[red]error[/red] ({exc.code}): {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error[/red] ({exc.code}): {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise SystemExit(2) from None
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -21,7 +22,7 @@ def _progress() -> Progress:
 
 
 def _fail(exc: ArchiverError) -> None:
-    console.print(f"[red]error[/red] ({exc.code}): {exc}")
+    console.print(f"[red]error[/red] ({exc.code}): {escape(str(exc))}")
     raise SystemExit(2)
 
 
@@ -50,7 +51,7 @@ def encode(src: Path, dst: Path, quality: float | None, target_psnr: float | Non
         _fail(e)
     dst.write_bytes(res.data)
     console.print(
-        f"{src.name}: {img.original_bytes:,} -> {len(res.data):,} bytes ({res.bpp:.3f} bpp), "
+        f"{escape(src.name)}: {img.original_bytes:,} -> {len(res.data):,} bytes ({res.bpp:.3f} bpp), "
         f"quality {res.quality:.2f}, PSNR {res.psnr:.2f} dB, {res.seconds:.2f} s"
     )
 
@@ -74,7 +75,7 @@ def decode(src: Path, dst: Path, device: str) -> None:
         _fail(e)
     fmt = {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(dst.suffix.lower().lstrip("."), "png")
     dst.write_bytes(save_image(dec.image, fmt, icc=dec.icc, exif=dec.exif))
-    console.print(f"{src.name} -> {dst} ({meta.width}x{meta.height} {meta.mode}, {dec.seconds:.2f} s)")
+    console.print(f"{escape(src.name)} -> {escape(str(dst))} ({meta.width}x{meta.height} {meta.mode}, {dec.seconds:.2f} s)")
 
 
 @click.command()
@@ -137,7 +138,7 @@ def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, ma
             prog.update(task, completed=step, info=f"bpp {m['bpp']:.3f} PSNR {m['psnr']:.2f} dB loss {m['loss']:.3f}")
 
         run(cfg, cb)
-    console.print(f"weights written to {out}")
+    console.print(f"weights written to {escape(str(out))}")
 
 
 @click.command("eval")
@@ -180,7 +181,7 @@ def evaluate(folder, model, device, qualities, out, plot, anchors, reference, li
         Console().print(bt)
     if plot:
         plot_rd(result, list(anchors) + ([reference] if reference else []), plot)
-    console.print(f"results written to {out}")
+    console.print(f"results written to {escape(str(out))}")
 
 
 @click.command("register-model")

@@ -8,6 +8,7 @@ import json
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .pipeline_cmds import human
@@ -65,8 +66,8 @@ def status(job, limit, as_json, db_url) -> None:
     if job is not None:
         r = rows[0]
         t = Table(title=f"job {r.id} ({r.kind}{', ' + r.schedule_name if r.schedule_name else ''})", show_header=False)
-        t.add_row("status", r.status + (f" ({r.error})" if r.error else ""))
-        t.add_row("source -> dest", f"{r.source} -> {r.dest or '(beside)'}")
+        t.add_row("status", r.status + (f" ({escape(r.error)})" if r.error else ""))
+        t.add_row("source -> dest", escape(f"{r.source} -> {r.dest or '(beside)'}"))
         t.add_row("model", r.model_id)
         t.add_row("listed / enqueued", f"{r.objects_listed} / {r.objects_enqueued}"
                   + ("  (still listing)" if r.status == "pending" else ""))
@@ -85,7 +86,7 @@ def status(job, limit, as_json, db_url) -> None:
     t = Table("job", "kind", "status", "source", "done/enqueued", "acc", "rej", "fail", "skip", "saved", "rate/s",
               "ETA", title="recent jobs")
     for r in rows:
-        t.add_row(str(r.id), r.schedule_name or r.kind, r.status, r.source, f"{r.done}/{r.objects_enqueued}",
+        t.add_row(str(r.id), escape(r.schedule_name or r.kind), r.status, escape(r.source), f"{r.done}/{r.objects_enqueued}",
                   str(r.count("accepted")), str(r.count("rejected")), str(r.count("failed")), str(r.count("skipped")),
                   human(r.saved_bytes), f"{r.rate:.2f}", duration(r.eta_seconds))
     Console().print(t)

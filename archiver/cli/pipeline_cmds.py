@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -48,7 +49,7 @@ def prepare_demo() -> str:
 
 
 def _fail(e: ArchiverError) -> None:
-    console.print(f"[red]error[/red] ({e.code}): {e}")
+    console.print(f"[red]error[/red] ({e.code}): {escape(str(e))}")
     raise SystemExit(2)
 
 
@@ -86,7 +87,7 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
         st = load_settings()
         if source is None:
             source = prepare_demo()
-            console.print(f"no SOURCE given: running on the shipped samples in [bold]{source}[/bold]")
+            console.print(f"no SOURCE given: running on the shipped samples in [bold]{escape(str(source))}[/bold]")
         url = db_url or st.database_url
         migrate(url)
         src = open_store(source, st)
@@ -168,11 +169,11 @@ def restore(source, to, fmt, device, limit, overwrite) -> None:
                 skipped += item.skipped
                 bad += not item.ok
                 if not item.ok:
-                    console.print(f"[yellow]{item.key}[/yellow]: {item.error}")
+                    console.print(f"[yellow]{escape(item.key)}[/yellow]: {escape(str(item.error))}")
                 prog.update(task, completed=ok + bad + skipped)
     except ArchiverError as e:
         _fail(e)
-    console.print(f"restored {ok} image(s) to {to}; {skipped} skipped (already there; --overwrite replaces them); "
+    console.print(f"restored {ok} image(s) to {escape(str(to))}; {skipped} skipped (already there; --overwrite replaces them); "
                   f"{bad} failed")
     if bad:
         raise SystemExit(1)

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from ..codec.default import DEFAULT_MODEL
 from ..report.render import FORMATS
@@ -21,7 +22,7 @@ def _emit(text: str, fmt: str, out: str | None) -> None:
     if out:
         Path(out).expanduser().parent.mkdir(parents=True, exist_ok=True)
         Path(out).expanduser().write_text(text, encoding="utf-8")
-        console.print(f"wrote {fmt} to [bold]{out}[/bold]")
+        console.print(f"wrote {fmt} to [bold]{escape(str(out))}[/bold]")
     else:
         click.echo(text, nl=False)
 
