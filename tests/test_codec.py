@@ -236,19 +236,25 @@ def _concave_psnr(q: float) -> float:
 def test_quality_search_finds_the_smallest_quality_from_any_hint(answer: float) -> None:
     target = _concave_psnr(answer)
     res = 100 / 2**SEARCH_STEPS
-    for hint in [None, answer, answer - 0.5, answer + 0.5, answer - 1.4, answer + 20, 0.0, 100.0, -5.0, 150.0]:
+    unhinted = smallest_quality(_concave_psnr, target)
+    cases = [(h, 0.0) for h in [None, answer, answer - 0.5, answer + 0.5, answer - 1.4, answer + 20, 0.0, 100.0,
+                                -5.0, 150.0, answer + 0.37, answer - 3.3]]
+    cases += [(answer + 5.1, 4.2), (answer - 9.9, 0.3), (answer + 0.2, 17.0)]
+    for hint, spread in cases:
         calls: list[float] = []
 
         def probe(q: float) -> float:
             calls.append(q)
             return _concave_psnr(q)
 
-        q = smallest_quality(probe, target, hint=hint)
+        q = smallest_quality(probe, target, hint=hint, spread=spread)
+        assert q == unhinted, (answer, hint, spread, q)  # the same grid point from any start
+        assert all((c / res).is_integer() for c in calls), calls
         assert _concave_psnr(q) >= target, (answer, hint, q)
         assert q == 0.0 or q - res < answer <= q + 1e-9, (answer, hint, q)  # within one step above the answer
         if hint is None:
             assert len(calls) <= 2 + SEARCH_STEPS
-        elif abs(hint - answer) <= 1.4 and 0.0 < answer < 100.0:
+        elif abs(hint - answer) <= 1.4 and spread == 0.0 and 0.0 < answer < 100.0:
             assert len(calls) <= 4, (answer, hint, calls)  # the point of a hint
         assert len(calls) <= 2 * (2 + SEARCH_STEPS), (answer, hint, calls)  # a bad hint is never pathological
 

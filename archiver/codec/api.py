@@ -112,62 +112,76 @@ def tile_grid(height: int, width: int, tile: int) -> list[tuple[int, int, slice,
 
 def smallest_quality(psnr_at: Callable[[float], float], target: float, steps: int = SEARCH_STEPS,
                      hint: float | None = None, spread: float = 0.0) -> float:
-    """The smallest quality in [0, 100] whose PSNR reaches ``target``, to within 100 / 2**steps.
+    """The smallest quality on the grid k * 100 / 2**steps (k = 0 .. 2**steps) whose PSNR reaches
+    ``target``.
+
+    Every probe is a grid point, so the answer does not depend on where the search started: with
+    PSNR rising with quality, an image gets the same quality, hence the same bitstream, whichever
+    hint its worker had learnt from the objects before it (a batch re-run, or the same photo in
+    two buckets, gives identical bytes).
 
     Without a hint: probe both ends, then bisect (2 + ``steps`` probes). With a ``hint`` (the
     answer for similar images, see ``QualityHints``): probe the hint, gallop away from it in
     doubling strides (the first as wide as ``spread``, how far recent answers strayed from the
-    hint, and at least two resolution steps) until the answer is bracketed, then bisect the
-    bracket; an answer within two resolution steps of the hint costs 3-4 probes instead of 9.
-    When the hint misses the target, quality 100 is probed next, so an image that cannot reach
-    the target still costs only two.
+    hint, and at least two grid steps) until the answer is bracketed, then bisect the bracket;
+    an answer within two grid steps of the hint costs 3-4 probes instead of 9. When the hint
+    misses the target, quality 100 is probed next, so an image that cannot reach the target
+    still costs only two.
     Each probe is a full encoder-side reconstruction (entropy model + synthesis), by far the
     largest cost of an archive encode. Interpolating inside the bracket was tried and measured on
     Kodak crops: PSNR(q) is concave (it flattens at high q) and regula falsi needed 6-13 probes.
     """
-    res = 100 / 2**steps
+    n = 2**steps
+    res = 100 / n
+
+    def meets(k: int) -> bool:
+        return psnr_at(k * res) >= target
+
+    def unreachable() -> TargetNotReached:
+        return TargetNotReached(f"even quality 100 stays below {target:.2f} dB PSNR for this image")
+
     if hint is None or not math.isfinite(hint):
-        if psnr_at(100.0) < target:
-            raise TargetNotReached(f"even quality 100 stays below {target:.2f} dB PSNR for this image")
-        if psnr_at(0.0) >= target:
+        if not meets(n):
+            raise unreachable()
+        if meets(0):
             return 0.0
-        lo, hi = 0.0, 100.0
+        lo, hi = 0, n
     else:
-        h = min(max(float(hint), 0.0), 100.0)
-        stride = max(2 * res, float(spread) if math.isfinite(spread) else 0.0)
-        if psnr_at(h) >= target:
-            if h == 0.0:
+        h = min(max(round(float(hint) / res), 0), n)
+        stride = max(2, math.ceil(float(spread) / res) if math.isfinite(spread) else 0)
+        if meets(h):
+            if h == 0:
                 return 0.0
             hi = h
             while True:
-                q = hi - stride
-                if q <= 0.0:
-                    if psnr_at(0.0) >= target:
+                k = hi - stride
+                if k <= 0:
+                    if meets(0):
                         return 0.0
-                    lo = 0.0
+                    lo = 0
                     break
-                if psnr_at(q) >= target:
-                    hi, stride = q, stride * 2
+                if meets(k):
+                    hi, stride = k, stride * 2
                 else:
-                    lo = q
+                    lo = k
                     break
         else:
-            if h >= 100.0 or psnr_at(100.0) < target:
-                raise TargetNotReached(f"even quality 100 stays below {target:.2f} dB PSNR for this image")
-            lo, hi = h, 100.0
+            if h >= n or not meets(n):
+                raise unreachable()
+            lo, hi = h, n
             while lo + stride < hi:
-                q = lo + stride
-                if psnr_at(q) >= target:
-                    hi = q
+                k = lo + stride
+                if meets(k):
+                    hi = k
                     break
-                lo, stride = q, stride * 2
-    while hi - lo > res:
-        mid = (lo + hi) / 2
-        if psnr_at(mid) >= target:
+                lo, stride = k, stride * 2
+    while hi - lo > 1:  # invariant: lo misses the target, hi meets it
+        mid = (lo + hi) // 2
+        if meets(mid):
             hi = mid
         else:
             lo = mid
-    return hi
+    return hi * res
 
 
 class QualityHints:
@@ -176,8 +190,8 @@ class QualityHints:
     Photos from one bucket tend to need similar qualities for one target, so the median of the
     last few answers is a good place to start (``smallest_quality(hint=...)``). Thread-safe; one
     per process (the pipeline keeps one), so a Celery worker learns its job's typical quality
-    within a few objects. Only a speed-up: the search result still meets the target and is the
-    smallest to within the search resolution, whatever the hint.
+    within a few objects. Only a speed-up: the search returns the same grid quality whatever the
+    hint (for PSNR rising with quality).
     """
 
     def __init__(self, keep: int = 15) -> None:
