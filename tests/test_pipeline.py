@@ -889,6 +889,10 @@ def test_recompress_without_argument_runs_the_demo(tmp_path: Path) -> None:
                           check=False, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "summary" in proc.stdout and "objects seen" in proc.stdout
+    # A newcomer's first run: no third-party warnings, and messages stay on one line in a log
+    # (rich would otherwise break this one, with its long temporary path, at 80 columns).
+    assert "Warning" not in proc.stderr, proc.stderr
+    assert f"running on the shipped samples in {tmp_path / 'archive-demo' / 'source'}" in proc.stderr, proc.stderr
     samples = sorted(p.name for p in (Path(pipeline.__file__).parent / "samples").iterdir())
     src = tmp_path / "archive-demo" / "source"
     assert src.is_dir()

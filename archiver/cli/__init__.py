@@ -11,13 +11,11 @@ import os
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
 
 from .. import __version__
 from ..errors import ArchiverError
-
-err_console = Console(stderr=True)
+from .consoles import err_console
 
 
 class ArchiverGroup(click.Group):

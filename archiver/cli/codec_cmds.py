@@ -12,8 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import ArchiverError
-
-console = Console(stderr=True)
+from .consoles import err_console as console
 
 
 def _progress() -> Progress:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
-
-console = Console(stderr=True)
+from .consoles import err_console as console
 
 
 def _url(url: str | None) -> str:

@@ -12,8 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .pipeline_cmds import human
-
-console = Console(stderr=True)
+from .consoles import err_console as console
 
 
 def duration(seconds: float | None) -> str:

@@ -24,8 +24,8 @@ from rich.table import Table
 
 from ..codec.default import DEFAULT_MODEL
 from ..errors import ArchiverError
+from .consoles import err_console as console
 
-console = Console(stderr=True)
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 DEMO_DIR = Path("archive-demo")
 

@@ -14,8 +14,7 @@ from rich.markup import escape
 
 from ..codec.default import DEFAULT_MODEL
 from ..report.render import FORMATS
-
-console = Console(stderr=True)
+from .consoles import err_console as console
 
 
 def _emit(text: str, fmt: str, out: str | None) -> None:

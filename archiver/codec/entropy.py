@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from compressai.ans import BufferedRansEncoder, RansDecoder, RansEncoder
+from .compressai_imports import BufferedRansEncoder, RansDecoder, RansEncoder
 from torch import Tensor
 
 from ..errors import ContainerError

@@ -21,7 +21,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from .compressai_imports import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
 from .exact import ExactBlock, ExactMLPHead, ExactPointwise, ExactUp, act, enter_grid, round_half_up, ste, to_grid
