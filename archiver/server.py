@@ -14,7 +14,8 @@ the ``Accept`` header; ``original`` re-creates the original's format where possi
   sha256, and decoding is deterministic), so responses are ``Cache-Control: immutable`` and a
   matching ``If-None-Match`` gets ``304`` without fetching or decoding anything;
 * errors are JSON ``{"code": ..., "message": ...}``: 404 unknown key, 422 corrupt container
-  (``ContainerError`` codes), 400/406 bad format, 502/503 storage trouble.
+  (``ContainerError`` codes), 400/406 bad format, 502/503 storage trouble; a URL that matches no
+  route is 404 ``no_route`` and a wrong method 405 ``http_error``, in the same form.
 
 ``GET /health`` reports the model (id, device, loaded), database and broker reachability; it
 answers 503 when the model or the database is unavailable (or the broker, with
@@ -35,6 +36,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select, text
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .db.models import ArchivedObject
 from .errors import ArchiverError, ContainerError, StorageError, UnknownModelError
@@ -260,6 +262,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="archiver retrieval", version=_version(), lifespan=lifespan)
     cache_control = f"public, max-age={st.server.cache_max_age}, immutable"
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Requests that match no route get the same JSON problems as the rest of the API (not
+        FastAPI's bare ``{"detail": ...}``), and a 404 says which URLs exist: a likely case is a
+        local-directory archive, whose "bucket" is a path that cannot be one URL segment."""
+        if exc.status_code == 404:
+            return problem(404, "no_route",
+                           f"no endpoint at {request.url.path!r}: use GET /objects/{{bucket}}/{{key}} with an S3 "
+                           "bucket name, or GET /health (archives in a local directory are read with "
+                           "`archiver restore DIR --to OUT`)")
+        return problem(exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.get("/objects/{bucket}/{key:path}")
     async def get_object(bucket: str, key: str, request: Request, format: str | None = None) -> Response:

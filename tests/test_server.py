@@ -212,6 +212,19 @@ def test_unknown_keys_are_404(server: str, archive: dict[str, Any]) -> None:
         assert r.headers["content-type"] == "application/json" and r.json()["code"] == "not_found"
 
 
+def test_urls_outside_the_api_get_json_problems(server: str) -> None:
+    """A local-directory "bucket" (an absolute path) or a typo gets our JSON problem naming the
+    URLs that exist, not FastAPI's bare {"detail": "Not Found"}; a wrong method likewise."""
+    for path in ["/objects//srv/photos/a.png", "/object/media/a.png", "/"]:
+        r = httpx.get(server + path, timeout=30)
+        assert r.status_code == 404, (path, r.text)
+        body = r.json()
+        assert r.headers["content-type"] == "application/json" and body["code"] == "no_route", body
+        assert "/objects/{bucket}/{key}" in body["message"] and "archiver restore" in body["message"]
+    r = httpx.post(server + "/health", timeout=30)
+    assert r.status_code == 405 and r.json()["code"] == "http_error" and r.json()["status"] == 405, r.text
+
+
 def test_corrupt_containers_are_clear_4xx(server: str, archive: dict[str, Any]) -> None:
     b = archive["bucket"]
     r = httpx.get(f"{server}/objects/{b}/corrupt.png", timeout=60)  # found beside the key, no ledger row
