@@ -23,6 +23,13 @@ class ConfigError(ArchiverError):
     code = "bad_config"
 
 
+class DatabaseError(ArchiverError):
+    """The results database cannot be used: ``database_unreachable`` (connection refused, bad
+    credentials, unknown database) or ``no_schema`` (reachable, but no archiver tables in it)."""
+
+    code = "database_error"
+
+
 class ContainerError(ArchiverError):
     """A .cxa container is truncated, corrupted, forged or of an unsupported version."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -164,6 +165,38 @@ def test_cli_db_upgrade(db_url: str) -> None:
     res = runner.invoke(main, ["db", "current", "--url", db_url])
     assert res.exit_code == 0, res.output
     assert "up to date" in res.output
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cli_names_a_database_it_cannot_use(tmp_path: Path, pg_database: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong --db (missing SQLite file, server down, empty database) is one line naming it and
+    exit status 2, not a traceback; read-only commands create nothing where they look."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    missing = f"sqlite:///{tmp_path / 'nowhere.sqlite'}"
+    for args in (["status"], ["status", "3"], ["cancel", "3"], ["report"]):
+        res = runner.invoke(main, [*args, "--db", missing])
+        assert res.exit_code == 2, (args, res.output)
+        assert "error (no_schema)" in res.output and "nowhere.sqlite" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "nowhere.sqlite").exists()
+
+    down = f"postgresql://archiver:s3cret@127.0.0.1:{_closed_port()}/archive"
+    for args in (["status"], ["report"], ["submit", str(tmp_path)]):
+        res = runner.invoke(main, [*args, "--db", down])
+        assert res.exit_code == 2, (args, res.output)
+        assert "error (database_unreachable)" in res.output and "s3cret" not in res.output, res.output
+
+    empty = pg_database()
+    res = runner.invoke(main, ["status", "--db", empty])
+    assert res.exit_code == 2 and "error (no_schema)" in res.output, res.output
+    assert current_revision(empty) is None  # looked, created nothing
 
 
 def test_cli_version() -> None:

@@ -19,14 +19,28 @@ from .consoles import err_console
 
 
 class ArchiverGroup(click.Group):
-    """Turns any uncaught :class:`ArchiverError` into a one-line message and exit status 2."""
+    """Turns any uncaught :class:`ArchiverError`, and a database that cannot be reached or has no
+    schema, into a one-line message and exit status 2 (the run itself could not happen)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ArchiverError as exc:
-            err_console.print(f"[red]error[/red] ({exc.code}): {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise SystemExit(2) from None
+            self._fail(exc)
+        except Exception as exc:
+            if not type(exc).__module__.startswith("sqlalchemy"):
+                raise
+            from ..db.session import as_database_error
+
+            err = as_database_error(exc)
+            if err is None:
+                raise
+            self._fail(err)
+
+    @staticmethod
+    def _fail(exc: ArchiverError) -> None:
+        err_console.print(f"[red]error[/red] ({exc.code}): {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
 
 
 @click.group(cls=ArchiverGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -15,6 +15,14 @@ from .pipeline_cmds import human
 from .consoles import err_console as console
 
 
+def _require_schema(db_url: str | None) -> None:
+    """status and cancel only read: a wrong --db must be named, not created or traced back."""
+    from ..db.session import require_schema
+    from ..settings import load_settings
+
+    require_schema(db_url or load_settings().database_url)
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -58,6 +66,7 @@ def status(job, limit, as_json, db_url) -> None:
     """Progress of JOB (counts, bytes saved, rate, ETA); without JOB, the recent jobs."""
     from .. import jobs
 
+    _require_schema(db_url)
     rows = [jobs.status(job, db_url)] if job is not None else jobs.recent_jobs(limit, db_url)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows] if job is None else rows[0].as_dict(), indent=2))
@@ -98,6 +107,7 @@ def cancel(job, db_url) -> None:
     """Cancel JOB: workers stop before their next object (finished objects stay recorded)."""
     from .. import jobs
 
+    _require_schema(db_url)
     if jobs.cancel(job, db_url):
         console.print(f"job {job} cancelled")
     else:

@@ -32,16 +32,13 @@ def _check_html_out(fmt: str, out: str | None) -> None:
 
 
 def _session_factory(db_url: str | None, st: Any, *, migrate: bool):
-    from ..db.session import current_revision, normalize_url, session_factory, upgrade
-    from ..errors import ConfigError
+    from ..db.session import require_schema, session_factory, upgrade
 
     url = db_url or st.database_url
     if migrate:
         upgrade(url)
-    elif current_revision(url) is None:
-        shown = normalize_url(url).render_as_string(hide_password=True)
-        raise ConfigError(f"the database {shown} has no archiver schema yet: run `archiver db upgrade` "
-                          "(or a recompress job) first")
+    else:
+        require_schema(url)
     return session_factory(url)
 
 

@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
+
+from ..errors import DatabaseError
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 MIGRATIONS_ENV = "ARCHIVER_MIGRATIONS_DIR"
@@ -155,6 +158,51 @@ def current_revision(url: str | URL | Engine) -> str | None:
     finally:
         if not isinstance(url, Engine):
             engine.dispose()
+
+
+def shown_url(url: str | URL) -> str:
+    """The URL as it may appear in a message: the password hidden."""
+    return normalize_url(url).render_as_string(hide_password=True)
+
+
+def as_database_error(exc: BaseException, url: str | URL | None = None) -> DatabaseError | None:
+    """A one-line :class:`DatabaseError` for a driver-level failure (server down, login refused,
+    no such database, tables missing), or ``None`` when ``exc`` is something else: read-only
+    commands and job starts must say which database they could not use, not print a traceback."""
+    if not isinstance(exc, sqlalchemy_exc.DBAPIError) or isinstance(exc, sqlalchemy_exc.IntegrityError):
+        return None
+    orig = exc.orig if exc.orig is not None else exc
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    where = f"the database {shown_url(url)}" if url is not None else "the database (--db / database_url)"
+    if "no such table" in first or ("relation" in first and "does not exist" in first):
+        return DatabaseError(f"{where} has no archiver tables: nothing was ever recorded there. Check --db / "
+                             f"ARCHIVER_DATABASE_URL, or create the schema with `archiver db upgrade` ({first})",
+                             code="no_schema")
+    if isinstance(exc, (sqlalchemy_exc.OperationalError, sqlalchemy_exc.InterfaceError)):
+        return DatabaseError(f"cannot use {where}: {first}", code="database_unreachable")
+    return None
+
+
+def require_schema(url: str | URL) -> None:
+    """For commands that only read: refuse, with a clear message, a database that is unreachable
+    or has no archiver schema (creating one there would hide a wrong ``--db``)."""
+    u = normalize_url(url)
+    if u.get_backend_name() == "sqlite" and not _is_memory_sqlite(u) and u.database \
+            and not Path(u.database).exists():  # connecting would leave an empty file behind
+        raise DatabaseError(f"the database {shown_url(u)} does not exist (no file {u.database}): nothing was "
+                            "ever recorded there. Check --db / ARCHIVER_DATABASE_URL and the working directory",
+                            code="no_schema")
+    try:
+        revision = current_revision(url)
+    except Exception as exc:  # noqa: BLE001 - driver errors become one line; others propagate
+        err = as_database_error(exc, url)
+        if err is None:
+            raise
+        raise err from exc
+    if revision is None:
+        raise DatabaseError(f"the database {shown_url(url)} has no archiver schema yet: nothing was ever "
+                            "recorded there. Check --db / ARCHIVER_DATABASE_URL, or run `archiver db upgrade` "
+                            "(or a recompress job) first", code="no_schema")
 
 
 def head_revision() -> str | None:
