@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..errors import ArchiverError
-from .consoles import err_console as console
+from .consoles import err_console as console, table_console
 
 
 def _progress() -> Progress:
@@ -100,7 +99,7 @@ def info(src: Path, as_json: bool) -> None:
     t = Table(show_header=False)
     for k, v in d.items():
         t.add_row(k, str(v))
-    Console().print(t)
+    table_console().print(t)
 
 
 @click.command()
@@ -171,13 +170,13 @@ def evaluate(folder, model, device, qualities, out, plot, anchors, reference, li
     for i, q in enumerate(qs):
         t.add_row(f"{q:g}", f"{r['bpp'][i]:.4f}", f"{r['psnr-rgb'][i]:.2f}", f"{r['ms-ssim-rgb'][i]:.4f}",
                   f"{r['encoding_time'][i]:.2f}", f"{r['decoding_time'][i]:.2f}")
-    Console().print(t)
+    table_console().print(t)
     if rows:
         bt = Table("anchor", "BD-rate of ours vs anchor (%)")
         for row in rows:
             v = row["ours_vs_anchor_pct"]
             bt.add_row(row["anchor"], "n/a: " + row.get("note", "") if v is None else f"{v:+.2f}")
-        Console().print(bt)
+        table_console().print(bt)
     if plot:
         plot_rd(result, list(anchors) + ([reference] if reference else []), plot)
     console.print(f"results written to {escape(str(out))}")

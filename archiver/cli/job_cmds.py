@@ -7,12 +7,11 @@ import datetime as dt
 import json
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from .pipeline_cmds import human
-from .consoles import err_console as console
+from .consoles import err_console as console, table_console
 
 
 def _require_schema(db_url: str | None) -> None:
@@ -89,7 +88,7 @@ def status(job, limit, as_json, db_url) -> None:
                   f"{human(r.saved_bytes)} ({pct:.1%})")
         t.add_row("rate", f"{r.rate:.2f} objects/s over {duration(r.elapsed)}")
         t.add_row("ETA", duration(r.eta_seconds))
-        Console().print(t)
+        table_console().print(t)
         return
     t = Table("job", "kind", "status", "source", "done/enqueued", "acc", "rej", "fail", "skip", "saved", "rate/s",
               "ETA", title="recent jobs")
@@ -97,7 +96,7 @@ def status(job, limit, as_json, db_url) -> None:
         t.add_row(str(r.id), escape(r.schedule_name or r.kind), r.status, escape(r.source), f"{r.done}/{r.objects_enqueued}",
                   str(r.count("accepted")), str(r.count("rejected")), str(r.count("failed")), str(r.count("skipped")),
                   human(r.saved_bytes), f"{r.rate:.2f}", duration(r.eta_seconds))
-    Console().print(t)
+    table_console().print(t)
 
 
 @click.command()

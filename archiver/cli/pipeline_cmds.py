@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -24,7 +23,7 @@ from rich.table import Table
 
 from ..codec.default import DEFAULT_MODEL
 from ..errors import ArchiverError
-from .consoles import err_console as console
+from .consoles import err_console as console, table_console
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 DEMO_DIR = Path("archive-demo")
@@ -129,7 +128,7 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
     pct = summary.saved_bytes / summary.bytes_before if summary.bytes_before else 0.0
     t.add_row("saved", f"{human(summary.saved_bytes)} ({pct:.1%})")
     t.add_row("time", f"{summary.seconds:.1f} s")
-    Console().print(t)
+    table_console().print(t)
     if summary.failed:
         # Rejections are verdicts under the policy; failures (storage, a changed object, a bug)
         # are not, and a scheduler must see them: exit 1, and a rerun retries exactly those.

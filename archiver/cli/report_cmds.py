@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
 
 from ..codec.default import DEFAULT_MODEL
 from ..report.render import FORMATS
-from .consoles import err_console as console
+from .consoles import err_console as console, table_console
 
 
 def _emit(text: str, fmt: str, out: str | None) -> None:
@@ -92,7 +91,7 @@ def report(job_ids, since, until, bucket, prefix, model, prefix_depth, price_per
     with factory() as s:
         data = build_report(s, filters, pricing, prefix_depth=prefix_depth)
     if fmt == "table" and not out:
-        print_report(data, Console())
+        print_report(data, table_console())
     else:
         _emit(render(data, fmt), fmt, out)
 
@@ -166,7 +165,7 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
                              sample=sample, seed=seed, pricing=pricing, workers=workers,
                              on_outcome=lambda _o: progress.advance(task), on_listed=listed)
     if fmt == "table" and not out:
-        print_pilot(data, Console())
+        print_pilot(data, table_console())
     else:
         _emit(render(data, fmt, pilot=True), fmt, out)
 
