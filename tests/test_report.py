@@ -471,6 +471,49 @@ def test_an_object_archived_again_counts_once(db_url: str) -> None:
     factory.kw["bind"].dispose()
 
 
+def test_outcomes_count_objects_not_the_jobs_that_met_them(db_url: str) -> None:
+    """A scheduled run retries every object it could not archive, and a rerun skips what is
+    archived: each object counts once, by the row that stands for it (its archive if it has one,
+    else its latest row), while compute counts every row. A pilot's rows are its own snapshot."""
+    from archiver.db import Job, Result, session_factory, upgrade
+    from archiver.report import Pricing, ReportFilters, build_report, render
+
+    upgrade(db_url)
+    factory = session_factory(db_url)
+    with factory() as s:
+        jobs = [Job(kind=kind, source="s3://b", model_id=MODEL, status="finished",
+                    settings={"options": {"min_psnr": 40.0, "min_saving": 0.1}})
+                for kind in ("pilot", "recompress", "scheduled", "recompress")]
+        s.add_all(jobs)
+        s.flush()
+        rows = [(0, "c.png", "rejected", "psnr_unreachable", 700, None),  # the pilot, first
+                (1, "a.png", "rejected", "psnr_unreachable", 1000, None), (1, "b.png", "rejected", "psnr_unreachable", 500, None),
+                (1, "c.png", "accepted", None, 700, 100),
+                (2, "a.png", "rejected", "psnr_unreachable", 1000, None), (2, "b.png", "accepted", None, 500, 50),
+                (3, "c.png", "skipped", "already_archived", 700, None), (3, "a.png", "failed", "storage_error", 1000, None)]
+        for j, key, status, reason, ob, cb in rows:
+            s.add(Result(job_id=jobs[j].id, bucket="b", key=key, model_id=MODEL, status=status, reason_code=reason,
+                         device="cpu", t_total=1.0, original_bytes=ob, compressed_bytes=cb,
+                         psnr=41.0 if status == "accepted" else None))
+            s.flush()
+        s.commit()
+        everything = build_report(s, ReportFilters(), Pricing(0.023, 3.6))
+        pilot = build_report(s, ReportFilters(job_ids=[jobs[0].id]), Pricing(0.023, 3.6))
+    c = everything["counts"]
+    assert (c["seen"], c["accepted"], c["rejected"], c["failed"], c["skipped"], c["retried"]) == (3, 2, 0, 1, 0, 4)
+    assert everything["reasons"] == [{"status": "failed", "reason_code": "storage_error", "count": 1}]
+    assert everything["bytes"]["seen"] == 1000 + 500 + 700
+    assert everything["bytes"]["saved"] == (500 - 50) + (700 - 100)
+    assert everything["bytes"]["saved_pct_of_seen"] == pytest.approx(100 * 1050 / 2200)
+    assert sum(g["objects"] for g in everything["by_prefix"]) == 3
+    assert sum(g["objects"] for g in everything["by_content_type"]) == 3
+    assert everything["compute"]["cpu_seconds"] == pytest.approx(6.0)  # every processed row was paid for
+    assert "retried (met again later" in render(everything, "table")
+    assert "retried <b>4</b>" in render(everything, "html")
+    assert (pilot["counts"]["seen"], pilot["counts"]["rejected"], pilot["counts"].get("retried")) == (1, 1, None)
+    factory.kw["bind"].dispose()
+
+
 # ---------------------------------------------------------------------------------- HTML + Chromium
 def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)

@@ -13,7 +13,10 @@ Definitions (also printed in every format, under "assumptions"):
   accepted row that a later accepted row of the same object (bucket and key) replaced — the
   original changed and was archived again, or a new model re-archived it — is **superseded**:
   counted apart, not in the savings, or every re-archive would count the object twice. Its
-  compute still counts (it was spent).
+  compute still counts (it was spent). Likewise a rejected, failed or skipped row after which
+  the object was met again (a scheduled run retries what it could not archive), or beside an
+  accepted row of the object, is **retried**: outcome counts and "seen" bytes are per object,
+  by the row that stands for it, while compute counts every row.
   ``saved %`` is relative to the accepted objects' original bytes; ``saved % of seen`` is
   relative to all objects' original bytes (what the whole source shrinks by).
 * The storage saving is realised once the originals are replaced by their containers
@@ -41,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, case, exists, func, select
+from sqlalchemy import and_, case, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from ..db.models import Job, Result, utcnow
@@ -213,15 +216,30 @@ def selected_jobs(session: Session, filters: ReportFilters) -> tuple[list[Job], 
     return keep, excluded
 
 
-def _superseded(session: Session) -> Any:
-    """SQL condition: this accepted row was replaced by a later accepted row of the same object in
-    a job whose savings are real (not a pilot or dry run), whatever the report's filters."""
+def _replaced(session: Session) -> tuple[Any, Any]:
+    """SQL conditions ``(superseded, retried)``: rows that are not their object's current outcome,
+    so that an object counts once however many jobs met it (whatever the report's filters).
+
+    * *superseded*: an accepted row that a later accepted row of the same object replaced;
+    * *retried*: any other row (rejected, failed, skipped) after which the same object was met
+      again, or that has an accepted row beside it. A scheduled run retries the objects it could
+      not archive every time; counted per row, one unreachable photo would be "rejected" 30 times
+      a month and dilute "% of all seen" as often.
+
+    Only rows of jobs whose savings are real (not pilots or dry runs) replace others, and rows of
+    pilots and dry runs are never replaced: they are snapshots."""
     unreal = [j.id for j in session.execute(select(Job)).scalars() if _unrealised(j)]
     later = aliased(Result)
-    conds = [later.bucket == Result.bucket, later.key == Result.key, later.status == "accepted", later.id > Result.id]
+    same_object = [later.bucket == Result.bucket, later.key == Result.key]
     if unreal:
-        conds.append(later.job_id.not_in(unreal))
-    return and_(Result.status == "accepted", exists().where(*conds))
+        same_object.append(later.job_id.not_in(unreal))
+    own = [Result.job_id.not_in(unreal)] if unreal else []
+    superseded = and_(Result.status == "accepted", *own,
+                      exists().where(*same_object, later.status == "accepted", later.id > Result.id))
+    retried = and_(Result.status != "accepted", *own,
+                   exists().where(*same_object, later.id != Result.id,
+                                  or_(later.id > Result.id, later.status == "accepted")))
+    return superseded, retried
 
 
 def _where(filters: ReportFilters, excluded_jobs: Sequence[int]) -> list[Any]:
@@ -276,26 +294,28 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
     # --- counts and bytes per status / reason (SQL) -------------------------------------------
     counts = {s: 0 for s in STATUSES}
     bytes_seen = before = after = deleted = 0
-    superseded = _superseded(session)
-    status_of = case((superseded, "superseded"), else_=Result.status)
+    superseded, retried = _replaced(session)
+    replaced = or_(superseded, retried)
+    status_of = case((superseded, "superseded"), (retried, "retried"), else_=Result.status)
     q = (select(status_of, func.count(), func.sum(Result.original_bytes), func.sum(Result.compressed_bytes),
                 func.sum(case((Result.original_deleted.is_(True), 1), else_=0)))
          .where(*where).group_by(status_of))
     for status, n, ob, cb, dl in session.execute(q):
         counts[status] = counts.get(status, 0) + int(n)
-        if status == "superseded":
-            continue  # the object's bytes are counted with its later row
+        if status in ("superseded", "retried"):
+            continue  # the object's bytes are counted with the row that stands for it
         bytes_seen += _int(ob)
         if status == "accepted":
             before, after = _int(ob), _int(cb)
         deleted += _int(dl)
-    seen = sum(counts.values()) - counts.get("superseded", 0)  # a re-archived object is one object
-    if not counts.get("superseded"):
-        counts.pop("superseded", None)
+    seen = sum(counts.values()) - counts.get("superseded", 0) - counts.get("retried", 0)  # objects, not rows
+    for extra in ("superseded", "retried"):
+        if not counts.get(extra):
+            counts.pop(extra, None)
     if not counts.get("pending"):
         counts.pop("pending", None)
     q = (select(Result.status, Result.reason_code, func.count())
-         .where(*where, Result.status.in_(("rejected", "failed", "skipped")))
+         .where(*where, Result.status.in_(("rejected", "failed", "skipped")), ~replaced)
          .group_by(Result.status, Result.reason_code)
          .order_by(Result.status, func.count().desc(), Result.reason_code))
     reasons = [{"status": st, "reason_code": rc or "(none)", "count": int(n)} for st, rc, n in session.execute(q)]
@@ -305,7 +325,7 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
     by_type: dict[str, dict[str, Any]] = {}
     q = (select(Result.content_type, func.count(), func.sum(case((acc, 1), else_=0)), func.sum(Result.original_bytes),
                 func.sum(case((acc, Result.original_bytes), else_=0)), func.sum(case((acc, Result.compressed_bytes), else_=0)))
-         .where(*where, ~superseded).group_by(Result.content_type))
+         .where(*where, ~replaced).group_by(Result.content_type))
     for ct, n, na, ob, bb, ab in session.execute(q):
         name = ct or UNKNOWN_TYPE
         g = by_type.setdefault(name, _group_row("content_type", name))
@@ -343,7 +363,7 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
     by_prefix: dict[str, dict[str, Any]] = {}
     q = (select(Result.key, Result.status, Result.original_bytes, Result.compressed_bytes, Result.psnr, Result.bpp,
                 Result.created_at)
-         .where(*where, ~superseded).execution_options(yield_per=5000))
+         .where(*where, ~replaced).execution_options(yield_per=5000))
     for key, status, ob, cb, p, b, t in session.execute(q):
         name = prefix_of(key, prefix_depth)
         g = by_prefix.get(name)
@@ -406,7 +426,8 @@ def assumptions(pricing: Pricing, basis: str, prefix_depth: int = 1) -> dict[str
         "Saved bytes count accepted objects only (original - container); the saving is realised once "
         "originals are replaced (recompress --replace) or moved to a colder tier. An object archived "
         "again later (changed original, new model) counts once, by its latest accepted row; the earlier "
-        "rows are shown as superseded and only their compute is counted.",
+        "rows are shown as superseded and only their compute is counted. Outcome counts are per object: a "
+        "rejected, failed or skipped row after which the object was met again is shown as retried.",
         "Payback = one-off compute cost / storage saving per month.",
         "PSNR and bpp distributions are over accepted objects; percentiles use linear interpolation.",
         f"Prefix = first {prefix_depth} path component(s) of the key.",

@@ -180,6 +180,8 @@ def _outcome_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("pending", f"{c['pending']:,}"))
     if c.get("superseded"):
         rows.append(("superseded (archived again later; not in the savings)", f"{c['superseded']:,}"))
+    if c.get("retried"):
+        rows.append(("retried (met again later; counted by that outcome)", f"{c['retried']:,}"))
     rows.append(("originals deleted (saving realised)", f"{c['originals_deleted']:,}"))
     return rows
 
@@ -379,7 +381,8 @@ def report_html(report: dict[str, Any]) -> str:
     pills = "".join(f'<span class="pill">{_e(label)} <b>{c.get(k, 0):,}</b></span>' for k, label in (
         ("seen", "seen"), ("accepted", "accepted"), ("rejected", "rejected"), ("failed", "failed"),
         ("skipped", "skipped"), ("originals_deleted", "originals deleted"))
-        + ((("superseded", "superseded"),) if c.get("superseded") else ()))
+        + ((("superseded", "superseded"),) if c.get("superseded") else ())
+        + ((("retried", "retried"),) if c.get("retried") else ()))
     chart_html = "".join([
         _img(charts.savings_by_prefix(report), "chart-savings-by-prefix", "Savings by prefix: bytes before and after",
              f"Accepted objects grouped by the first {report['prefix_depth']} key component(s); label = % saved."),
