@@ -482,6 +482,56 @@ def test_register_model_ships_weights_under_a_new_id(tmp_path: Path, monkeypatch
     assert not (tmp_path / "test-broken.safetensors").exists()
 
 
+def test_models_lists_verifies_and_names_models_the_archive_needs(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`archiver models`: the shipped registry verifies intact; a damaged or missing weights file,
+    or a model that stored containers need but this installation lacks, exits 1 and says so.
+    Containers are counted by location: an upgrade in place leaves the older model unneeded."""
+    import json as jsonlib
+
+    from click.testing import CliRunner
+
+    from archiver.cli import main as cli
+    from archiver.db import ArchivedObject, session_factory, upgrade
+
+    res = CliRunner().invoke(cli, ["models", "--verify", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["model_id"]: r for r in jsonlib.loads(res.output)["models"]}
+    assert set(rows) == set(registry.read_registry()) and all(r["intact"] for r in rows.values())
+    assert [m for m, r in rows.items() if r["default"]] == [registry.DEFAULT_MODEL]
+
+    db = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    upgrade(db)
+    factory = session_factory(db)
+    with factory() as s:
+        for key, etag, model in (("a.png", "e1", "compact-v1"), ("a.png", "e1", "compact-v2"),  # upgraded in place
+                                 ("b.png", "e2", "compact-v1"), ("c.png", "e3", "compact-v0-retired")):
+            s.add(ArchivedObject(bucket="b", key=key, etag=etag, model_id=model, dest_url=f"s3://b/{key}.cxa",
+                                 compressed_sha256="0" * 64, compressed_bytes=10, original_bytes=100))
+            s.flush()
+        s.commit()
+    factory.kw["bind"].dispose()
+    res = CliRunner().invoke(cli, ["models", "--db", db, "--json"])
+    assert res.exit_code == 1, res.output
+    out = jsonlib.loads(res.output)
+    assert {r["model_id"]: r["containers"] for r in out["models"]}["compact-v1"] == 1
+    assert {r["model_id"]: r["containers"] for r in out["models"]}["compact-v2"] == 1
+    assert out["missing_models"] == {"compact-v0-retired": 1}
+    res = CliRunner().invoke(cli, ["models", "--db", db])
+    assert res.exit_code == 1 and "compact-v0-retired is not installed" in res.output, res.output
+
+    shutil.copy(registry.WEIGHTS_DIR / "registry.json", tmp_path / "registry.json")
+    damaged = bytearray((registry.WEIGHTS_DIR / "compact-v1.safetensors").read_bytes())
+    damaged[-100] ^= 0x01
+    (tmp_path / "compact-v1.safetensors").write_bytes(bytes(damaged))  # the others are missing
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(registry, "REGISTRY_FILE", tmp_path / "registry.json")
+    res = CliRunner().invoke(cli, ["models", "--verify"])
+    assert res.exit_code == 1, res.output
+    assert "compact-v1: weights file missing or not matching its sha256" in res.output
+    assert "MISSING" in res.output
+
+
 def test_torch_threads_setting_sizes_the_pool() -> None:
     from archiver.codec.api import apply_torch_threads
 

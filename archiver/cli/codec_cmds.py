@@ -1,4 +1,5 @@
-"""Codec front door: ``archiver encode|decode|info|train|eval``. Thin wrappers over archiver.codec."""
+"""Codec front door: ``archiver encode|decode|info|train|eval|register-model|models``. Thin wrappers
+over archiver.codec (and, for ``models --db``, the ledger)."""
 
 from __future__ import annotations
 
@@ -207,4 +208,49 @@ def register_model(model_id: str, weights: Path, scale_rule: str, note: str, tra
                   f"({entry.preset.scale_rule} scale rule)")
 
 
-COMMANDS = [encode, decode, info, train, evaluate, register_model]
+@click.command("models")
+@click.option("--verify", is_flag=True, help="re-hash every weights file against its recorded sha256")
+@click.option("--db", "db_url", default=None,
+              help="also count the stored containers that need each model (SQLAlchemy URL of the ledger)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def models(verify: bool, db_url: str | None, as_json: bool) -> None:
+    """The models this installation can decode; exit status 1 if a weights file is damaged or the
+    ledger (--db) names a model that is not installed (its containers cannot be decoded here)."""
+    from ..codec.registry import describe_models
+
+    rows = describe_models(verify=verify)
+    installed = {r["model_id"] for r in rows}
+    needed: dict[str, int] | None = None
+    if db_url:
+        from ..db.ledger import containers_by_model
+        from ..db.session import require_schema, session_factory
+
+        require_schema(db_url)
+        factory = session_factory(db_url)
+        with factory() as session:
+            needed = containers_by_model(session)
+        factory.kw["bind"].dispose()
+        for r in rows:
+            r["containers"] = needed.get(r["model_id"], 0)
+    missing = {m: n for m, n in (needed or {}).items() if m not in installed}
+    damaged = [r["model_id"] for r in rows if r["intact"] is False]
+    if as_json:
+        click.echo(json.dumps({"models": rows, "missing_models": missing}, indent=2))
+    else:
+        t = Table("model", "default", "steps", "scale rule", "size", "sha256", *(["intact"] if verify else []),
+                  *(["containers"] if needed is not None else []), "note", title="installed models")
+        for r in rows:
+            t.add_row(r["model_id"], "yes" if r["default"] else "", str(r["trained_steps"] or "-"), r["scale_rule"],
+                      f"{r['bytes'] / 1e6:.1f} MB" if r["bytes"] is not None else "MISSING", r["sha256"][:12],
+                      *(["yes" if r["intact"] else "NO"] if verify else []),
+                      *([f"{r['containers']:,}"] if needed is not None else []), escape(r["note"]))
+        table_console().print(t)
+        for m, n in sorted(missing.items()):
+            console.print(f"[red]model {escape(m)} is not installed[/red]: {n:,} stored container(s) need it")
+        for m in damaged:
+            console.print(f"[red]model {escape(m)}: weights file missing or not matching its sha256[/red]")
+    if missing or damaged:
+        raise SystemExit(1)
+
+
+COMMANDS = [encode, decode, info, train, evaluate, register_model, models]
