@@ -214,8 +214,14 @@ def _as_options(options: PipelineOptions | dict[str, Any] | None, st: Settings) 
 
 def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOptions, sf: sessionmaker[Session],
                     st: Settings, *, chunk_size: int, older_than_days: float | None = None,
-                    skip_archived: bool = False, enqueue: Enqueue | None = None) -> None:
-    """List ``source`` and send it in chunks; any failure marks the job failed (and re-raises)."""
+                    skip_archived: bool = False, skip_rejected: bool = False,
+                    enqueue: Enqueue | None = None) -> None:
+    """List ``source`` and send it in chunks; any failure marks the job failed (and re-raises).
+
+    ``skip_archived`` leaves out versions already archived; ``skip_rejected`` also leaves out
+    versions an earlier job rejected for a reason that this run would meet again
+    (:func:`rejection_repeats`), so a nightly schedule does not pay every night to refuse the
+    same photos."""
     from .pipeline import iter_source
 
     send = enqueue or functools.partial(celery_enqueue, settings=st)
@@ -232,6 +238,8 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
             nonlocal chunk, listed, listed_bytes
             items = (_drop_archived(sf, Scope.of(src), None if opts.upgrade else model_id, chunk)
                      if skip_archived and chunk else chunk)
+            if skip_rejected and items:
+                items = _drop_rejected(sf, Scope.of(src), model_id, opts, items)
             with sf() as s:  # counters first: a batch must never finish before it is counted
                 s.execute(update(Job).where(Job.id == job_id).values(
                     objects_enqueued=Job.objects_enqueued + len(items), objects_listed=Job.objects_listed + listed,
@@ -273,6 +281,48 @@ def _drop_archived(sf: sessionmaker[Session], scope: Scope, model_id: str | None
     with sf() as s:
         have = {(k, e) for k, e in s.execute(select(ArchivedObject.key, ArchivedObject.etag).where(*where))}
     return [it for it in chunk if (scope.key(it[0]), it[1]) not in have]
+
+
+#: Rejections decided by the object's bytes alone: the same version is refused again by any model
+#: and thresholds. (``decompression_bomb`` and ``too_large`` also depend on settings: retried.)
+CONTENT_REJECTIONS = frozenset({"not_an_image", "empty", "corrupt", "unsupported_mode", "unsupported_depth",
+                                "animated", "multi_image"})
+#: Rejections decided by the model and the thresholds.
+THRESHOLD_REJECTIONS = frozenset({"psnr_unreachable", "psnr_below_threshold", "insufficient_saving"})
+
+
+def rejection_repeats(reason_code: str | None, then_model: str, then_options: dict[str, Any],
+                      model_id: str, opts: PipelineOptions) -> bool:
+    """Whether an earlier rejection of the same object version would happen again in this run.
+
+    A content rejection always repeats. A threshold rejection repeats with the same model when this
+    run asks at least as much: a PSNR floor no lower (the smallest passing bitstream can only grow)
+    and, for ``insufficient_saving``, a saving floor no lower as well. Anything else (another
+    model, looser thresholds, settings-dependent or unknown reasons) is tried again."""
+    if reason_code in CONTENT_REJECTIONS:
+        return True
+    if reason_code not in THRESHOLD_REJECTIONS or then_model != model_id:
+        return False
+    then_psnr, then_saving = then_options.get("min_psnr"), then_options.get("min_saving")
+    if then_psnr is None or opts.min_psnr < float(then_psnr):
+        return False
+    if reason_code == "insufficient_saving":
+        return then_saving is not None and opts.min_saving >= float(then_saving)
+    return True
+
+
+def _drop_rejected(sf: sessionmaker[Session], scope: Scope, model_id: str, opts: PipelineOptions,
+                   chunk: list[list[Any]]) -> list[list[Any]]:
+    """Leave out object versions that an earlier job rejected for a reason that would repeat."""
+    keys = [scope.key(k) for k, _, _ in chunk]
+    q = (select(Result.key, Result.etag, Result.reason_code, Result.model_id, Job.settings)
+         .join(Job, Job.id == Result.job_id)
+         .where(Result.bucket == scope.bucket, Result.key.in_(keys), Result.status == "rejected",
+                Result.etag.is_not(None)))
+    with sf() as s:
+        repeat = {(k, e) for k, e, code, then_model, then_settings in s.execute(q)
+                  if rejection_repeats(code, then_model, (then_settings or {}).get("options") or {}, model_id, opts)}
+    return [it for it in chunk if (scope.key(it[0]), it[1]) not in repeat]
 
 
 # ---- schedules ----------------------------------------------------------------------------------
@@ -325,7 +375,8 @@ def start_scheduled(schedule: Schedule | dict[str, Any], db_url: str | None = No
         job_id = job.id
     log.info("schedule %s: started job %s", sched.name, job_id)
     enqueue_listing(job_id, sched.source, sched.dest, opts, sf, st, chunk_size=size,
-                    older_than_days=sched.older_than_days, skip_archived=True, enqueue=enqueue)
+                    older_than_days=sched.older_than_days, skip_archived=True,
+                    skip_rejected=not sched.retry_rejected, enqueue=enqueue)
     return job_id
 
 

@@ -50,6 +50,9 @@ class Schedule(BaseModel):
     replace: bool = False
     # also re-encode objects archived with an older model (see PipelineOptions.upgrade)
     upgrade: bool = False
+    # try again the object versions an earlier job rejected for a reason that would repeat
+    # (default: leave them out; see jobs.rejection_repeats)
+    retry_rejected: bool = False
     chunk_size: int | None = Field(default=None, ge=1, le=10_000)
     enabled: bool = True
     # a run still "running" after this many hours no longer blocks the next one (it is marked

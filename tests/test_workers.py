@@ -427,6 +427,53 @@ def test_scheduled_runs_skip_new_and_archived_objects(s3_server: str, pg_module_
         assert s.get(Job, job_id).objects_enqueued == 1
 
 
+def test_scheduled_runs_leave_out_rejections_that_would_repeat(s3_server: str, pg_module_url: str,
+                                                               tmp_path: Path) -> None:
+    """A nightly schedule does not pay every night to refuse the same photos: a version rejected
+    for its content, or by the same model at thresholds no looser, is not enqueued again; a changed
+    original, looser thresholds, another model or ``retry_rejected = true`` try again."""
+    from archiver import jobs
+    from archiver.db.models import Job, Result
+    from archiver.pipeline import PipelineOptions
+    from archiver.storage import open_store
+
+    stack = Stack(s3_server, pg_module_url, "redis://127.0.0.1:1/0", tmp_path)
+    st = stack.settings()
+    bucket = stack.bucket({"a.png": noise_png(31), "b.png": noise_png(32), "c.png": noise_png(33),
+                           "d.txt": b"not an image\n"})
+    store = open_store(bucket, st)
+    then = {"a.png": ("psnr_unreachable", store.head("a.png").etag),
+            "b.png": ("psnr_unreachable", '"an-older-version"'),  # changed since it was refused
+            "c.png": ("insufficient_saving", store.head("c.png").etag),
+            "d.txt": ("not_an_image", store.head("d.txt").etag)}
+    with session_factory(pg_module_url)() as s:
+        job = Job(kind="scheduled", source=bucket, model_id=st.model_id, status="finished",
+                  settings={"options": {"min_psnr": 40.0, "min_saving": 0.1}})
+        s.add(job)
+        s.flush()
+        for key, (code, etag) in then.items():
+            s.add(Result(job_id=job.id, bucket=store.bucket, key=key, etag=etag, model_id=st.model_id,
+                         status="rejected", reason_code=code, original_bytes=100))
+        s.commit()
+
+    def run(**over: Any) -> list[str]:
+        sent: list[list[Any]] = []
+        sched = {"name": f"again-{uuid.uuid4().hex[:6]}", "cron": "0 3 * * *", "source": bucket,
+                 "older_than_days": 0, "min_psnr": 40.0, "min_saving": 0.1, **over}
+        assert jobs.start_scheduled(sched, settings=st, enqueue=lambda *a: sent.append(a[3])) is not None
+        return sorted(it[0] for c in sent for it in c)
+
+    assert run() == ["b.png"]
+    assert run(min_psnr=42.0, min_saving=0.2) == ["b.png"]  # asks more: the same refusals
+    assert run(min_psnr=30.0) == ["a.png", "b.png", "c.png"]  # looser floor: worth another try
+    assert run(min_saving=0.05) == ["b.png", "c.png"]
+    assert run(retry_rejected=True) == ["a.png", "b.png", "c.png", "d.txt"]
+    opts = PipelineOptions(min_psnr=40.0, min_saving=0.1)
+    assert not jobs.rejection_repeats("psnr_unreachable", "an-older-model", {"min_psnr": 40.0}, st.model_id, opts)
+    assert jobs.rejection_repeats("corrupt", "an-older-model", {}, st.model_id, opts)
+    assert not jobs.rejection_repeats("decompression_bomb", st.model_id, {"min_psnr": 40.0}, st.model_id, opts)
+
+
 def _running_job(db_url: str, source: str, n: int) -> int:
     from archiver.db.models import Job
 
