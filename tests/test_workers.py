@@ -456,14 +456,23 @@ def test_scheduled_runs_leave_out_rejections_that_would_repeat(s3_server: str, p
                          status="rejected", reason_code=code, original_bytes=100))
         s.commit()
 
+    started: list[int] = []
+
     def run(**over: Any) -> list[str]:
         sent: list[list[Any]] = []
         sched = {"name": f"again-{uuid.uuid4().hex[:6]}", "cron": "0 3 * * *", "source": bucket,
                  "older_than_days": 0, "min_psnr": 40.0, "min_saving": 0.1, **over}
-        assert jobs.start_scheduled(sched, settings=st, enqueue=lambda *a: sent.append(a[3])) is not None
+        started.append(jobs.start_scheduled(sched, settings=st, enqueue=lambda *a: sent.append(a[3])))
+        assert started[-1] is not None
         return sorted(it[0] for c in sent for it in c)
 
     assert run() == ["b.png"]
+    from click.testing import CliRunner
+
+    from archiver.cli.job_cmds import status
+
+    out = CliRunner().invoke(status, [str(started[-1]), "--db", pg_module_url])
+    assert out.exit_code == 0 and "4 / 1  (3 left out at submission" in out.output, out.output
     assert run(min_psnr=42.0, min_saving=0.2) == ["b.png"]  # asks more: the same refusals
     assert run(min_psnr=30.0) == ["a.png", "b.png", "c.png"]  # looser floor: worth another try
     assert run(min_saving=0.05) == ["b.png", "c.png"]

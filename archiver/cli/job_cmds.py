@@ -76,8 +76,11 @@ def status(job, limit, as_json, db_url) -> None:
         t.add_row("status", r.status + (f" ({escape(r.error)})" if r.error else ""))
         t.add_row("source -> dest", escape(f"{r.source} -> {r.dest or '(beside)'}"))
         t.add_row("model", r.model_id)
-        t.add_row("listed / enqueued", f"{r.objects_listed} / {r.objects_enqueued}"
-                  + ("  (still listing)" if r.status == "pending" else ""))
+        left_out = r.objects_listed - r.objects_enqueued
+        why = ("  (still listing)" if r.status == "pending" else
+               f"  ({left_out} left out at submission: too recent, already archived, or refused before "
+               "for a reason that would repeat)" if r.kind == "scheduled" and left_out > 0 else "")
+        t.add_row("listed / enqueued", f"{r.objects_listed} / {r.objects_enqueued}{why}")
         t.add_row("done", f"{r.done} / {r.objects_enqueued}")
         t.add_row("accepted / rejected / failed / skipped",
                   " / ".join(str(r.count(k)) for k in ("accepted", "rejected", "failed", "skipped")))
