@@ -5,12 +5,15 @@ stdout for tables.
 otherwise break lines at 80 columns, in the middle of a figure), so logs stay greppable; on a
 terminal, long lines simply wrap as usual. Tables meet the same 80-column guess on a pipe and
 squeeze their cells to "fin…"; there they may use up to ``PIPE_WIDTH`` columns (a table takes
-only the width it needs), unless ``COLUMNS`` says otherwise.
+only the width it needs), unless ``COLUMNS`` says otherwise. A progress bar does not animate
+when stderr is not a terminal (cron, systemd, a container's log), so a long job would say
+nothing for hours; there :class:`LogTicker` prints a plain progress line now and then.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 from rich.console import Console
 
@@ -25,3 +28,20 @@ def table_console() -> Console:
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=PIPE_WIDTH)
     return console
+
+
+class LogTicker:
+    """Says when to print a plain progress line: every ``every`` seconds (0 = never), and only
+    when the console is not a terminal (on a terminal the live bar shows the same)."""
+
+    def __init__(self, console: Console, every: float = 30.0) -> None:
+        self.active = not console.is_terminal and every > 0
+        self.every = every
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if not self.active or now - self._last < self.every:
+            return False
+        self._last = now
+        return True

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from ..codec.default import DEFAULT_MODEL
 from ..errors import ArchiverError
-from .consoles import err_console as console, table_console
+from .consoles import LogTicker, err_console as console, table_console
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 DEMO_DIR = Path("archive-demo")
@@ -105,12 +105,17 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
         with progress:
             task = progress.add_task("objects", total=limit, info="")
 
+            ticker = LogTicker(console, st.log_progress_every)
+
             def on_outcome(out: Outcome, s: JobSummary) -> None:
                 elapsed = max(progress.tasks[0].elapsed or 1e-9, 1e-9)
-                progress.update(task, completed=s.seen, info=(
-                    f"ok {s.accepted} rej {s.rejected} fail {s.failed} skip {s.skipped} | "
-                    f"{human(s.bytes_before)} -> {human(s.bytes_after)} saved {human(s.saved_bytes)} | "
-                    f"{s.seen / elapsed:.2f} obj/s"))
+                info = (f"ok {s.accepted} rej {s.rejected} fail {s.failed} skip {s.skipped} | "
+                        f"{human(s.bytes_before)} -> {human(s.bytes_after)} saved {human(s.saved_bytes)} | "
+                        f"{s.seen / elapsed:.2f} obj/s")
+                progress.update(task, completed=s.seen, info=info)
+                if ticker.due():
+                    console.print(f"recompress: {s.seen} objects{f' of {limit}' if limit else ''} | {info} | "
+                                  f"{elapsed:.0f} s", highlight=False)
 
             summary = run_job(src=src, dst=dst, source_url=source, dest_url=dest_url, codec=codec, opts=opts,
                               session_factory=session_factory(url), limit=limit, workers=workers,
@@ -162,6 +167,7 @@ def restore(source, to, fmt, device, limit, overwrite) -> None:
         with Progress(TextColumn("[bold]restore"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as prog:
             task = prog.add_task("restore", total=limit)
+            ticker = LogTicker(console, st.log_progress_every)
             for item in restore_all(src, dst, fmt=fmt, suffix=st.container_suffix, device=device or st.device,
                                     limit=limit, overwrite=overwrite):
                 ok += item.ok and not item.skipped
@@ -170,6 +176,8 @@ def restore(source, to, fmt, device, limit, overwrite) -> None:
                 if not item.ok:
                     console.print(f"[yellow]{escape(item.key)}[/yellow]: {escape(str(item.error))}")
                 prog.update(task, completed=ok + bad + skipped)
+                if ticker.due():
+                    console.print(f"restore: {ok} restored, {skipped} skipped, {bad} failed", highlight=False)
     except ArchiverError as e:
         _fail(e)
     console.print(f"restored {ok} image(s) to {escape(str(to))}; {skipped} skipped (already there; --overwrite replaces them); "
