@@ -218,7 +218,7 @@ class Settings(BaseSettings):
     gpu_price_per_hour: float = Field(default=2.5, ge=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # Seconds between plain progress lines of long CLI jobs when stderr is not a terminal (cron,
+    # Seconds between plain progress lines of long CLI commands when stderr is not a terminal (cron,
     # systemd, container logs), where a progress bar does not animate; 0 = none.
     log_progress_every: float = Field(default=30.0, ge=0)
 

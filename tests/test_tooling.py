@@ -27,7 +27,8 @@ def test_bd_rate_matches_the_anchor_tool() -> None:
     assert abs(bd_rate([1, 2, 3], [30, 35, 40], [0.9, 1.8, 2.7], [30, 35, 40]) + 10.0) < 1e-9
 
 
-def test_train_writes_weights_and_log_and_resumes(tmp_path: Path) -> None:
+def test_train_writes_weights_and_log_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARCHIVER_LOG_PROGRESS_EVERY", "0.000001")  # CliRunner's stderr is not a terminal
     data = tmp_path / "imgs"
     data.mkdir()
     for i, n in enumerate((4, 8)):
@@ -36,6 +37,7 @@ def test_train_writes_weights_and_log_and_resumes(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), "--steps", "2", "--batch", "2",
                                   "--crop", "64", "--device", "cpu"])
     assert r.exit_code == 0, r.output
+    assert "training: step 2/2 | bpp " in r.output, r.output  # plain progress lines where a bar cannot animate
     with safe_open(str(out), "pt") as f:
         assert f.metadata()["steps"] == "2"
         assert f.get_tensor("g_a.net.0.conv.weight").dtype.itemsize == 2  # float transforms ship as fp16

@@ -12,7 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import ArchiverError
-from .consoles import err_console as console, table_console
+from .consoles import LogTicker, err_console as console, table_console
+
+
+def _ticker() -> LogTicker:
+    from ..settings import load_settings
+
+    return LogTicker(console, load_settings().log_progress_every)
 
 
 def _progress() -> Progress:
@@ -130,11 +136,15 @@ def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, ma
     cfg = TrainConfig(data=list(data), out=out, preset=preset, resume=resume, steps=steps, batch=batch, crop=crop,
                       lr=lr, device=device, compile=compile, max_minutes=max_minutes, seed=seed,
                       schedule=schedule, warmup=warmup)
+    ticker = _ticker()
     with _progress() as prog:
         task = prog.add_task("training", total=steps, info="")
 
         def cb(step: int, total: int, m: dict) -> None:
-            prog.update(task, completed=step, info=f"bpp {m['bpp']:.3f} PSNR {m['psnr']:.2f} dB loss {m['loss']:.3f}")
+            info = f"bpp {m['bpp']:.3f} PSNR {m['psnr']:.2f} dB loss {m['loss']:.3f}"
+            prog.update(task, completed=step, info=info)
+            if ticker.due():
+                console.print(f"training: step {step}/{total} | {info}", highlight=False)
 
         run(cfg, cb)
     console.print(f"weights written to {escape(str(out))}")
@@ -160,9 +170,16 @@ def evaluate(folder, model, device, qualities, out, plot, anchors, reference, li
 
     codec = Codec.load(model or DEFAULT_MODEL, device)
     qs = [float(v) for v in qualities.split(",")]
+    ticker = _ticker()
     with _progress() as prog:
         task = prog.add_task("evaluating", total=None, info="")
-        result = evaluate_folder(codec, folder, qs, limit, lambda i, n: prog.update(task, completed=i, total=n))
+
+        def on_image(i: int, n: int) -> None:
+            prog.update(task, completed=i, total=n)
+            if ticker.due():
+                console.print(f"evaluating: image {i}/{n}", highlight=False)
+
+        result = evaluate_folder(codec, folder, qs, limit, on_image)
     rows = bd_table(result, list(anchors), reference)
     result["bd_rate"] = rows
     write_result(result, out)
