@@ -216,6 +216,7 @@ class Settings(BaseSettings):
     # --- report prices ----------------------------------------------------------------------
     price_per_gb_month: float = Field(default=0.023, ge=0)
     gpu_price_per_hour: float = Field(default=2.5, ge=0)
+    cpu_price_per_hour: float = Field(default=0.10, ge=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Seconds between plain progress lines of long CLI commands when stderr is not a terminal (cron,

@@ -280,12 +280,12 @@ def test_report_numbers_match_rows_and_bucket(corpus: Any) -> None:
     assert all(r.device == "cpu" for r in processed)
     compute_s = sum(r.t_total for r in processed)
     assert compute_s > 0
-    for price_gb, price_h in ((0.023, 2.5), (0.0125, 4.0)):
+    for price_gb, price_cpu in ((0.023, 0.10), (0.0125, 0.4)):
         from archiver.report import Pricing
 
-        rp = rep if price_gb == 0.023 else _report(corpus, pricing=Pricing(price_gb, price_h))
+        rp = rep if price_gb == 0.023 else _report(corpus, pricing=Pricing(price_gb, 99.0, price_cpu))
         per_month = (before - after) / 1e9 * price_gb
-        cost = compute_s / 3600 * price_h
+        cost = compute_s / 3600 * price_cpu  # a CPU-only run is priced by the CPU hour, never the GPU's
         m = rp["money"]
         assert m["saved_gb"] == pytest.approx((before - after) / 1e9)
         assert m["storage_saving_per_month"] == pytest.approx(per_month)
@@ -420,14 +420,17 @@ def test_compute_basis_gpu_and_mixed(tmp_path: Path) -> None:
             s.add(Result(job_id=job.id, bucket="b", key=key, model_id=MODEL, status=st, device=dev, gpu_seconds=gs,
                          t_total=tt, original_bytes=ob, compressed_bytes=cb, psnr=41.0 if cb else None))
         s.commit()
-        only_gpu = build_report(s, ReportFilters(model=MODEL, prefix="a"), Pricing(0.023, 3.6))
-        everything = build_report(s, ReportFilters(), Pricing(0.023, 3.6))
+        only_gpu = build_report(s, ReportFilters(model=MODEL, prefix="a"), Pricing(0.023, 3.6, 0.2))
+        everything = build_report(s, ReportFilters(), Pricing(0.023, 3.6, 0.2))
     assert only_gpu["compute"]["basis"] == "gpu_seconds"
     assert only_gpu["compute"]["cost"] == pytest.approx(0.5 / 3600 * 3.6)
     c = everything["compute"]
     assert c["basis"] == "mixed" and c["gpu_objects"] == 2 and c["cpu_objects"] == 1
     assert c["gpu_seconds"] == pytest.approx(0.75) and c["cpu_seconds"] == pytest.approx(4.0)
-    assert c["cost"] == pytest.approx((0.75 + 4.0) / 3600 * 3.6)
+    assert c["cost"] == pytest.approx(0.75 / 3600 * 3.6 + 4.0 / 3600 * 0.2)
+    from archiver.report import render
+
+    assert "compute (mixed)  @ $3.6/GPU-h, $0.2/CPU-h" in render(everything, "table")
     assert everything["bytes"]["saved"] == (1000 - 200) + (800 - 100)
     assert everything["counts"]["skipped"] == 1
     assert everything["money"]["payback_months"] == pytest.approx(c["cost"] / (1500 / 1e9 * 0.023))
@@ -694,6 +697,8 @@ def test_pilot_projection_contains_the_real_saving(corpus: Any, tmp_path: Path,
     assert pm["storage_saving_per_year"] == pytest.approx(12 * pm["storage_saving_per_month"])
     per_year = [m["storage_saving_per_year"] for m in (p["money_low"], pm, p["money_high"])]
     assert per_year == sorted(per_year)
+    assert p["compute_basis"] == "t_total"  # a CPU pilot: its hours are priced as CPU hours
+    assert pm["compute_cost"] == pytest.approx(p["projected_compute_seconds"] / 3600 * st.cpu_price_per_hour)
 
     # recorded, reproducible, and kept out of the default ROI report
     with corpus.factory() as s:

@@ -45,7 +45,9 @@ _price_options = [
     click.option("--price-per-gb-month", type=click.FloatRange(min=0), default=None,
                  help="storage price in $ per GB-month, GB = 10^9 bytes [settings: 0.023, S3 Standard]"),
     click.option("--gpu-price-per-hour", type=click.FloatRange(min=0), default=None,
-                 help="compute price in $ per hour (GPU time, or CPU wall time for CPU-only runs) [settings: 2.5]"),
+                 help="price in $ per hour of GPU time (rows computed on a GPU) [settings: 2.5]"),
+    click.option("--cpu-price-per-hour", type=click.FloatRange(min=0), default=None,
+                 help="price in $ per hour of a CPU machine (wall time of rows from CPU-only runs) [settings: 0.10]"),
     click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True),
     click.option("--out", default=None, type=click.Path(dir_okay=False), help="write to FILE instead of stdout"),
     click.option("--db", "db_url", default=None, help="SQLAlchemy URL [settings: database_url]"),
@@ -73,18 +75,19 @@ def _with_options(options):
               help="group 'by prefix' on the first N path components of the key")
 @_with_options(_price_options)
 def report(job_ids, since, until, bucket, prefix, model, prefix_depth, price_per_gb_month, gpu_price_per_hour,
-           fmt, out, db_url) -> None:
+           cpu_price_per_hour, fmt, out, db_url) -> None:
     """ROI report: objects, bytes saved, quality, storage $ saved, compute cost and payback.
 
-    Computed from the results table. GB = 10^9 bytes (as AWS bills); compute time is the
-    recorded gpu_seconds for GPU rows and t_total (wall time) for CPU-only rows.
+    Computed from the results table. GB = 10^9 bytes (as AWS bills); compute is the recorded
+    gpu_seconds of GPU rows at the GPU price, and t_total (wall time) of CPU-only rows at the CPU
+    price.
     """
     from ..report import Pricing, ReportFilters, build_report, parse_when, print_report, render
     from ..settings import load_settings
 
     _check_html_out(fmt, out)
     st = load_settings()
-    pricing = Pricing.from_settings(st, price_per_gb_month, gpu_price_per_hour)
+    pricing = Pricing.from_settings(st, price_per_gb_month, gpu_price_per_hour, cpu_price_per_hour)
     filters = ReportFilters(job_ids=list(job_ids), since=parse_when(since), until=parse_when(until, end=True),
                             bucket=bucket, prefix=prefix, model=model)
     factory = _session_factory(db_url, st, migrate=False)
@@ -110,7 +113,7 @@ def report(job_ids, since, until, bucket, prefix, model, prefix_depth, price_per
               "instead of running a new one (no SOURCE)")
 @_with_options(_price_options)
 def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, job_id, price_per_gb_month,
-          gpu_price_per_hour, fmt, out, db_url) -> None:
+          gpu_price_per_hour, cpu_price_per_hour, fmt, out, db_url) -> None:
     """Recompress a random sample of SOURCE in memory and project the saving onto all of it.
 
     One streaming pass over the listing counts objects and bytes and keeps a seeded uniform
@@ -126,7 +129,7 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
     if (source is None) == (job_id is None):
         raise click.UsageError("give SOURCE to run a pilot, or --job ID to show a recorded one")
     st = load_settings()
-    pricing = Pricing.from_settings(st, price_per_gb_month, gpu_price_per_hour)
+    pricing = Pricing.from_settings(st, price_per_gb_month, gpu_price_per_hour, cpu_price_per_hour)
     if job_id is not None:
         factory = _session_factory(db_url, st, migrate=False)
         with factory() as s:

@@ -26,8 +26,9 @@ Definitions (also printed in every format, under "assumptions"):
   GB-month; $/year = 12 x $/month.
 * **Compute** is one-off: rows that ran on a GPU contribute their recorded ``gpu_seconds``
   (accelerator-busy time); rows that ran on a CPU have no accelerator time, so their ``t_total``
-  (wall time for the object: fetch, encode, verify, write) is used as compute time. Both are
-  priced at ``gpu_price_per_hour``. Skipped rows (already archived) cost nothing.
+  (wall time for the object: fetch, encode, verify, write) is used as compute time. GPU time is
+  priced at ``gpu_price_per_hour``, CPU time at ``cpu_price_per_hour`` (a CPU machine's hour).
+  Skipped rows (already archived) cost nothing.
 * **Payback** = compute cost / storage saving per month (months until cumulative storage
   savings exceed the one-off compute cost). **Net first-year saving** = $/year - compute cost.
 * By default the report covers recompress and scheduled jobs and leaves out pilot jobs and
@@ -110,14 +111,23 @@ class ReportFilters:
 
 @dataclass
 class Pricing:
+    """Prices in USD. GPU rows are priced by their accelerator-busy time at the GPU price; rows
+    from CPU-only runs by their wall time at the CPU price (a CPU worker is a machine, not a GPU:
+    pricing its hours as GPU hours made every CPU pilot look twenty times too expensive)."""
+
     price_per_gb_month: float = 0.023  # S3 Standard, first 50 TB, us-east-1
     gpu_price_per_hour: float = 2.5
+    cpu_price_per_hour: float = 0.10  # a 2-vCPU cloud instance, on demand
 
     @classmethod
     def from_settings(cls, settings: Any, price_per_gb_month: float | None = None,
-                      gpu_price_per_hour: float | None = None) -> Pricing:
+                      gpu_price_per_hour: float | None = None, cpu_price_per_hour: float | None = None) -> Pricing:
         return cls(price_per_gb_month=settings.price_per_gb_month if price_per_gb_month is None else price_per_gb_month,
-                   gpu_price_per_hour=settings.gpu_price_per_hour if gpu_price_per_hour is None else gpu_price_per_hour)
+                   gpu_price_per_hour=settings.gpu_price_per_hour if gpu_price_per_hour is None else gpu_price_per_hour,
+                   cpu_price_per_hour=settings.cpu_price_per_hour if cpu_price_per_hour is None else cpu_price_per_hour)
+
+    def compute_cost(self, gpu_seconds: float, cpu_seconds: float) -> float:
+        return gpu_seconds / 3600.0 * self.gpu_price_per_hour + cpu_seconds / 3600.0 * self.cpu_price_per_hour
 
 
 # ---- small helpers -----------------------------------------------------------------------------
@@ -351,7 +361,8 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
     comp["compute_seconds"] = comp["gpu_seconds"] + comp["cpu_seconds"]
     comp["compute_hours"] = comp["compute_seconds"] / 3600.0
     comp["price_per_hour"] = pricing.gpu_price_per_hour
-    comp["cost"] = comp["compute_hours"] * pricing.gpu_price_per_hour
+    comp["cpu_price_per_hour"] = pricing.cpu_price_per_hour
+    comp["cost"] = pricing.compute_cost(comp["gpu_seconds"], comp["cpu_seconds"])
 
     # --- one streamed pass over the rows: prefixes, distributions, timeline ------------------
     # Memory: one dict entry per prefix, two float arrays (8 bytes per accepted object) and at
@@ -417,11 +428,14 @@ def assumptions(pricing: Pricing, basis: str, prefix_depth: int = 1) -> dict[str
     notes = [
         f"Storage priced at ${pricing.price_per_gb_month:g} per GB-month (default: S3 Standard); "
         "GB = 10^9 bytes, as AWS bills storage; $/year = 12 x $/month.",
-        f"Compute priced at ${pricing.gpu_price_per_hour:g} per hour; " + {
-            "gpu_seconds": "compute time = recorded gpu_seconds (accelerator-busy time).",
-            "t_total": "CPU-only run: compute time = t_total (wall time per object, incl. fetch and write).",
-            "mixed": "compute time = gpu_seconds for GPU rows, t_total for CPU rows.",
-            "none": "no processed rows, so no compute time.",
+        {
+            "gpu_seconds": f"Compute priced at ${pricing.gpu_price_per_hour:g} per GPU hour of recorded gpu_seconds "
+                           "(accelerator-busy time).",
+            "t_total": f"CPU-only run: compute priced at ${pricing.cpu_price_per_hour:g} per CPU-machine hour of "
+                       "t_total (wall time per object, incl. fetch and write).",
+            "mixed": f"Compute priced at ${pricing.gpu_price_per_hour:g} per GPU hour of gpu_seconds for GPU rows and "
+                     f"${pricing.cpu_price_per_hour:g} per CPU-machine hour of t_total for CPU rows.",
+            "none": "No processed rows, so no compute time.",
         }[basis] + " Skipped (already archived) objects cost nothing.",
         "Saved bytes count accepted objects only (original - container); the saving is realised once "
         "originals are replaced (recompress --replace) or moved to a colder tier. An object archived "
@@ -433,7 +447,8 @@ def assumptions(pricing: Pricing, basis: str, prefix_depth: int = 1) -> dict[str
         f"Prefix = first {prefix_depth} path component(s) of the key.",
     ]
     return {"price_per_gb_month": pricing.price_per_gb_month, "gb_bytes": GB,
-            "gpu_price_per_hour": pricing.gpu_price_per_hour, "compute_basis": basis,
+            "gpu_price_per_hour": pricing.gpu_price_per_hour, "cpu_price_per_hour": pricing.cpu_price_per_hour,
+            "compute_basis": basis,
             "compute_basis_text": COMPUTE_BASIS_TEXT.get(basis, basis), "notes": notes}
 
 

@@ -186,6 +186,13 @@ def _outcome_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _price_label(basis: str, assumptions: dict[str, Any]) -> str:
+    """The compute price(s) a report used, by its basis: GPU hours, CPU-machine hours, or both."""
+    gpu = f"${assumptions['gpu_price_per_hour']:g}/GPU-h"
+    cpu = f"${assumptions.get('cpu_price_per_hour', assumptions['gpu_price_per_hour']):g}/CPU-h"
+    return {"gpu_seconds": gpu, "t_total": cpu}.get(basis, f"{gpu}, {cpu}")
+
+
 def _money_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     b, m, comp, a = report["bytes"], report["money"], report["compute"], report["assumptions"]
     return [
@@ -194,7 +201,7 @@ def _money_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                   f"{fmt_pct(b['saved_pct_of_seen'])} of all seen)"),
         (f"storage saved / month  @ ${a['price_per_gb_month']:g}/GB-month", fmt_money(m["storage_saving_per_month"])),
         ("storage saved / year", fmt_money(m["storage_saving_per_year"])),
-        (f"compute ({comp['basis']})  @ ${a['gpu_price_per_hour']:g}/h",
+        (f"compute ({comp['basis']})  @ {_price_label(comp['basis'], a)}",
          f"{fmt_duration(comp['compute_seconds'])} -> {fmt_money(comp['cost'])}"),
         ("net saving, first year", fmt_money(m["net_saving_first_year"])),
         ("payback", fmt_months(m["payback_months"])),
@@ -246,7 +253,7 @@ def pilot_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
         (f"projected $/month  @ ${p['assumptions']['price_per_gb_month']:g}/GB-month",
          _with_range(pm, lo, hi, "storage_saving_per_month")),
         ("projected $/year", _with_range(pm, lo, hi, "storage_saving_per_year")),
-        (f"projected compute ({p['compute_basis']})  @ ${p['assumptions']['gpu_price_per_hour']:g}/h",
+        (f"projected compute ({p['compute_basis']})  @ {_price_label(p['compute_basis'], p['assumptions'])}",
          f"{fmt_duration(p['projected_compute_seconds'])} -> {fmt_money(pm['compute_cost'])}"),
         ("projected payback", fmt_months(pm["payback_months"])),
         ("pilot job", f"{p['job_id']} (model {p['model_id']}, min PSNR {p['min_psnr']:g} dB, min saving {p['min_saving']:.0%})"),
