@@ -179,11 +179,13 @@ def _new_job(s: Session, *, kind: str, source: str, dest: str | None, model_id: 
 def submit(source: str, options: PipelineOptions | dict[str, Any] | None = None, dest: str | None = None,
            chunk_size: int | None = None, db_url: str | None = None, schedule_name: str | None = None,
            older_than_days: float | None = None, *, settings: Settings | None = None,
-           enqueue: Enqueue | None = None, model_id: str | None = None) -> int:
+           enqueue: Enqueue | None = None, model_id: str | None = None,
+           on_listed: Callable[[int, int], None] | None = None) -> int:
     """Create a job, stream the listing of ``source`` into batches on the ``recompress`` queue.
 
     Returns the job id. ``older_than_days`` keeps only objects last modified at least that long
-    ago (scheduled jobs); ``enqueue`` replaces the Celery send (tests, other queues).
+    ago (scheduled jobs); ``enqueue`` replaces the Celery send (tests, other queues);
+    ``on_listed(listed, enqueued)`` is called after every batch (listing a big bucket takes minutes).
     """
     st = _settings(settings)
     url = db_url or st.database_url
@@ -198,7 +200,7 @@ def submit(source: str, options: PipelineOptions | dict[str, Any] | None = None,
         s.commit()
         job_id = job.id
     enqueue_listing(job_id, source, dest, opts, sf, st, chunk_size=size, older_than_days=older_than_days,
-                    skip_archived=schedule_name is not None, enqueue=enqueue)
+                    skip_archived=schedule_name is not None, enqueue=enqueue, on_listed=on_listed)
     return job_id
 
 
@@ -215,7 +217,7 @@ def _as_options(options: PipelineOptions | dict[str, Any] | None, st: Settings) 
 def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOptions, sf: sessionmaker[Session],
                     st: Settings, *, chunk_size: int, older_than_days: float | None = None,
                     skip_archived: bool = False, skip_rejected: bool = False,
-                    enqueue: Enqueue | None = None) -> None:
+                    enqueue: Enqueue | None = None, on_listed: Callable[[int, int], None] | None = None) -> None:
     """List ``source`` and send it in chunks; any failure marks the job failed (and re-raises).
 
     ``skip_archived`` leaves out versions already archived; ``skip_rejected`` also leaves out
@@ -233,9 +235,10 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
             model_id = s.execute(select(Job.model_id).where(Job.id == job_id)).scalar_one()
         chunk: list[list[Any]] = []
         listed = listed_bytes = 0
+        total_listed = total_enqueued = 0
 
         def flush() -> None:
-            nonlocal chunk, listed, listed_bytes
+            nonlocal chunk, listed, listed_bytes, total_listed, total_enqueued
             items = (_drop_archived(sf, Scope.of(src), None if opts.upgrade else model_id, chunk)
                      if skip_archived and chunk else chunk)
             if skip_rejected and items:
@@ -247,7 +250,10 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
                 s.commit()
             if items:
                 send(job_id, source, dest, items, options)
+            total_listed, total_enqueued = total_listed + listed, total_enqueued + len(items)
             chunk, listed, listed_bytes = [], 0, 0
+            if on_listed is not None:
+                on_listed(total_listed, total_enqueued)
 
         for info in iter_source(src, opts):
             listed += 1

@@ -606,9 +606,11 @@ def test_submitted_job_completes_and_records_every_object(stack: Stack, worker: 
     sources["photos/readme.txt"] = b"not an image at all\n" * 10
     bucket = stack.bucket(sources)
     stack.env_for_test_process(monkeypatch)
+    monkeypatch.setenv("ARCHIVER_LOG_PROGRESS_EVERY", "0.000001")  # a plain line per batch: not a terminal
     res = CliRunner().invoke(submit, [bucket, "--min-psnr", "1", "--min-saving", "0", "--replace",
                                       "--chunk-size", "2"])
     assert res.exit_code == 0, res.output
+    assert "submit: 2 objects listed, 2 enqueued" in res.output and "submit: 4 objects listed, 4 enqueued" in res.output
     job_id = int(res.output.strip().splitlines()[-1])
     wait_finished(stack, job_id, 150, [worker["w"]])
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .pipeline_cmds import human
-from .consoles import err_console as console, table_console
+from .consoles import LogTicker, err_console as console, table_console
 
 
 def _require_schema(db_url: str | None) -> None:
@@ -47,9 +47,16 @@ def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_d
     st = load_settings()
     dest = dest or (st.dest if st.dest_mode == "prefix" else None)
     opts = jobs.make_options(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace, upgrade=upgrade)
-    with console.status("listing and enqueueing"):
+    ticker = LogTicker(console, st.log_progress_every)
+    with console.status("listing and enqueueing") as spinner:
+
+        def on_listed(listed: int, enqueued: int) -> None:
+            spinner.update(f"listing and enqueueing: {listed:,} listed, {enqueued:,} enqueued")
+            if ticker.due():
+                console.print(f"submit: {listed:,} objects listed, {enqueued:,} enqueued", highlight=False)
+
         job_id = jobs.submit(source, opts, dest=dest, chunk_size=chunk_size, db_url=db_url,
-                             older_than_days=older_than_days, settings=st)
+                             older_than_days=older_than_days, settings=st, on_listed=on_listed)
     s = jobs.status(job_id, db_url, settings=st)
     console.print(f"job [bold]{job_id}[/bold]: {s.objects_enqueued} object(s) in batches of "
                   f"{chunk_size or st.workers.chunk_size} queued; follow with `archiver status {job_id}`")
