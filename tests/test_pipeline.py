@@ -20,6 +20,7 @@ import io
 import os
 import signal
 import socket
+import re
 import subprocess
 import sys
 import time
@@ -886,12 +887,14 @@ def test_restore_decodes_every_container_and_reports_bad_ones(tmp_path: Path, sq
 # --------------------------------------------------------------------------------- 4. the demo
 def test_recompress_without_argument_runs_the_demo(tmp_path: Path) -> None:
     env = {**cli_env(), "ARCHIVER_LOG_PROGRESS_EVERY": "0.000001"}  # a plain progress line per object
+    env.pop("COLUMNS")  # as under cron: no terminal and no width given
     proc = subprocess.run([str(ARCHIVER_BIN), "recompress", "--device", "cpu"], cwd=tmp_path, env=env,
                           check=False, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "summary" in proc.stdout and "objects seen" in proc.stdout
     # stderr is a pipe, as under cron or systemd: the bar does not animate, plain lines say how far
     assert "recompress: 5 objects | ok " in proc.stderr and " obj/s | " in proc.stderr, proc.stderr
+    assert re.search(r"5/\? ok \d+ rej \d+ .* obj/s \d+:\d\d:\d\d", proc.stderr), proc.stderr  # the bar's last frame, whole
     # A newcomer's first run: no third-party warnings, and messages stay on one line in a log
     # (rich would otherwise break this one, with its long temporary path, at 80 columns).
     assert "Warning" not in proc.stderr, proc.stderr

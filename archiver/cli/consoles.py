@@ -17,9 +17,17 @@ import time
 
 from rich.console import Console
 
-err_console = Console(stderr=True, soft_wrap=True)
-
 PIPE_WIDTH = 200
+
+
+def _stderr_console() -> Console:
+    console = Console(stderr=True, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:  # the final frame of a bar, whole
+        console = Console(stderr=True, soft_wrap=True, width=PIPE_WIDTH)
+    return console
+
+
+err_console = _stderr_console()
 
 
 def table_console() -> Console:
