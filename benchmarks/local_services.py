@@ -9,6 +9,7 @@ import platform
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -56,3 +57,29 @@ def machine(device: str, load: float) -> str:
     except OSError:
         pass
     return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, device {device}, load avg {load:.1f} at start"
+
+
+def bench_env() -> dict[str, str]:
+    """This process's environment without ``ARCHIVER_*`` (a benchmark sets its own), with fake AWS
+    credentials for moto."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
+    env.update(FAKE_AWS)
+    return env
+
+
+def start_moto(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """moto's S3 server over HTTP on 127.0.0.1:``port`` (see :func:`wait_for_s3`)."""
+    return start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env, log)
+
+
+def wait_for_s3(client, timeout: float = 60) -> None:
+    """Until the S3 server answers a listing through ``client`` (boto3)."""
+
+    def up() -> bool:
+        try:
+            client.list_buckets()
+            return True
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+
+    wait_for(up, timeout, "the S3 server")

@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from local_services import FAKE_AWS, free_port, machine, start, stop, wait_for  # noqa: E402
+from local_services import (  # noqa: E402
+    bench_env, free_port, machine, start, start_moto, stop, wait_for, wait_for_s3)
 
 FORMATS = ("png", "jpeg", "webp")
 
@@ -84,28 +85,18 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     try:
         s3_port, http_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
-        env.update(FAKE_AWS)
+        env = bench_env()
         env.update({"ARCHIVER_DATABASE_URL": f"sqlite:///{tmp / 'ledger.sqlite'}", "ARCHIVER_DEVICE": a.device,
                     "ARCHIVER_S3__ENDPOINT_URL": f"http://127.0.0.1:{s3_port}", "ARCHIVER_S3__PATH_STYLE": "true",
                     "ARCHIVER_BROKER_URL": "redis://127.0.0.1:1/0", "PYTHONUNBUFFERED": "1"})
-        procs.append(start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)], env,
-                           tmp / "moto.log"))
+        procs.append(start_moto(s3_port, env, tmp / "moto.log"))
         os.environ.update({k: v for k, v in env.items() if k.startswith(("ARCHIVER_", "AWS_"))})
         from archiver.settings import load_settings
         from archiver.storage.s3 import make_client
 
         st = load_settings()
         client = make_client(st.s3)
-
-        def s3_up() -> bool:
-            try:
-                client.list_buckets()
-                return True
-            except Exception:  # noqa: BLE001 - not up yet
-                return False
-
-        wait_for(s3_up, 60, "moto")
+        wait_for_s3(client)
         bucket = f"photos-{uuid.uuid4().hex[:8]}"
         client.create_bucket(Bucket=bucket)
         keys = []

@@ -45,7 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from local_services import FAKE_AWS, free_port, machine, start, stop, wait_for  # noqa: E402
+from local_services import (  # noqa: E402
+    bench_env, free_port, machine, start, start_moto, stop, wait_for, wait_for_s3)
 WARMUP = 4
 
 
@@ -88,10 +89,8 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     try:
         s3_port, redis_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
-        env.update(FAKE_AWS)
-        procs.append(start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)], env,
-                           tmp / "moto.log"))
+        env = bench_env()
+        procs.append(start_moto(s3_port, env, tmp / "moto.log"))
         procs.append(start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                             "--dir", str(tmp)], env, tmp / "redis.log"))
         endpoint = f"http://127.0.0.1:{s3_port}"
@@ -108,15 +107,7 @@ def main() -> None:
         from archiver.storage.s3 import make_client
 
         st = load_settings()
-
-        def s3_up() -> bool:
-            try:
-                make_client(st.s3).list_buckets()
-                return True
-            except Exception:  # noqa: BLE001 - not up yet
-                return False
-
-        wait_for(s3_up, 60, "moto")
+        wait_for_s3(make_client(st.s3))
         # the first WARMUP crops warm both paths up (TorchScript optimises on its first calls)
         every = crops(a.images + WARMUP, a.size)
         warm, images = every[:WARMUP], every[WARMUP:]
