@@ -113,7 +113,7 @@ class ReportFilters:
 class Pricing:
     """Prices in USD. GPU rows are priced by their accelerator-busy time at the GPU price; rows
     from CPU-only runs by their wall time at the CPU price (a CPU worker is a machine, not a GPU:
-    pricing its hours as GPU hours made every CPU pilot look twenty times too expensive)."""
+    pricing its hours as GPU hours made every CPU pilot look 25 times too expensive)."""
 
     price_per_gb_month: float = 0.023  # S3 Standard, first 50 TB, us-east-1
     gpu_price_per_hour: float = 2.5
