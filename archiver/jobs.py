@@ -200,7 +200,8 @@ def submit(source: str, options: PipelineOptions | dict[str, Any] | None = None,
         s.commit()
         job_id = job.id
     enqueue_listing(job_id, source, dest, opts, sf, st, chunk_size=size, older_than_days=older_than_days,
-                    skip_archived=schedule_name is not None, enqueue=enqueue, on_listed=on_listed)
+                    skip_archived=schedule_name is not None, skip_rejected=schedule_name is not None,
+                    enqueue=enqueue, on_listed=on_listed)
     return job_id
 
 
@@ -233,16 +234,17 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
         src = get_store(source, st)
         with sf() as s:
             model_id = s.execute(select(Job.model_id).where(Job.id == job_id)).scalar_one()
+        scope = Scope.of(src)
         chunk: list[list[Any]] = []
         listed = listed_bytes = 0
         total_listed = total_enqueued = 0
 
         def flush() -> None:
             nonlocal chunk, listed, listed_bytes, total_listed, total_enqueued
-            items = (_drop_archived(sf, Scope.of(src), None if opts.upgrade else model_id, chunk)
+            items = (_drop_archived(sf, scope, None if opts.upgrade else model_id, chunk)
                      if skip_archived and chunk else chunk)
             if skip_rejected and items:
-                items = _drop_rejected(sf, Scope.of(src), model_id, opts, items)
+                items = _drop_rejected(sf, scope, model_id, opts, items)
             with sf() as s:  # counters first: a batch must never finish before it is counted
                 s.execute(update(Job).where(Job.id == job_id).values(
                     objects_enqueued=Job.objects_enqueued + len(items), objects_listed=Job.objects_listed + listed,

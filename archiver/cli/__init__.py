@@ -11,11 +11,10 @@ import os
 from typing import Any
 
 import click
-from rich.markup import escape
 
 from .. import __version__
 from ..errors import ArchiverError
-from .consoles import err_console
+from .consoles import fail
 
 
 class ArchiverGroup(click.Group):
@@ -26,7 +25,7 @@ class ArchiverGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ArchiverError as exc:
-            self._fail(exc)
+            fail(exc)
         except Exception as exc:
             if not type(exc).__module__.startswith("sqlalchemy"):
                 raise
@@ -35,12 +34,7 @@ class ArchiverGroup(click.Group):
             err = as_database_error(exc)
             if err is None:
                 raise
-            self._fail(err)
-
-    @staticmethod
-    def _fail(exc: ArchiverError) -> None:
-        err_console.print(f"[red]error[/red] ({exc.code}): {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise SystemExit(2) from None
+            fail(err)
 
 
 @click.group(cls=ArchiverGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import ArchiverError
-from .consoles import LogTicker, err_console as console, table_console
+from .consoles import LogTicker, err_console as console, fail, table_console
 
 
 def _ticker() -> LogTicker:
@@ -24,11 +24,6 @@ def _ticker() -> LogTicker:
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-
-
-def _fail(exc: ArchiverError) -> None:
-    console.print(f"[red]error[/red] ({exc.code}): {escape(str(exc))}")
-    raise SystemExit(2)
 
 
 @click.command()
@@ -53,7 +48,7 @@ def encode(src: Path, dst: Path, quality: float | None, target_psnr: float | Non
         codec = Codec.load(model or DEFAULT_MODEL, device)
         res = codec.encode_detailed(img, quality=quality, target_psnr=target_psnr)
     except ArchiverError as e:
-        _fail(e)
+        fail(e)
     dst.write_bytes(res.data)
     console.print(
         f"{escape(src.name)}: {img.original_bytes:,} -> {len(res.data):,} bytes ({res.bpp:.3f} bpp), "
@@ -77,7 +72,7 @@ def decode(src: Path, dst: Path, device: str) -> None:
         codec = Codec.load(meta.model_id, device)
         dec = codec.decode(data)
     except ArchiverError as e:
-        _fail(e)
+        fail(e)
     fmt = {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(dst.suffix.lower().lstrip("."), "png")
     dst.write_bytes(save_image(dec.image, fmt, icc=dec.icc, exif=dec.exif))
     console.print(f"{escape(src.name)} -> {escape(str(dst))} ({meta.width}x{meta.height} {meta.mode}, {dec.seconds:.2f} s)")
@@ -96,7 +91,7 @@ def info(src: Path, as_json: bool) -> None:
     try:
         meta = read_meta(data)
     except ArchiverError as e:
-        _fail(e)
+        fail(e)
     d = asdict(meta)
     d["container_bytes"] = len(data)
     d["bpp"] = round(len(data) * 8 / (meta.width * meta.height), 4)

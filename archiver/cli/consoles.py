@@ -15,7 +15,12 @@ from __future__ import annotations
 import os
 import time
 
+from typing import NoReturn
+
 from rich.console import Console
+from rich.markup import escape
+
+from ..errors import ArchiverError
 
 PIPE_WIDTH = 200
 
@@ -28,6 +33,13 @@ def _stderr_console() -> Console:
 
 
 err_console = _stderr_console()
+
+
+def fail(exc: ArchiverError) -> NoReturn:
+    """The one form every command reports a failure in: ``error (code): message``, exit status 2
+    (the run itself could not happen; 1 is kept for "some objects failed")."""
+    err_console.print(f"[red]error[/red] ({exc.code}): {escape(str(exc))}", highlight=False)
+    raise SystemExit(2) from None
 
 
 def table_console() -> Console:

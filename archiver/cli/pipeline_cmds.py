@@ -23,7 +23,7 @@ from rich.table import Table
 
 from ..codec.default import DEFAULT_MODEL
 from ..errors import ArchiverError
-from .consoles import LogTicker, err_console as console, table_console
+from .consoles import LogTicker, err_console as console, fail, table_console
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 DEMO_DIR = Path("archive-demo")
@@ -45,11 +45,6 @@ def prepare_demo() -> str:
         if f.is_file() and not (src / f.name).exists() and not (src / (f.name + ".cxa")).exists():
             shutil.copy2(f, src / f.name)
     return str(src.resolve())
-
-
-def _fail(e: ArchiverError) -> None:
-    console.print(f"[red]error[/red] ({e.code}): {escape(str(e))}")
-    raise SystemExit(2)
 
 
 @click.command()
@@ -121,7 +116,7 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
                               session_factory=session_factory(url), limit=limit, workers=workers,
                               on_outcome=on_outcome, new_job=new_job, codec_slots=st.workers.codec_slots)
     except ArchiverError as e:
-        _fail(e)
+        fail(e)
     t = Table(title=f"job {summary.job_id} summary", show_header=False)
     t.add_row("objects seen", f"{summary.seen}")
     t.add_row("accepted", f"{summary.accepted}")
@@ -179,7 +174,7 @@ def restore(source, to, fmt, device, limit, overwrite) -> None:
                 if ticker.due():
                     console.print(f"restore: {ok} restored, {skipped} skipped, {bad} failed", highlight=False)
     except ArchiverError as e:
-        _fail(e)
+        fail(e)
     console.print(f"restored {ok} image(s) to {escape(str(to))}; {skipped} skipped (already there; --overwrite replaces them); "
                   f"{bad} failed")
     if bad:
