@@ -29,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from .codec.model import ConvNeXtCharm, build_model, load_state, quality_to_lambda
+from .codec.complete import transform_parameters
+from .codec.model import ConvNeXtCharm, Preset, build_model, load_state
 from .codec.registry import save_weights
 
 DOWNWEIGHTED_SOURCES = ("EliSchwartz/imagenet-sample-images", "luanfujun/deep-photo-styletransfer")
@@ -42,7 +44,7 @@ DOWNWEIGHT = 0.3
 class TrainConfig:
     data: list[Path]
     out: Path
-    preset: str = "compact"
+    preset: str = "complete8"  # ignored with resume: the file names its own preset
     resume: Path | None = None
     steps: int = 1000
     batch: int = 8
@@ -57,6 +59,16 @@ class TrainConfig:
     max_minutes: float | None = None
     schedule: str = "cosine"  # or "step": full lr, then 0.1x for the last 10 %
     warmup: int = 100  # steps of linear warm-up (0: none)
+    # how q is drawn per image: "uniform" in [0, 100], or "high" = 100 * u^(1/2), which puts
+    # 3/4 of the samples in the upper half, where the archive works (35-45 dB)
+    q_sampling: str = "uniform"
+    # lr factor of the complete design's DCT stem/unstem (see complete.transform_parameters)
+    transform_lr_scale: float = 0.1
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    # lr factor of the entropy model (h_s, slice transforms, LRP, z density): its outputs must grow
+    # to tens of quantiser steps from a random start, which at the transforms' lr takes
+    # thousands of steps (docs/MODEL.md, design study)
+    entropy_lr_scale: float = 1.0
 
 
 LR_FLOOR = 0.05  # the cosine schedule ends at this fraction of the peak lr
@@ -125,6 +137,15 @@ class CropSampler:
         return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255.0
 
 
+def checkpoint_preset(path: Path) -> Preset:
+    """The architecture a weights file was written with (its safetensors metadata)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "preset" not in meta:
+        raise SystemExit(f"{path} names no preset: not a weights file written by `archiver train`")
+    return Preset.from_dict(json.loads(meta["preset"]))
+
+
 def load_checkpoint(model: ConvNeXtCharm, path: Path) -> None:
     state = {k: (v.float() if v.is_floating_point() and v.dtype != torch.float64 else v) for k, v in load_file(str(path)).items()}
     load_state(model, state)
@@ -137,26 +158,51 @@ def rd_loss(model: ConvNeXtCharm, x: torch.Tensor, q: torch.Tensor) -> dict[str,
     bits = (torch.log(out["y_lik"]).flatten(1).sum(1) + torch.log(out["z_lik"]).flatten(1).sum(1)) / -math.log(2)
     bpp = bits / px
     mse = ((out["x_hat"].float() - x) ** 2).flatten(1).mean(1)
-    lam = torch.tensor([quality_to_lambda(v) for v in q.tolist()], device=x.device)
+    # quality_to_lambda as a tensor op: no host round trip, and torch.compile sees one graph
+    p = model.preset
+    lam = p.lambda_min * (p.lambda_max / p.lambda_min) ** (q.clamp(0.0, 100.0) / 100.0)
     loss = (lam * 255.0**2 * mse + bpp).mean()
     psnr = -10 * torch.log10(mse.clamp_min(1e-10))
     return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean(), "psnr": psnr.mean()}
 
 
+def entropy_parameters(name: str) -> bool:
+    """The entropy model's parameters (its lr may be scaled: ``entropy_lr_scale``)."""
+    return name.startswith(("h_s.", "mean_tf.", "scale_tf.", "lrp_tf.", "entropy_bottleneck."))
+
+
+def sample_qualities(how: str, n: int, dev: torch.device) -> torch.Tensor:
+    u = torch.rand(n, device=dev)
+    if how == "uniform":
+        return u * 100.0
+    if how == "high":
+        return torch.sqrt(u) * 100.0
+    raise ValueError(f"unknown q sampling {how!r} (uniform or high)")
+
+
 def train(cfg: TrainConfig, progress=None) -> Path:
     """Run training and write ``cfg.out`` (safetensors) plus ``cfg.out.with_suffix('.log.jsonl')``."""
     torch.manual_seed(cfg.seed)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if cfg.device == "auto" else cfg.device))
-    model = build_model(cfg.preset)
+    model = build_model(checkpoint_preset(cfg.resume) if cfg.resume else cfg.preset)
     if cfg.resume:
         load_checkpoint(model, cfg.resume)
     model.to(dev).train()
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
-    main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
-    opt = torch.optim.AdamW(main_params, lr=cfg.lr, weight_decay=0.0)
+    main_named = [(n, p) for n, p in model.named_parameters() if not n.endswith("quantiles")]
+    main_params = [p for _, p in main_named]
+    basis = [p for n, p in main_named if transform_parameters(n)]
+    entropy = [p for n, p in main_named if entropy_parameters(n)]
+    rest = [p for n, p in main_named if not transform_parameters(n) and not entropy_parameters(n)]
+    groups = [{"params": rest, "lr_scale": 1.0}, {"params": entropy, "lr_scale": cfg.entropy_lr_scale}]
+    if basis:
+        groups.append({"params": basis, "lr_scale": cfg.transform_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
     step_fn = torch.compile(rd_loss) if cfg.compile else rd_loss
     sampler = CropSampler(find_images(cfg.data), cfg.crop, cfg.seed)
@@ -168,9 +214,9 @@ def train(cfg: TrainConfig, progress=None) -> Path:
         for step in range(1, cfg.steps + 1):
             lr = learning_rate(cfg, step, time.time() - t0)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g["lr_scale"]
             x = sampler.batch(cfg.batch).to(dev, non_blocking=True)
-            q = torch.rand(cfg.batch, device=dev) * 100.0
+            q = sample_qualities(cfg.q_sampling, cfg.batch, dev)
             # bf16 only for the float transforms; the likelihoods stay in fp32
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 m = step_fn(model, x, q)

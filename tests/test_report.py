@@ -521,7 +521,7 @@ def test_outcomes_count_objects_not_the_jobs_that_met_them(db_url: str) -> None:
 def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
     if exe is None:
-        pytest.fail("chromium is not installed: apt-get update && apt-get install -y chromium (.ci/run does this)")
+        pytest.fail("chromium is not installed: apt-get update && apt-get install -y chromium (./test does this)")
     cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            f"--user-data-dir={profile}", *args]

@@ -40,7 +40,7 @@ def test_train_writes_weights_and_log_and_resumes(tmp_path: Path, monkeypatch: p
     assert "training: step 2/2 | bpp " in r.output, r.output  # plain progress lines where a bar cannot animate
     with safe_open(str(out), "pt") as f:
         assert f.metadata()["steps"] == "2"
-        assert f.get_tensor("g_a.net.0.conv.weight").dtype.itemsize == 2  # float transforms ship as fp16
+        assert f.get_tensor("g_a.stem.conv.weight").dtype.itemsize == 2  # float transforms ship as fp16
     log = [json.loads(line) for line in out.with_suffix(".log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 2 and {"bpp", "psnr", "loss"} <= set(log[-1])
     out2 = tmp_path / "w2.safetensors"

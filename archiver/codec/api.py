@@ -1,7 +1,7 @@
 """The codec's public face: ``Codec.load``, ``encode`` and ``decode``.
 
 Images are coded in independent tiles (default 1024 px) so that memory stays bounded for any
-image size; each tile is padded (edge replication) to the model's multiple of 64 and cropped on
+image size; each tile is padded (edge replication) to the model's hyper-latent stride (64 or 32) and cropped on
 decode. ``target_psnr`` searches the continuous quality knob by bisection (``smallest_quality``)
 on the encoder's own reconstruction, which is bit-identical in latents to what the decoder will
 produce, so the search needs no entropy decoding; callers that must be sure (the pipeline) still
@@ -246,6 +246,17 @@ class Codec:
         return cls(m, entry, dev, tile_size)
 
     @classmethod
+    def from_weights_file(cls, path, device: str = "auto", tile_size: int = DEFAULT_TILE) -> Codec:
+        """A codec on an unregistered weights file (candidate evaluation; see load_weights_file)."""
+        from .registry import load_weights_file
+
+        dev = pick_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        m, entry = load_weights_file(path, dev)
+        return cls(m, entry, dev, tile_size)
+
+    @classmethod
     def cached(cls, model: str = DEFAULT_MODEL, device: str = "auto") -> Codec:
         """One codec per (model, device) per process: workers and servers load weights once."""
         key = (model, str(pick_device(device)))
@@ -268,7 +279,8 @@ class Codec:
     def _to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
         h, w = x.shape[2:]
-        ph, pw = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
+        pad = self.model.preset.z_stride
+        ph, pw = (-h) % pad, (-w) % pad
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         return x
@@ -378,7 +390,7 @@ class Codec:
             if (tile.row, tile.col) != (r, col) or len(tile.y) != 1:
                 raise ContainerError(f"tile ({tile.row},{tile.col}) is out of place or malformed", code="bad_section")
             h, w = rs.stop - rs.start, cs.stop - cs.start
-            z_shape = (math.ceil(h / PAD_MULTIPLE), math.ceil(w / PAD_MULTIPLE))
+            z_shape = (math.ceil(h / self.model.preset.z_stride), math.ceil(w / self.model.preset.z_stride))
             y_hat = self._timed(lambda: self.coder.decode(tile.z, tile.y[0], z_shape, self.device, hasher))
             rgb[rs, cs] = self._timed(lambda: self._synth(y_hat, inv_gain, h, w))
         if hasher.hexdigest() != meta.latent_sha256:

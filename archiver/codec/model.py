@@ -25,6 +25,7 @@ from .compressai_imports import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
 from .exact import ExactBlock, ExactMLPHead, ExactPointwise, ExactUp, act, enter_grid, round_half_up, ste, to_grid
+from .complete import CompleteAnalysis, CompleteSynthesis
 from .layers import Analysis, HyperAnalysis, Synthesis
 
 # Quality q in [0, 100] <-> rate-distortion trade-off lambda (loss = lambda * 255^2 * MSE + bpp).
@@ -35,13 +36,16 @@ LRP_BOUND = 0.5
 SYMBOL_LIMIT = 2**15  # symbols are clamped here; anything near it is already absurd
 
 
-def quality_to_lambda(q: float) -> float:
-    """Log-linear: q=0 -> LAMBDA_MIN, q=100 -> LAMBDA_MAX."""
+def quality_to_lambda(q: float, preset: "Preset | None" = None) -> float:
+    """Log-linear: q=0 -> the preset's lambda_min, q=100 -> its lambda_max (training only: at
+    inference a quality selects gain vectors, and lambda is never used)."""
+    lo, hi = (preset.lambda_min, preset.lambda_max) if preset is not None else (LAMBDA_MIN, LAMBDA_MAX)
     q = min(max(float(q), 0.0), 100.0)
-    return LAMBDA_MIN * (LAMBDA_MAX / LAMBDA_MIN) ** (q / 100.0)
+    return lo * (hi / lo) ** (q / 100.0)
 
 
 SCALE_RULES = ("up", "nearest")
+DESIGNS = ("compact", "complete")
 
 
 def scale_table() -> list[float]:
@@ -68,10 +72,29 @@ class Preset:
     # (nearest in log, about 1 % less rate; see scale_indexes). Part of the bitstream format,
     # so it is fixed per model id; a stored preset without it is an "up" model.
     scale_rule: str = "up"
+    # "compact" (compact-v1..v4): patchify stages with LayerNorm down to 1/16, M < input values.
+    # "complete" (complete.py): a DCT stem of stride ``stride`` with 3*stride^2 = M channels and
+    # ConvNeXt blocks at 1/stride; ``depths`` is then (analysis blocks, synthesis blocks), dims
+    # is (M,) and ``expansion`` the blocks' MLP width factor.
+    design: str = "compact"
+    stride: int = 16
+    expansion: int = 4
+    # the training trade-off range of the quality knob (q=0 .. q=100), see quality_to_lambda
+    lambda_min: float = LAMBDA_MIN
+    lambda_max: float = LAMBDA_MAX
 
     def __post_init__(self) -> None:
         if self.scale_rule not in SCALE_RULES:
             raise ValueError(f"unknown scale_rule {self.scale_rule!r}; known: {SCALE_RULES}")
+        if self.design not in DESIGNS:
+            raise ValueError(f"unknown design {self.design!r}; known: {DESIGNS}")
+        if self.design == "complete" and self.latent != 3 * self.stride**2:
+            raise ValueError("a complete design keeps every value: latent must be 3 * stride^2")
+
+    @property
+    def z_stride(self) -> int:
+        """Pixels per hyper-latent position (y is at 1/stride, z two 2x stages below)."""
+        return 4 * self.stride
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,6 +115,17 @@ PRESETS: dict[str, Preset] = {
     "compact": Preset(dims=(64, 96, 144, 192), depths=(2, 2, 4, 2), latent=192, hyper_width=128,
                       z_channels=128, hyper_blocks=1, slices=8, support=4, slice_width=96,
                       slice_blocks=1, full_hyper=False),
+    # compact-v5 on: 8x8 DCT stem (complete: 192 values per 192 pixel values), ConvNeXt blocks
+    # at 1/8, a quality range reaching ~47 dB (docs/MODEL.md, design study)
+    "complete8": Preset(dims=(192,), depths=(2, 4), latent=192, hyper_width=128, z_channels=128,
+                        hyper_blocks=1, slices=8, support=4, slice_width=96, slice_blocks=1,
+                        full_hyper=False, scale_rule="nearest", design="complete", stride=8,
+                        expansion=2, lambda_min=0.01, lambda_max=1.6),
+    # the study's stride-16 variant: 16x16 DCT, 768 channels at 1/16 (docs/MODEL.md)
+    "complete16": Preset(dims=(768,), depths=(2, 4), latent=768, hyper_width=128, z_channels=128,
+                         hyper_blocks=1, slices=8, support=4, slice_width=128, slice_blocks=1,
+                         full_hyper=False, scale_rule="nearest", design="complete", stride=16,
+                         expansion=2, lambda_min=0.01, lambda_max=1.6),
 }
 
 
@@ -113,6 +147,22 @@ class HyperSynthesis(nn.Module):
         return self.out(self.up2(act(h)))
 
 
+def initial_log_gains(p: Preset) -> Tensor:
+    """Log gain of each quality level at initialisation (the same for every channel).
+
+    compact: log-spaced 0.25 .. 4. complete: the gain is 1 / step of a uniform quantiser that is
+    rate-distortion optimal at the level's lambda for an orthonormal transform at high rate:
+    D = step^2/12 per value (in 0..255 units), R falls by one bit per value when the step
+    doubles, 3 values per pixel, so d(lambda D + R)/d step = 0 gives step^2 = 18 / (lambda ln 2).
+    The coefficients are in [0, 1] units, hence the / 255. Training then shapes these into
+    per-channel quantisation tables."""
+    if p.design != "complete":
+        return torch.linspace(math.log(0.25), math.log(4.0), p.levels)
+    qs = [100.0 * i / (p.levels - 1) for i in range(p.levels)]
+    steps = [math.sqrt(18.0 / (quality_to_lambda(q, p) * math.log(2.0))) / 255.0 for q in qs]
+    return torch.tensor([-math.log(s) for s in steps], dtype=torch.float32)
+
+
 class ConvNeXtCharm(nn.Module):
     def __init__(self, preset: Preset) -> None:
         super().__init__()
@@ -121,8 +171,12 @@ class ConvNeXtCharm(nn.Module):
         if m % s:
             raise ValueError("latent channels must divide into slices")
         self.slice_ch = m // s
-        self.g_a = Analysis(p.dims, p.depths, m)
-        self.g_s = Synthesis(p.dims, p.depths, m)
+        if p.design == "complete":
+            self.g_a = CompleteAnalysis(p.stride, p.depths[0], p.expansion)
+            self.g_s = CompleteSynthesis(p.stride, p.depths[1], p.expansion)
+        else:
+            self.g_a = Analysis(p.dims, p.depths, m)
+            self.g_s = Synthesis(p.dims, p.depths, m)
         self.h_a = HyperAnalysis(m, p.hyper_width, p.z_channels, p.hyper_blocks)
         self.h_s = HyperSynthesis(p.z_channels, p.hyper_width, m, p.hyper_blocks)
         hyper_in = m if p.full_hyper else self.slice_ch
@@ -134,8 +188,7 @@ class ConvNeXtCharm(nn.Module):
             self.mean_tf.append(ExactMLPHead(cin, p.slice_width, self.slice_ch, p.slice_blocks))
             self.scale_tf.append(ExactMLPHead(cin, p.slice_width, self.slice_ch, p.slice_blocks))
             self.lrp_tf.append(ExactMLPHead(cin + self.slice_ch, p.slice_width, self.slice_ch, p.slice_blocks))
-        # gain vectors: level 0 = lowest quality. Initialised log-spaced 0.25 .. 4.
-        init = torch.linspace(math.log(0.25), math.log(4.0), p.levels)[:, None].repeat(1, m)
+        init = initial_log_gains(p)[:, None].repeat(1, m)
         self.log_gain = nn.Parameter(init.clone())
         self.log_inv_gain = nn.Parameter(-init.clone())
         self.entropy_bottleneck = EntropyBottleneck(p.z_channels)

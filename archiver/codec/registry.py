@@ -95,6 +95,26 @@ def load_model(model_id: str, device: torch.device | str = "cpu") -> tuple[ConvN
     return model.to(device), entry
 
 
+def load_weights_file(path: Path, device: torch.device | str = "cpu",
+                      model_id: str | None = None) -> tuple[ConvNeXtCharm, ModelEntry]:
+    """Load a weights file written by ``archiver train`` that is not (yet) registered, under a
+    provisional id (default ``file:NAME``): for evaluating candidates before one is shipped.
+    Containers made this way name that id and the file's sha256, so they decode only with the
+    same file; never use it for an archive."""
+    blob = Path(path).read_bytes()
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "preset" not in meta:
+        raise WeightsIntegrityError(f"{path} names no preset: not a weights file written by `archiver train`")
+    preset = Preset.from_dict(json.loads(meta["preset"]))
+    model = build_model(preset)
+    load_state(model, _state_from(blob))
+    model.eval().requires_grad_(False)
+    entry = ModelEntry(model_id or f"file:{Path(path).name}", Path(path), hashlib.sha256(blob).hexdigest(), preset,
+                       {"trained_steps": meta.get("steps")})
+    return model.to(device), entry
+
+
 def _state_from(blob: bytes) -> dict[str, torch.Tensor]:
     """The tensors of a shipped file, fp16/bf16 transforms widened to fp32 for computing."""
     return {k: (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v) for k, v in st_load(blob).items()}

@@ -1,0 +1,95 @@
+"""The complete design (compact-v5 on): it must start as a working transform coder, so these
+check the properties the design study relies on, on a real Kodak crop, for untrained weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from archiver.codec import Codec
+from archiver.codec.complete import basis, dct_matrix, frequency_order
+from archiver.codec.model import PRESETS, Preset, build_model, quality_to_lambda
+from archiver.codec.registry import read_registry, save_weights
+from archiver.metrics import psnr
+
+from shared_paths import KODAK  # noqa: E402
+
+
+def kodak_tensor(n: int = 23, size: int = 128) -> torch.Tensor:
+    a = np.asarray(Image.open(KODAK / f"kodim{n:02d}.png").convert("RGB"))[:size, :size]
+    return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255.0
+
+
+def db(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return -10 * math.log10(float(((x - ref) ** 2).mean()))
+
+
+@pytest.mark.parametrize("stride", [8, 16])
+def test_stem_basis_is_orthonormal_and_frequency_ordered(stride: int) -> None:
+    d = dct_matrix(stride)
+    assert torch.allclose(d @ d.t(), torch.eye(stride, dtype=torch.float64), atol=1e-12)
+    b = basis(stride).reshape(3 * stride * stride, -1)
+    assert torch.allclose(b @ b.t(), torch.eye(b.shape[0], dtype=torch.float64), atol=1e-12)
+    order = frequency_order(stride)
+    assert order[:3] == [(0, 0, 0), (1, 0, 0), (2, 0, 0)]  # the three DC coefficients code first
+    assert [u + v for _, u, v in order] == sorted(u + v for _, u, v in order)
+
+
+def test_untrained_complete_model_is_already_a_transform_coder() -> None:
+    """At step 0: the transforms invert each other, and rounding the coefficients at a level's
+    initial gain costs what a uniform quantiser of that step costs (D = step^2 / 12)."""
+    torch.manual_seed(0)
+    m = build_model("complete8").eval()
+    x = kodak_tensor()
+    with torch.no_grad():
+        y = m.g_a(x)
+        assert db(m.g_s(y), x) > 55.0  # near identity: nothing learnt, nothing lost
+        for q in (0.0, 100.0 * 5 / 7):
+            gain, inv = m.gains(torch.tensor([q]))
+            step = 1.0 / float(gain.flatten()[0])
+            got = db(m.g_s(torch.round(y * gain) * inv).clamp(0, 1), x)
+            # the high-rate formula, and the rounding never costs more than it predicts
+            assert got >= 10 * math.log10(12 / step**2) - 0.5, (q, got)
+    # the initial quantiser steps follow lambda: q 100/7*5 sits near the archive's 40 dB
+    with torch.no_grad():
+        step_40 = 1.0 / float(m.gains(torch.tensor([100.0 * 5 / 7]))[0].flatten()[0])
+    assert 38.0 < 10 * math.log10(12 / step_40**2) < 44.0
+    assert quality_to_lambda(100, m.preset) == pytest.approx(1.6)
+
+
+def test_older_presets_keep_their_meaning() -> None:
+    """Registered compact models have no design fields: they read as the compact design."""
+    for mid in ("compact-v1", "compact-v4"):
+        p = read_registry()[mid].preset
+        assert (p.design, p.stride, p.z_stride, p.lambda_max) == ("compact", 16, 64, 0.45)
+    with pytest.raises(ValueError, match="3 \\* stride"):
+        dataclasses.replace(PRESETS["complete8"], latent=96)
+    with pytest.raises(ValueError, match="design"):
+        dataclasses.replace(PRESETS["complete8"], design="wavelet")
+    d = PRESETS["complete8"].to_dict()
+    assert Preset.from_dict(d) == PRESETS["complete8"]
+
+
+@pytest.mark.parametrize("size", [(77, 50), (128, 96)])
+def test_untrained_complete_weights_round_trip_bit_exactly(tmp_path: Path, size: tuple[int, int]) -> None:
+    """A candidate weights file (not registered) encodes and decodes through the real container,
+    at sizes that are not multiples of the 32-px hyper-latent stride."""
+    torch.manual_seed(1)
+    m = build_model("complete8").eval()
+    f = tmp_path / "cand.safetensors"
+    save_weights(m, f, {"steps": "0"})
+    codec = Codec.from_weights_file(f, "cpu")
+    assert codec.model_id == "file:cand.safetensors"
+    im = Image.open(KODAK / "kodim19.png").convert("RGB").crop((0, 0, *size))
+    data = codec.encode(im, quality=60)
+    again = Codec.from_weights_file(f, "cpu").encode(im, quality=60)
+    assert data == again
+    out = codec.decode(data).rgb
+    assert out.shape == (size[1], size[0], 3)
+    assert psnr(np.asarray(im), out) > 30.0
