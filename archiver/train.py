@@ -19,6 +19,7 @@ Design choices, and why:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import random
@@ -69,6 +70,9 @@ class TrainConfig:
     # to tens of quantiser steps from a random start, which at the transforms' lr takes
     # thousands of steps (docs/MODEL.md, design study)
     entropy_lr_scale: float = 1.0
+    # grow the resumed model into this preset: it may only add the checkerboard context, whose
+    # new layers start as a no-op (SpatialContext), so training continues where it was
+    extend_to: str | None = None
 
 
 LR_FLOOR = 0.05  # the cosine schedule ends at this fraction of the peak lr
@@ -146,6 +150,17 @@ def checkpoint_preset(path: Path) -> Preset:
     return Preset.from_dict(json.loads(meta["preset"]))
 
 
+def grow_checkpoint(model: ConvNeXtCharm, path: Path) -> None:
+    """Load a channel-context checkpoint into the same architecture with the checkerboard
+    context added; only the new context layers may be missing from the file."""
+    old = checkpoint_preset(path)
+    if dataclasses.replace(model.preset, context=old.context, context_width=old.context_width) != old:
+        raise SystemExit(f"{path} is not {model.preset} without its spatial context: cannot grow it")
+    state = {k: (v.float() if v.is_floating_point() and v.dtype != torch.float64 else v) for k, v in load_file(str(path)).items()}
+    fresh = {k: v for k, v in model.state_dict().items() if k.startswith("spatial_tf.")}
+    load_state(model, {**state, **fresh})
+
+
 def load_checkpoint(model: ConvNeXtCharm, path: Path) -> None:
     state = {k: (v.float() if v.is_floating_point() and v.dtype != torch.float64 else v) for k, v in load_file(str(path)).items()}
     load_state(model, state)
@@ -168,7 +183,7 @@ def rd_loss(model: ConvNeXtCharm, x: torch.Tensor, q: torch.Tensor) -> dict[str,
 
 def entropy_parameters(name: str) -> bool:
     """The entropy model's parameters (its lr may be scaled: ``entropy_lr_scale``)."""
-    return name.startswith(("h_s.", "mean_tf.", "scale_tf.", "lrp_tf.", "entropy_bottleneck."))
+    return name.startswith(("h_s.", "mean_tf.", "scale_tf.", "lrp_tf.", "spatial_tf.", "entropy_bottleneck."))
 
 
 def sample_qualities(how: str, n: int, dev: torch.device) -> torch.Tensor:
@@ -187,9 +202,14 @@ def train(cfg: TrainConfig, progress=None) -> Path:
         torch.set_num_threads(cfg.threads)
     dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if cfg.device == "auto" else cfg.device))
-    model = build_model(checkpoint_preset(cfg.resume) if cfg.resume else cfg.preset)
-    if cfg.resume:
+    if cfg.resume and cfg.extend_to:
+        model = build_model(cfg.extend_to)
+        grow_checkpoint(model, cfg.resume)
+    elif cfg.resume:
+        model = build_model(checkpoint_preset(cfg.resume))
         load_checkpoint(model, cfg.resume)
+    else:
+        model = build_model(cfg.preset)
     model.to(dev).train()
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

@@ -3,6 +3,7 @@ time on the same data and seed, measured on Kodak with real bitstreams.
 
     python benchmarks/design_study.py run [--minutes 15] [--threads 1] [--only NAME ...]
     python benchmarks/design_study.py table          # markdown table of what was measured
+    python benchmarks/design_study.py curve W --label L --cpu-hours H --steps N   # learning curve
 
 Each variant is trained with ``archiver train`` (one process, ``--threads`` torch threads, a
 cosine schedule over ``--minutes``), then every Kodak image is encoded and decoded at 4
@@ -117,6 +118,58 @@ def run(names: list[str], minutes: float, threads: int) -> None:
         print(name, json.dumps(results[name]), flush=True)
 
 
+CURVE = REPO / "benchmarks" / "results" / "learning-curve.json"
+
+
+def curve_point(weights: Path, label: str, cpu_hours: float, steps: int, threads: int) -> None:
+    """One point of the learning curve: a checkpoint of the long run, measured like the study."""
+    points = json.loads(CURVE.read_text()) if CURVE.exists() else []
+    res = evaluate(weights, threads)
+    points = [p for p in points if p["label"] != label] + [
+        {"label": label, "cpu_hours": cpu_hours, "steps": steps, "date": dt.date.today().isoformat(), **res}]
+    CURVE.write_text(json.dumps(sorted(points, key=lambda p: p["cpu_hours"]), indent=2) + "\n")
+    print(label, json.dumps(points[-1]), flush=True)
+
+
+def curve_table(plot: Path | None) -> None:
+    """The learning curve as a markdown table (and a PNG): BD-rate vs JPEG 4:2:0 over CPU-hours,
+    with compact-v1..v4 (the earlier design's curve, from their Kodak results) beside it."""
+    points = json.loads(CURVE.read_text())
+    print("| checkpoint | training CPU-hours | steps | BD vs JPEG 4:2:0 | vs WebP | vs AVIF | vs DCT ref | max PSNR |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for pt in points:
+        b = pt["bd_rate_pct"]
+        print(f"| {pt['label']} | {pt['cpu_hours']:.2f} | {pt['steps']:,} | {b['jpeg_420']:+.1f} % | {b['webp']:+.1f} % | "
+              f"{b['avif']:+.1f} % | {b['dct8_ref']:+.1f} % | {max(pt['psnr']):.1f} |")
+    if plot is None:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # compact-v1..v4: CPU-hours from their training notes (docs/MODEL.md), BD-rate from BENCHMARKS.md
+    old = [(0.9, 140.1, "compact-v1"), (2.5, 66.5, "v2"), (3.9, 55.4, "v3"), (5.1, 50.3, "v4")]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    ax.plot([h for h, _, _ in old], [b for _, b, _ in old], "s--", color="grey", label="compact design (v1-v4)")
+    for h, b, n in old:
+        ax.annotate(n, (h, b), textcoords="offset points", xytext=(4, 4), fontsize=7, color="grey")
+    ax.plot([pt["cpu_hours"] for pt in points], [pt["bd_rate_pct"]["jpeg_420"] for pt in points], "o-",
+            color="black", linewidth=2, label="complete design (compact-v5)")
+    ax.axhline(0, color="tab:red", linewidth=1, label="JPEG 4:2:0")
+    ref = bd_rows(*__import__("archiver.bdrate", fromlist=["read_curve"]).read_curve(
+        shared() / "anchors" / ANCHORS["dct8_ref"])[:2])["jpeg_420"]
+    ax.axhline(ref, color="tab:blue", linestyle=":", label="untrained 8x8 DCT reference")
+    ax.axhline(-25, color="tab:green", linestyle="--", linewidth=1, label="first bar (-25 %)")
+    ax.set_xlabel("training CPU-hours (thread-hours, 2-core dev machine)")
+    ax.set_ylabel("Kodak BD-rate vs JPEG 4:2:0 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(plot)
+    plt.close(fig)
+
+
 def table() -> None:
     results = json.loads(RESULTS.read_text())
     print("| variant | steps | train px/s | max PSNR | BD vs JPEG 4:2:0 | vs WebP | vs AVIF | vs DCT ref | decode s |")
@@ -139,9 +192,21 @@ def main() -> None:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--only", nargs="*", default=None)
     sub.add_parser("table")
+    c = sub.add_parser("curve", help="measure one checkpoint of the long run for the learning curve")
+    c.add_argument("weights", type=Path)
+    c.add_argument("--label", required=True)
+    c.add_argument("--cpu-hours", type=float, required=True, help="training CPU-hours (thread-hours) so far")
+    c.add_argument("--steps", type=int, required=True)
+    c.add_argument("--threads", type=int, default=1)
+    cp = sub.add_parser("curve-table", help="the learning curve as markdown, and a plot")
+    cp.add_argument("--plot", type=Path, default=REPO / "benchmarks" / "results" / "learning-curve.png")
     a = ap.parse_args()
-    if a.cmd == "run":
+    if a.cmd == "curve-table":
+        curve_table(a.plot)
+    elif a.cmd == "run":
         run(a.only or list(VARIANTS), a.minutes, a.threads)
+    elif a.cmd == "curve":
+        curve_point(a.weights, a.label, a.cpu_hours, a.steps, a.threads)
     else:
         table()
 

@@ -1,4 +1,4 @@
-"""One call on a lent GPU machine: resume training, cross-device check, throughput (docs/GPU_RUN.md).
+"""One call on a lent GPU machine: resume training, cross-device check, throughput (docs/MODEL.md, "GPU runbook").
 
     bash benchmarks/gpu_run.sh                       # on the device ($OUT set; carry [".whl", ".gpu"])
     bash benchmarks/gpu_run.sh --dry-run [--out DIR] # here, on the CPU at toy size, < 2 minutes

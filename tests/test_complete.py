@@ -76,12 +76,20 @@ def test_older_presets_keep_their_meaning() -> None:
     assert Preset.from_dict(d) == PRESETS["complete8"]
 
 
-@pytest.mark.parametrize("size", [(77, 50), (128, 96)])
-def test_untrained_complete_weights_round_trip_bit_exactly(tmp_path: Path, size: tuple[int, int]) -> None:
+@pytest.mark.parametrize("preset,size", [("complete8", (77, 50)), ("complete8", (128, 96)),
+                                         ("complete8-cb", (77, 50)), ("complete8-cb", (160, 96))])
+def test_untrained_complete_weights_round_trip_bit_exactly(tmp_path: Path, preset: str, size: tuple[int, int]) -> None:
     """A candidate weights file (not registered) encodes and decodes through the real container,
-    at sizes that are not multiples of the 32-px hyper-latent stride."""
+    at sizes that are not multiples of the 32-px hyper-latent stride; with the checkerboard
+    context switched on (non-zero), both coding passes agree between encoder and decoder (the
+    decoder checks the latent checksum)."""
     torch.manual_seed(1)
-    m = build_model("complete8").eval()
+    m = build_model(preset).eval()
+    if preset.endswith("-cb"):
+        with torch.no_grad():
+            for sc in m.spatial_tf:
+                sc.head.out.weight.normal_(0, 0.2)
+                sc.head.out.bias.normal_(0, 0.5)
     f = tmp_path / "cand.safetensors"
     save_weights(m, f, {"steps": "0"})
     codec = Codec.from_weights_file(f, "cpu")
@@ -93,3 +101,24 @@ def test_untrained_complete_weights_round_trip_bit_exactly(tmp_path: Path, size:
     out = codec.decode(data).rgb
     assert out.shape == (size[1], size[0], 3)
     assert psnr(np.asarray(im), out) > 30.0
+
+
+def test_a_channel_model_grows_a_checkerboard_context_that_starts_as_a_no_op(tmp_path: Path) -> None:
+    from archiver.train import grow_checkpoint
+
+    torch.manual_seed(2)
+    base = build_model("complete8").eval()
+    f = tmp_path / "base.safetensors"
+    save_weights(base, f, {"steps": "0"})
+    grown = build_model("complete8-cb").eval()
+    grow_checkpoint(grown, f)
+    plain = build_model("complete8").eval()
+    from archiver.train import load_checkpoint
+
+    load_checkpoint(plain, f)
+    x = kodak_tensor(19, 128)
+    with torch.no_grad():
+        a, b = plain(x, torch.tensor([60.0])), grown(x, torch.tensor([60.0]))
+    assert torch.equal(a["x_hat"], b["x_hat"]) and torch.equal(a["y_lik"], b["y_lik"])
+    with pytest.raises(SystemExit, match="cannot grow"):
+        grow_checkpoint(build_model("complete16"), f)

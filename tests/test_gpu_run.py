@@ -1,5 +1,5 @@
 """The one-call GPU script (benchmarks/gpu_run.sh) in its CPU dry run: every step runs at toy size
-and writes the files the GPU call brings back, in the same form (docs/GPU_RUN.md)."""
+and writes the files the GPU call brings back, in the same form (docs/MODEL.md, "GPU runbook")."""
 
 from __future__ import annotations
 

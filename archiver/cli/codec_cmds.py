@@ -108,7 +108,7 @@ def info(src: Path, as_json: bool) -> None:
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="image folder (repeatable); e.g. ../shared/data/train/shard-00")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="output .safetensors")
-@click.option("--preset", default="complete8", type=click.Choice(["complete8", "complete16", "compact", "paper"]), show_default=True)
+@click.option("--preset", default="complete8", type=click.Choice(["complete8-cb", "complete8", "complete16", "compact", "paper"]), show_default=True)
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="start from these weights")
 @click.option("--steps", default=1000, show_default=True)
 @click.option("--batch", default=8, show_default=True)
@@ -126,8 +126,10 @@ def info(src: Path, as_json: bool) -> None:
 @click.option("--threads", default=0, show_default=True, help="torch CPU threads (0: one per core)")
 @click.option("--entropy-lr-scale", default=1.0, show_default=True,
               help="lr factor of the entropy model (h_s, slice transforms, LRP, z density)")
+@click.option("--extend-to", default=None, type=click.Choice(["complete8-cb"]),
+              help="with --resume: grow the resumed model into this preset (adds the checkerboard context)")
 def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, max_minutes, seed, schedule,
-          warmup, q_sampling, threads, entropy_lr_scale) -> None:
+          warmup, q_sampling, threads, entropy_lr_scale, extend_to) -> None:
     """Train the variable-rate model; logs loss/bpp/PSNR to OUT.log.jsonl."""
     from ..train import TrainConfig, train as run
 
@@ -136,7 +138,7 @@ def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, ma
     cfg = TrainConfig(data=list(data), out=out, preset=preset, resume=resume, steps=steps, batch=batch, crop=crop,
                       lr=lr, device=device, compile=compile, max_minutes=max_minutes, seed=seed,
                       schedule=schedule, warmup=warmup, q_sampling=q_sampling, threads=threads,
-                      entropy_lr_scale=entropy_lr_scale)
+                      entropy_lr_scale=entropy_lr_scale, extend_to=extend_to)
     ticker = _ticker()
     with _progress() as prog:
         task = prog.add_task("training", total=steps, info="")

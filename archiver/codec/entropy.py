@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import ContainerError
 from .exact import round_half_up
-from .model import SYMBOL_LIMIT, ConvNeXtCharm
+from .model import SYMBOL_LIMIT, ConvNeXtCharm, anchor_mask
 
 
 @dataclass
@@ -49,6 +49,13 @@ class TileCoder:
         self.gc_off = gc._offset.reshape(-1).int().tolist()
         self.medians = eb._get_medians().detach().reshape(1, -1, 1, 1).double()
 
+    def _code(self, enc: BufferedRansEncoder, sym: Tensor, idx: Tensor) -> None:
+        enc.encode_with_indexes(sym.int().tolist(), idx.int().tolist(), self.gc_cdf, self.gc_len, self.gc_off)
+
+    def _decode(self, dec: RansDecoder, idx: Tensor, device: torch.device) -> Tensor:
+        vals = dec.decode_stream(idx.int().tolist(), self.gc_cdf, self.gc_len, self.gc_off)
+        return torch.clamp(torch.tensor(vals, dtype=torch.float64, device=device), -SYMBOL_LIMIT, SYMBOL_LIMIT)
+
     # z ---------------------------------------------------------------------------------------
     def _z_indexes(self, shape: tuple[int, int, int, int]) -> list[int]:
         _, c, h, w = shape
@@ -74,15 +81,27 @@ class TileCoder:
         means_h, scales_h = m.hyper(z_hat, exact=True)
         enc = BufferedRansEncoder()
         decoded: list[Tensor] = []
+        checkerboard = m.preset.context == "checkerboard"
         for i, y_i in enumerate(y_g.double().chunk(m.preset.slices, dim=1)):
             mu, scale, mean_sup = m.slice_params(i, means_h, scales_h, decoded)
-            idx = m.scale_indexes(scale)
             sym = torch.clamp(round_half_up(y_i - mu), -SYMBOL_LIMIT, SYMBOL_LIMIT)
+            if not checkerboard:
+                if code:
+                    enc.encode_with_indexes(sym.reshape(-1).int().tolist(), m.scale_indexes(scale).reshape(-1).int().tolist(),
+                                            self.gc_cdf, self.gc_len, self.gc_off)
+            else:
+                # anchors first, with the channel context; then the rest, refined from them
+                anchors = anchor_mask(sym.shape[2], sym.shape[3], sym.device).expand_as(sym)
+                if code:
+                    self._code(enc, sym[anchors], m.scale_indexes(scale)[anchors])
+                mu2, scale2 = m.spatial(i, sym * anchors, mu, scale)
+                rest = ~anchors
+                sym2 = torch.clamp(round_half_up(y_i - mu2), -SYMBOL_LIMIT, SYMBOL_LIMIT)
+                if code:
+                    self._code(enc, sym2[rest], m.scale_indexes(scale2)[rest])
+                sym, mu = torch.where(anchors, sym, sym2), torch.where(anchors, mu, mu2)
             if code:
                 hasher.update(_symbols_bytes(sym))
-                enc.encode_with_indexes(
-                    sym.reshape(-1).int().tolist(), idx.reshape(-1).int().tolist(), self.gc_cdf, self.gc_len, self.gc_off
-                )
             y_hat_i = sym + mu
             decoded.append(y_hat_i + m.lrp(i, mean_sup, y_hat_i))
         return CodedTile(z=z_bytes, y=enc.flush() if code else b"", z_shape=(int(z.shape[2]), int(z.shape[3])),
@@ -110,12 +129,22 @@ class TileCoder:
         dec = RansDecoder()
         dec.set_stream(_padded(y_bytes, m.preset.latent * h * w))
         decoded: list[Tensor] = []
+        checkerboard = m.preset.context == "checkerboard"
         for i in range(m.preset.slices):
             mu, scale, mean_sup = m.slice_params(i, means_h, scales_h, decoded)
             idx = m.scale_indexes(scale)
-            vals = dec.decode_stream(idx.reshape(-1).int().tolist(), self.gc_cdf, self.gc_len, self.gc_off)
-            sym = torch.tensor(vals, dtype=torch.float64, device=device).reshape(mu.shape)
-            sym = torch.clamp(sym, -SYMBOL_LIMIT, SYMBOL_LIMIT)
+            if not checkerboard:
+                vals = dec.decode_stream(idx.reshape(-1).int().tolist(), self.gc_cdf, self.gc_len, self.gc_off)
+                sym = torch.tensor(vals, dtype=torch.float64, device=device).reshape(mu.shape)
+                sym = torch.clamp(sym, -SYMBOL_LIMIT, SYMBOL_LIMIT)
+            else:
+                anchors = anchor_mask(mu.shape[2], mu.shape[3], device).expand_as(mu)
+                sym = torch.zeros_like(mu)
+                sym[anchors] = self._decode(dec, idx[anchors], device)
+                mu2, scale2 = m.spatial(i, sym * anchors, mu, scale)
+                rest = ~anchors
+                sym[rest] = self._decode(dec, m.scale_indexes(scale2)[rest], device)
+                mu = torch.where(anchors, mu, mu2)
             hasher.update(_symbols_bytes(sym))
             y_hat_i = sym + mu
             decoded.append(y_hat_i + m.lrp(i, mean_sup, y_hat_i))

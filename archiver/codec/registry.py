@@ -121,7 +121,7 @@ def _state_from(blob: bytes) -> dict[str, torch.Tensor]:
 
 
 def _is_exact_param(name: str) -> bool:
-    return name.startswith(("h_s.", "mean_tf.", "scale_tf.", "lrp_tf."))
+    return name.startswith(("h_s.", "mean_tf.", "scale_tf.", "lrp_tf.", "spatial_tf."))
 
 
 def export_state(model: ConvNeXtCharm) -> dict[str, torch.Tensor]:
