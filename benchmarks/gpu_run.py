@@ -246,7 +246,9 @@ def step_train(run: Run, a: argparse.Namespace, budget: float | None) -> dict:
         data = a.train_dir
         kw = dict(steps=10**7, batch=a.batch, crop=a.crop, device="cuda" if torch.cuda.is_available() else "cpu",
                   max_minutes=round(minutes, 2), log_every=25, compile=a.compile)
+    # the entropy model at 4x the lr: the design study's lever (docs/MODEL.md, design study)
     cfg = TrainConfig(data=[data], out=out, resume=resume, lr=a.lr, amp=True, save_every=1000, seed=0,
+                      entropy_lr_scale=4.0,
                       **{k: v for k, v in kw.items() if k in fields})
     run.say(f"train: {cfg.max_minutes or '-'} min / {cfg.steps} steps max, batch {cfg.batch}, crop {cfg.crop}, "
             f"lr {cfg.lr}, device {cfg.device}, compile {cfg.compile}, "
