@@ -371,7 +371,9 @@ def test_worst_case_forged_streams_are_refused_cleanly(codec: Codec, crop_rgb: I
     payload = data[off + 8 : off + 8 + n]
     row_col, z_len = payload[:4], struct.unpack(">I", payload[4:8])[0]
     z = payload[8 : 8 + z_len]
-    n_y = 192 * (crop_rgb.height // 16) * (crop_rgb.width // 16)
+    pre = codec.model.preset  # y symbols of the tile: M per latent position, on the padded grid
+    n_y = pre.latent * (math.ceil(crop_rgb.height / pre.z_stride) * pre.z_stride // pre.stride) * (
+        math.ceil(crop_rgb.width / pre.z_stride) * pre.z_stride // pre.stride)
     (y_len,) = struct.unpack(">I", payload[12 + z_len : 16 + z_len])  # after the count of y streams (1)
 
     def tile(z_bytes: bytes, y_bytes: bytes) -> bytes:
