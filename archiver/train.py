@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .codec.complete import transform_parameters
 from .codec.model import ConvNeXtCharm, Preset, build_model, load_state
-from .codec.registry import save_weights
+from .codec.registry import EXACT_PREFIXES, file_preset, save_weights
+from .errors import WeightsIntegrityError
 
 DOWNWEIGHTED_SOURCES = ("EliSchwartz/imagenet-sample-images", "luanfujun/deep-photo-styletransfer")
 DOWNWEIGHT = 0.3
@@ -143,11 +143,16 @@ class CropSampler:
 
 def checkpoint_preset(path: Path) -> Preset:
     """The architecture a weights file was written with (its safetensors metadata)."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "preset" not in meta:
-        raise SystemExit(f"{path} names no preset: not a weights file written by `archiver train`")
-    return Preset.from_dict(json.loads(meta["preset"]))
+    try:
+        return file_preset(path)[0]
+    except WeightsIntegrityError as e:
+        raise SystemExit(str(e)) from None
+
+
+def _checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
+    """A weights file's tensors, fp16 transforms widened to fp32 for training (fp64 kept)."""
+    return {k: (v.float() if v.is_floating_point() and v.dtype != torch.float64 else v)
+            for k, v in load_file(str(path)).items()}
 
 
 def grow_checkpoint(model: ConvNeXtCharm, path: Path) -> None:
@@ -156,14 +161,12 @@ def grow_checkpoint(model: ConvNeXtCharm, path: Path) -> None:
     old = checkpoint_preset(path)
     if dataclasses.replace(model.preset, context=old.context, context_width=old.context_width) != old:
         raise SystemExit(f"{path} is not {model.preset} without its spatial context: cannot grow it")
-    state = {k: (v.float() if v.is_floating_point() and v.dtype != torch.float64 else v) for k, v in load_file(str(path)).items()}
     fresh = {k: v for k, v in model.state_dict().items() if k.startswith("spatial_tf.")}
-    load_state(model, {**state, **fresh})
+    load_state(model, {**_checkpoint_state(path), **fresh})
 
 
 def load_checkpoint(model: ConvNeXtCharm, path: Path) -> None:
-    state = {k: (v.float() if v.is_floating_point() and v.dtype != torch.float64 else v) for k, v in load_file(str(path)).items()}
-    load_state(model, state)
+    load_state(model, _checkpoint_state(path))
 
 
 def rd_loss(model: ConvNeXtCharm, x: torch.Tensor, q: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -183,7 +186,7 @@ def rd_loss(model: ConvNeXtCharm, x: torch.Tensor, q: torch.Tensor) -> dict[str,
 
 def entropy_parameters(name: str) -> bool:
     """The entropy model's parameters (its lr may be scaled: ``entropy_lr_scale``)."""
-    return name.startswith(("h_s.", "mean_tf.", "scale_tf.", "lrp_tf.", "spatial_tf.", "entropy_bottleneck."))
+    return name.startswith((*EXACT_PREFIXES, "entropy_bottleneck."))
 
 
 def sample_qualities(how: str, n: int, dev: torch.device) -> torch.Tensor:

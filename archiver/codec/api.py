@@ -94,6 +94,14 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _prepare_device(device: str) -> torch.device:
+    """The device a codec runs on, with TF32 off: it would change float results between GPUs
+    (the exact path is float64 anyway)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return pick_device(device)
+
+
 def delivered(rgb: np.ndarray, mode: str) -> np.ndarray:
     """What a user gets back: gray modes come back as gray, so PSNR is measured on that."""
     if mode in ("L", "LA", "1"):
@@ -238,10 +246,7 @@ class Codec:
 
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, device: str = "auto", tile_size: int = DEFAULT_TILE) -> Codec:
-        dev = pick_device(device)
-        # TF32 would change float results between GPUs; the exact path is float64 anyway.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        dev = _prepare_device(device)
         m, entry = load_model(model, dev)
         return cls(m, entry, dev, tile_size)
 
@@ -250,9 +255,7 @@ class Codec:
         """A codec on an unregistered weights file (candidate evaluation; see load_weights_file)."""
         from .registry import load_weights_file
 
-        dev = pick_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        dev = _prepare_device(device)
         m, entry = load_weights_file(path, dev)
         return cls(m, entry, dev, tile_size)
 

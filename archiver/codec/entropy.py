@@ -87,8 +87,7 @@ class TileCoder:
             sym = torch.clamp(round_half_up(y_i - mu), -SYMBOL_LIMIT, SYMBOL_LIMIT)
             if not checkerboard:
                 if code:
-                    enc.encode_with_indexes(sym.reshape(-1).int().tolist(), m.scale_indexes(scale).reshape(-1).int().tolist(),
-                                            self.gc_cdf, self.gc_len, self.gc_off)
+                    self._code(enc, sym.reshape(-1), m.scale_indexes(scale).reshape(-1))
             else:
                 # anchors first, with the channel context; then the rest, refined from them
                 anchors = anchor_mask(sym.shape[2], sym.shape[3], sym.device).expand_as(sym)
@@ -134,9 +133,7 @@ class TileCoder:
             mu, scale, mean_sup = m.slice_params(i, means_h, scales_h, decoded)
             idx = m.scale_indexes(scale)
             if not checkerboard:
-                vals = dec.decode_stream(idx.reshape(-1).int().tolist(), self.gc_cdf, self.gc_len, self.gc_off)
-                sym = torch.tensor(vals, dtype=torch.float64, device=device).reshape(mu.shape)
-                sym = torch.clamp(sym, -SYMBOL_LIMIT, SYMBOL_LIMIT)
+                sym = self._decode(dec, idx.reshape(-1), device).reshape(mu.shape)
             else:
                 anchors = anchor_mask(mu.shape[2], mu.shape[3], device).expand_as(mu)
                 sym = torch.zeros_like(mu)

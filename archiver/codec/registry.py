@@ -95,6 +95,16 @@ def load_model(model_id: str, device: torch.device | str = "cpu") -> tuple[ConvN
     return model.to(device), entry
 
 
+def file_preset(path: Path) -> tuple[Preset, dict[str, str]]:
+    """The architecture a weights file was written with, and its other metadata (safetensors
+    header: the preset travels with the weights)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "preset" not in meta:
+        raise WeightsIntegrityError(f"{path} names no preset: not a weights file written by `archiver train`")
+    return Preset.from_dict(json.loads(meta["preset"])), meta
+
+
 def load_weights_file(path: Path, device: torch.device | str = "cpu",
                       model_id: str | None = None) -> tuple[ConvNeXtCharm, ModelEntry]:
     """Load a weights file written by ``archiver train`` that is not (yet) registered, under a
@@ -102,11 +112,7 @@ def load_weights_file(path: Path, device: torch.device | str = "cpu",
     Containers made this way name that id and the file's sha256, so they decode only with the
     same file; never use it for an archive."""
     blob = Path(path).read_bytes()
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "preset" not in meta:
-        raise WeightsIntegrityError(f"{path} names no preset: not a weights file written by `archiver train`")
-    preset = Preset.from_dict(json.loads(meta["preset"]))
+    preset, meta = file_preset(path)
     model = build_model(preset)
     load_state(model, _state_from(blob))
     model.eval().requires_grad_(False)
@@ -120,8 +126,12 @@ def _state_from(blob: bytes) -> dict[str, torch.Tensor]:
     return {k: (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v) for k, v in st_load(blob).items()}
 
 
+#: the exact layers (exact.py): what the decoder derives probabilities from
+EXACT_PREFIXES = ("h_s.", "mean_tf.", "scale_tf.", "lrp_tf.", "spatial_tf.")
+
+
 def _is_exact_param(name: str) -> bool:
-    return name.startswith(("h_s.", "mean_tf.", "scale_tf.", "lrp_tf.", "spatial_tf."))
+    return name.startswith(EXACT_PREFIXES)
 
 
 def export_state(model: ConvNeXtCharm) -> dict[str, torch.Tensor]:
@@ -184,9 +194,7 @@ def register_weights(model_id: str, weights: Path, *, scale_rule: str, info: dic
         raise ValueError(f"model id {model_id!r} is already registered with other weights; bitstreams depend on it "
                          "— use a new id")
     try:
-        with safe_open(str(weights), framework="pt") as f:  # the preset travels in the file's metadata
-            meta = f.metadata() or {}
-        preset = replace(Preset.from_dict(json.loads(meta["preset"])), scale_rule=scale_rule)
+        preset = replace(file_preset(weights)[0], scale_rule=scale_rule)
         load_state(build_model(preset), _state_from(blob))  # strict: every tensor present, every shape right
     except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, it is not shipped
         raise ValueError(f"{weights} is not a complete weights file written by `archiver train`: "
