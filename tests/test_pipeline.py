@@ -914,7 +914,7 @@ def test_recompress_without_argument_runs_the_demo(tmp_path: Path) -> None:
             assert (src / (r.key + ".cxa")).is_file()
     # The shipped default earns its place at the default 40 dB floor: every shipped photo is
     # archived, verified at >= 40 dB, and the archive is less than half the originals' size
-    # (compact-v5: 452 KiB -> 108 KiB; compact-v4 accepted none of them).
+    # (compact-v5: 452 KiB -> 101 KiB; compact-v4 accepted none of them).
     photos = [r for k, r in rows.items() if k != "not-an-image.jpg"]
     assert [r.status for r in photos] == ["accepted"] * 4, [(r.key, r.status, r.reason_code) for r in photos]
     assert all(r.psnr >= 40.0 for r in photos)
