@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .db.models import ArchivedObject, Job, Result, utcnow
 from .errors import ArchiverError, StorageError
 from .identity import Scope
+from .vocabulary import ACTIVE_JOBS, ARCHIVED, DONE, SETTLED
 
 if TYPE_CHECKING:
     from .codec.api import Codec
@@ -55,8 +56,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FINAL_STATUSES = ("accepted", "rejected", "failed", "skipped")
-ACTIVE_JOB_STATUSES = ("pending", "running")
 BATCH_TASK = "archiver.recompress_batch"
 #: Redis priority of batches (0 is highest): control messages (schedule triggers, retrievals) sent
 #: at the default 0 are taken before queued batches, so they never wait behind a whole job
@@ -268,7 +267,7 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
         flush()
     except BaseException as e:
         with sf() as s:
-            s.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES)).values(
+            s.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOBS)).values(
                 status="failed", error=f"submission failed: {type(e).__name__}: {e}", finished_at=utcnow()))
             s.commit()
         raise
@@ -362,7 +361,7 @@ def start_scheduled(schedule: Schedule | dict[str, Any], db_url: str | None = No
             s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(sched.name)})
         now = utcnow()
         running = s.execute(select(Job).where(Job.schedule_name == sched.name,
-                                              Job.status.in_(ACTIVE_JOB_STATUSES))).scalars().all()
+                                              Job.status.in_(ACTIVE_JOBS))).scalars().all()
         blocking = []
         for job in running:
             started = _aware(job.started_at or job.created_at)
@@ -413,7 +412,7 @@ class JobStatus:
 
     @property
     def done(self) -> int:
-        return sum(self.counts.get(k, 0) for k in FINAL_STATUSES)
+        return sum(self.counts.get(k, 0) for k in DONE)
 
     def count(self, status: str) -> int:
         return self.counts.get(status, 0)
@@ -437,7 +436,7 @@ class JobStatus:
 
     @property
     def eta_seconds(self) -> float | None:
-        if self.status not in ACTIVE_JOB_STATUSES:
+        if self.status not in ACTIVE_JOBS:
             return None
         remaining = max(0, self.objects_enqueued - self.done)
         if remaining == 0:
@@ -453,7 +452,7 @@ class JobStatus:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "objects_listed": self.objects_listed, "objects_enqueued": self.objects_enqueued,
             "bytes_listed": self.bytes_listed, "done": self.done,
-            **{k: self.count(k) for k in FINAL_STATUSES},
+            **{k: self.count(k) for k in DONE},
             "bytes_before": self.bytes_before, "bytes_after": self.bytes_after, "saved_bytes": self.saved_bytes,
             "rate_per_s": self.rate, "eta_s": self.eta_seconds, "reasons": self.reasons,
         }
@@ -501,7 +500,7 @@ def cancel(job_id: int, db_url: str | None = None, *, settings: Settings | None 
     with sf() as s:
         if s.get(Job, job_id) is None:
             raise NoSuchJob(f"no job {job_id}")
-        res = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+        res = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE_JOBS))
                         .values(status="cancelled", finished_at=utcnow()))
         s.commit()
         return bool(getattr(res, "rowcount", 0))
@@ -514,7 +513,7 @@ def finalize(sf: sessionmaker[Session], job_id: int) -> bool:
         if job is None or job.status != "running":
             return False
         n = s.execute(select(func.count()).select_from(Result).where(
-            Result.job_id == job_id, Result.status.in_(FINAL_STATUSES))).scalar_one()
+            Result.job_id == job_id, Result.status.in_(DONE))).scalar_one()
         if n < (job.objects_enqueued or 0):
             return False
         res = s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
@@ -689,7 +688,7 @@ def _record(sf: sessionmaker[Session], job_id: int, scope: Scope, model_id: str,
 
     with sf() as s:
         row = result_row(s, job_id, scope, out.key)
-        if row is not None and row.status in ("accepted", "rejected", "skipped"):
+        if row is not None and row.status in SETTLED:
             return _outcome_from_row(row, scope)  # finished earlier (e.g. the original was then replaced)
         record_outcome(s, job_id, scope, model_id, out, worker, row=row)
         s.commit()
@@ -712,7 +711,7 @@ def _vanished(sf: sessionmaker[Session], job_id: int, scope: Scope, key: str, it
 
     with sf() as s:  # finished earlier and the original was deleted (e.g. killed before marking it)
         row = result_row(s, job_id, scope, key)
-        if row is not None and row.status in ("accepted", "skipped"):
+        if row is not None and row.status in ARCHIVED:
             ledger = ledger_row(s, scope, key, row.etag, row.model_id)
             if ledger is not None:
                 ledger.original_deleted = row.original_deleted = True
@@ -736,7 +735,7 @@ def fail_unfinished(job_id: int, source_url: str, items: Iterable[Item], code: s
             return 0
         model_id = job.model_id
         done = set(s.execute(select(Result.key).where(Result.job_id == job_id, Result.bucket == scope.bucket,
-                                                      Result.status.in_(FINAL_STATUSES))).scalars())
+                                                      Result.status.in_(DONE))).scalars())
     n = 0
     for item in items:
         if scope.key(item[0]) not in done:
@@ -781,6 +780,6 @@ def wait_for(job_id: int, db_url: str | None = None, timeout: float = 600.0, pol
     deadline = time.monotonic() + timeout
     while True:
         st = status(job_id, db_url, settings=settings)
-        if st.status not in ACTIVE_JOB_STATUSES or time.monotonic() > deadline:
+        if st.status not in ACTIVE_JOBS or time.monotonic() > deadline:
             return st
         time.sleep(poll)

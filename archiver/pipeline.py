@@ -36,11 +36,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .codec.api import Codec, QualityHints, delivered
 from .db.models import ArchivedObject, Job, Result, utcnow
+from .decision import Container, Facts, Recorded, Step, decide, deletes_original
 from .errors import ArchiverError, ContainerError, ImageRejected, StorageError
 from .identity import Scope
 from .images import load_image, sniff
 from .metrics import ms_ssim, psnr
 from .storage import ObjectInfo, ObjectStore
+from .vocabulary import ARCHIVED, RESUMABLE_JOBS, SETTLED
 
 log = logging.getLogger(__name__)
 
@@ -502,7 +504,6 @@ def iter_source(src: ObjectStore, opts: PipelineOptions, limit: int | None = Non
 
 
 #: job statuses a rerun continues: never finished (crash, kill) or stopped by an error/Ctrl-C
-RESUMABLE_STATUSES = ("pending", "running", "failed")
 
 
 def find_resumable_job(session: Session, source: str, dest: str | None, opts: PipelineOptions, model_id: str) -> Job | None:
@@ -513,7 +514,7 @@ def find_resumable_job(session: Session, source: str, dest: str | None, opts: Pi
     nor ``cancelled``.
     """
     for job in session.execute(
-        select(Job).where(Job.source == source, Job.status.in_(RESUMABLE_STATUSES), Job.kind == "recompress")
+        select(Job).where(Job.source == source, Job.status.in_(RESUMABLE_JOBS), Job.kind == "recompress")
         .order_by(Job.id.desc())
     ).scalars():
         if (job.settings or {}).get("via") == "workers":
@@ -534,7 +535,6 @@ def create_job(session: Session, source: str, dest: str | None, opts: PipelineOp
     return job
 
 
-FINAL_STATUSES = ("accepted", "rejected", "skipped")
 
 
 def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: ObjectStore, codec: Codec,
@@ -552,6 +552,9 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
     * Otherwise process, and record the outcome (and the ledger row) in one transaction.
     * Only then, with ``replace``, delete the original (after re-verifying the container).
 
+    The choice among these is :func:`archiver.decision.decide` (pure, tested case by case); this
+    function gathers its facts and does the I/O it asks for.
+
     Raises only for database errors; storage and image problems become the outcome.
     """
     scope = Scope.of(src)
@@ -561,46 +564,45 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
         prior_id = done.id if prior is not None else None
         found = None if opts.dry_run else _LedgerView.of(
             already_archived(s, scope, info, codec.model_id, any_model=True))
-    # an upgrade treats another model's archive as a size to beat, not as "already archived"
-    older = found if found is not None and opts.upgrade and found.model_id != codec.model_id else None
-    led = None if older is not None else found
-    wants_delete = opts.replace and not opts.dry_run
-    if prior is not None and prior.status in FINAL_STATUSES:
-        if not (wants_delete and prior.status in ("accepted", "skipped") and not prior.original_deleted):
-            return prior
-        if led is None:  # no ledger row (the store gives no etag): nothing proves a container exists
-            return prior
-
-    out: Outcome | None = None
-    if led is not None:
+    facts = Facts(recorded=Recorded(prior.status, prior.original_deleted) if prior is not None else None,
+                  archive_model=found.model_id if found is not None else None, model_id=codec.model_id,
+                  upgrade=opts.upgrade, replace=opts.replace, dry_run=opts.dry_run)
+    decision = decide(facts)
+    if decision.step is Step.CHECK_CONTAINER:
         try:
-            ok = with_retries(lambda: container_matches(dst, info.key, led, opts),
+            ok = with_retries(lambda: container_matches(dst, info.key, found, opts),
                               f"checking the container of {info.key}")
+            decision = decide(facts.checked(Container.MATCHES if ok else Container.MISSING))
         except StorageError as e:
-            if prior is not None and prior.status in ("accepted", "skipped"):
+            decision = decide(facts.checked(Container.UNCHECKABLE))
+            if decision.step is Step.KEEP_RECORDED:
                 # only this job's pending delete was left: keep its row as it is, keep the original
                 log.warning("kept the original of %s: cannot check its container: %s", info.key, e)
-                return prior
-            out = Outcome(key=info.key, status="failed", original_bytes=info.size, etag=info.etag,
-                          version_id=info.version_id, reason_code=e.code,
-                          reason=f"cannot check the archived container: {e}", device=codec.device_name)
-            _record(session_factory, job_id, scope, codec.model_id, out, worker)
-            return out
-        if not ok:
-            log.warning("%s is in the ledger as archived at %s, but that container is missing or differs at "
-                        "%s: recompressing", info.key, led.dest_url, dst.url_for(dest_key(info.key, opts)))
-            led = None
+            else:
+                out = Outcome(key=info.key, status="failed", original_bytes=info.size, etag=info.etag,
+                              version_id=info.version_id, reason_code=e.code,
+                              reason=f"cannot check the archived container: {e}", device=codec.device_name)
+                _record(session_factory, job_id, scope, codec.model_id, out, worker)
+                return out
+        else:
+            if not ok:
+                log.warning("%s is in the ledger as archived at %s, but that container is missing or differs at "
+                            "%s: recompressing", info.key, found.dest_url, dst.url_for(dest_key(info.key, opts)))
 
-    if led is not None and prior is not None and prior.status in ("accepted", "skipped"):
-        out = prior  # recorded by this job before an interruption; only the delete is left
-    elif led is not None:
+    led: _LedgerView | None = None  # the ledger entry whose container the delete re-reads
+    if decision.step is Step.KEEP_RECORDED:
+        return prior
+    if decision.step is Step.DELETE_ONLY:
+        out, led = prior, found  # recorded by this job before an interruption; only the delete is left
+    elif decision.step is Step.SKIP:
+        led = found
         out = Outcome(key=info.key, status="skipped", original_bytes=info.size, etag=info.etag,
                       version_id=info.version_id, reason_code="already_archived",
                       reason=f"unchanged since archived with {led.model_id}", dest_url=led.dest_url,
                       compressed_sha256=led.compressed_sha256, device=codec.device_name)
         prior_id = _record(session_factory, job_id, scope, led.model_id, out, worker)
     else:
-        older = _intact(older, info, dst, opts) if older is not None else None
+        older = _intact(found, info, dst, opts) if decision.upgrade_over_archive else None
         out = process_object(info, src, dst, codec, opts, codec_lock,
                              archived_bytes=older.compressed_bytes if older else None)
         if out.reason_code == "archive_smaller" and older is not None:
@@ -610,7 +612,7 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
             with session_factory() as s:
                 led = _LedgerView.of(already_archived(s, scope, info, codec.model_id))
 
-    if wants_delete and led is not None and out.status in ("accepted", "skipped"):
+    if deletes_original(decision, out.status, led is not None):
         try:
             if delete_original(session_factory, src, dst, info.key, led.id, opts,
                                result_ids=(prior_id,) if prior_id else ()):
@@ -658,7 +660,7 @@ def reconcile_deleted(session_factory: sessionmaker, job_id: int, src: ObjectSto
     with session_factory() as s:
         todo = [(r.id, scope.relative(r.key), r.etag, r.model_id) for r in s.execute(
             select(Result).where(Result.job_id == job_id, Result.bucket == scope.bucket,
-                                 Result.status.in_(("accepted", "skipped")), Result.original_deleted.is_(False))
+                                 Result.status.in_(ARCHIVED), Result.original_deleted.is_(False))
         ).scalars()]
     fixed = 0
     for rid, key, etag, model_id in todo:  # a skipped row names the model of the archive it found

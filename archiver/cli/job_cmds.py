@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .pipeline_cmds import human
 from .consoles import LogTicker, err_console as console, table_console
+from ..vocabulary import DONE
 
 
 def _require_schema(db_url: str | None) -> None:
@@ -90,7 +91,7 @@ def status(job, limit, as_json, db_url) -> None:
         t.add_row("listed / enqueued", f"{r.objects_listed} / {r.objects_enqueued}{why}")
         t.add_row("done", f"{r.done} / {r.objects_enqueued}")
         t.add_row("accepted / rejected / failed / skipped",
-                  " / ".join(str(r.count(k)) for k in ("accepted", "rejected", "failed", "skipped")))
+                  " / ".join(str(r.count(k)) for k in DONE))
         if r.reasons:
             t.add_row("reasons", ", ".join(f"{k}: {v}" for k, v in sorted(r.reasons.items())))
         pct = r.saved_bytes / r.bytes_before if r.bytes_before else 0.0

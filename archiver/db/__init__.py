@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+from ..vocabulary import JOB_KINDS, JOB_STATUSES, RESULT_STATUSES
 from .models import (
-    JOB_KINDS,
-    JOB_STATUSES,
-    RESULT_STATUSES,
     ArchivedObject,
     Base,
     Job,

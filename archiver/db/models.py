@@ -35,12 +35,7 @@ class Base(DeclarativeBase):
     pass
 
 
-# Job.kind values
-JOB_KINDS = ("recompress", "pilot", "scheduled")
-# Job.status values
-JOB_STATUSES = ("pending", "running", "finished", "failed", "cancelled")
-# Result.status values. "skipped" = already archived (unchanged object, same model).
-RESULT_STATUSES = ("pending", "accepted", "rejected", "failed", "skipped")
+# Job.kind, Job.status and Result.status values: see archiver.vocabulary
 
 
 class Job(Base):

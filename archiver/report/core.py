@@ -50,11 +50,10 @@ from sqlalchemy.orm import Session, aliased
 
 from ..db.models import Job, Result, utcnow
 from ..errors import ArchiverError
+from ..vocabulary import PROCESSED, RESULT_STATUSES
 
 GB = 10**9  # decimal gigabyte, as AWS bills storage
 PERCENTILES = (5, 25, 50, 75, 95)
-PROCESSED = ("accepted", "rejected", "failed")  # rows that spent compute (skipped ones did not)
-STATUSES = ("accepted", "rejected", "failed", "skipped", "pending")
 ROOT_PREFIX = "(root)"
 UNKNOWN_TYPE = "(unknown)"
 
@@ -302,7 +301,7 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
     where = _where(filters, excluded)
 
     # --- counts and bytes per status / reason (SQL) -------------------------------------------
-    counts = {s: 0 for s in STATUSES}
+    counts = {str(s): 0 for s in RESULT_STATUSES}
     bytes_seen = before = after = deleted = 0
     superseded, retried = _replaced(session)
     replaced = or_(superseded, retried)
