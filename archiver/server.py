@@ -256,13 +256,23 @@ def check_tokens_for_bind(st: Settings, host: str) -> tuple[TokenInfo, str] | No
 
 # ---- health -------------------------------------------------------------------------------------
 
+_CREDENTIALS_RE = re.compile(r"(://)[^/@\s]*@")
+
+
+def _public_error(e: BaseException) -> str:
+    """An error as /health may show it to anyone: first line only, no ``user:password@`` part,
+    and short (it helps an operator; it must not map the network for a stranger)."""
+    first = f"{type(e).__name__}: {e}".splitlines()[0]
+    return _CREDENTIALS_RE.sub(r"\1***@", first)[:200]
+
+
 def check_database(sf: Any) -> tuple[bool, str | None]:
     try:
         with sf() as s:
             s.execute(text("SELECT 1"))
         return True, None
     except Exception as e:  # noqa: BLE001 - reported, not raised
-        return False, f"{type(e).__name__}: {e}".splitlines()[0]
+        return False, _public_error(e)
 
 
 def check_broker(url: str, timeout: float = 2.0) -> tuple[bool, str | None]:
@@ -282,7 +292,7 @@ def check_broker(url: str, timeout: float = 2.0) -> tuple[bool, str | None]:
                 conn.ensure_connection(max_retries=1, timeout=timeout)
         return True, None
     except Exception as e:  # noqa: BLE001
-        return False, f"{type(e).__name__}: {e}".splitlines()[0]
+        return False, _public_error(e)
 
 
 # ---- the app ------------------------------------------------------------------------------------
@@ -313,7 +323,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.codec = await run_in_threadpool(Codec.cached, st.model_id, st.device)
         except Exception as e:  # reported by /health; requests for other models may still work
             log.exception("could not load model %s", st.model_id)
-            app.state.model_error = f"{type(e).__name__}: {e}"
+            app.state.model_error = _public_error(e)
         try:
             if not await run_in_threadpool(count_active, app.state.sf):
                 log.warning("no active API token: every /objects request will be refused with 401 "
