@@ -178,3 +178,24 @@ def test_serve_starts_on_a_public_address_once_a_token_exists(tmp_path: Path) ->
         assert "refusing" not in seen and "cxa_" not in seen
     finally:
         _stop(proc)
+
+
+def test_expired_tokens_do_not_count_or_authenticate(migrated_db_url: str) -> None:
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from archiver.db.models import ApiToken, utcnow
+    from archiver.jobs import get_session_factory
+    from archiver.tokens import authenticate, count_active, create_token, list_tokens
+
+    sf = get_session_factory(migrated_db_url)
+    soon = utcnow() + dt.timedelta(hours=1)
+    _, a = create_token(sf, "a", ["*"], expires_at=soon)
+    _, b = create_token(sf, "b", ["media"], expires_at=soon)
+    assert count_active(sf) == 2 and authenticate(sf, a) is not None
+    with sf() as s, s.begin():
+        s.execute(update(ApiToken).where(ApiToken.name == "a").values(expires_at=utcnow() - dt.timedelta(minutes=1)))
+    assert count_active(sf) == 1 and authenticate(sf, a) is None and authenticate(sf, b) is not None
+    assert [t.name for t in list_tokens(sf)] == ["b"]
+    assert [t.name for t in list_tokens(sf, include_inactive=True)] == ["a", "b"]
