@@ -454,6 +454,17 @@ def _version() -> str:
     return __version__
 
 
+def _log_to_stderr(level: str) -> None:
+    """uvicorn configures only its own loggers; the per-request lines of this module (token names,
+    refusals) need a handler too. Left alone if the embedding program configured one."""
+    root = logging.getLogger("archiver")
+    if not root.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
 def announce_token(info: TokenInfo, secret: str, url: str, out: TextIO | None = None) -> None:
     """Show a token created at start-up, once, on the terminal (not through logging, which
     may be shipped elsewhere: logs carry token names, never secrets)."""
@@ -474,6 +485,7 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
     import uvicorn
 
     st = settings or load_settings()
+    _log_to_stderr(st.log_level)
     host, port = host or st.server.host, port or st.server.port
     issued = check_tokens_for_bind(st, host)
     if issued is not None:

@@ -614,3 +614,21 @@ def test_docs_can_be_enabled(inproc: Any) -> None:
     base, _ = inproc(server={"enable_docs": True})
     assert httpx.get(base + "/docs", timeout=30).status_code == 200
     assert "/objects/{bucket}/{key}" in httpx.get(base + "/openapi.json", timeout=30).text
+
+
+def test_logs_name_tokens_never_their_secrets(archive: dict[str, Any], inproc: Any,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="archiver.server")
+    base, _ = inproc()
+    b, tokens = archive["bucket"], archive["tokens"]
+    assert httpx.get(f"{base}/objects/{b}/cats/a.png", headers={"Authorization": f"Bearer {tokens['reader']}"},
+                     timeout=60).status_code == 200
+    assert httpx.get(f"{base}/objects/{b}/cats/a.png", headers={"Authorization": f"Bearer {tokens['revoked']}"},
+                     timeout=60).status_code == 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "archiver.server"]
+    assert any("token reader" in m and "cats/a.png" in m and "200" in m for m in lines), lines
+    assert any("invalid_token" in m for m in lines), lines
+    for secret in tokens.values():
+        assert not any(secret in m or secret.split("_")[-1] in m for m in lines)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import selectors
 import signal
 import socket
 import subprocess
@@ -104,6 +103,28 @@ def _serve(tmp_path: Path, db_url: str, host: str, port: int) -> subprocess.Pope
                             start_new_session=True)
 
 
+class _Lines:
+    """stderr of a child, read by a thread (select() on a buffered pipe misses lines already buffered)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        import threading
+
+        self.proc, self.text = proc, ""
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.text += line
+
+    def wait_for(self, *needles: str, timeout: float = 180) -> str:
+        deadline = time.monotonic() + timeout
+        while not all(n in self.text for n in needles):
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.text[-3000:]
+            time.sleep(0.1)
+        return self.text
+
+
 def _stop(proc: subprocess.Popen[str]) -> None:
     """SIGTERM, then SIGKILL: uvicorn defers SIGTERM until the model has loaded, which these
     tests do not wait for."""
@@ -137,18 +158,9 @@ def test_serve_on_loopback_without_tokens_prints_one(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     proc = _serve(tmp_path, db_url, "127.0.0.1", _free_port())
     try:
-        assert proc.stderr is not None
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stderr, selectors.EVENT_READ)
-        seen, token = "", None
-        deadline = time.monotonic() + 120
-        while "Authorization: Bearer" not in seen and time.monotonic() < deadline and proc.poll() is None:
-            if sel.select(timeout=1):
-                line = proc.stderr.readline()
-                seen += line
-                token = token or next((w for w in line.split() if TOKEN_RE.match(w)), None)
+        seen = _Lines(proc).wait_for("shown only now", "Authorization: Bearer", timeout=120)
+        token = next((w for w in seen.split() if TOKEN_RE.match(w)), None)
         assert token is not None, seen
-        assert "shown only now" in seen and "Authorization: Bearer" in seen
     finally:
         _stop(proc)
     sf = get_session_factory(db_url)
@@ -158,24 +170,25 @@ def test_serve_on_loopback_without_tokens_prints_one(tmp_path: Path) -> None:
 
 
 def test_serve_starts_on_a_public_address_once_a_token_exists(tmp_path: Path) -> None:
-    """The check only refuses; with a token it lets uvicorn start (stopped as soon as it binds)."""
+    """The check only refuses; with a token it lets uvicorn start, and requests are logged by token name."""
     from archiver.jobs import get_session_factory
     from archiver.tokens import create_token
 
+    import httpx
+
     db_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    create_token(get_session_factory(db_url, migrate=True), "lb", ["media"])
-    proc = _serve(tmp_path, db_url, "0.0.0.0", _free_port())
+    _, secret = create_token(get_session_factory(db_url, migrate=True), "lb", ["media"])
+    port = _free_port()
+    proc = _serve(tmp_path, db_url, "0.0.0.0", port)
     try:
-        assert proc.stderr is not None
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stderr, selectors.EVENT_READ)
-        seen = ""
-        deadline = time.monotonic() + 180
-        while "Uvicorn running" not in seen and "Application startup" not in seen:
-            assert proc.poll() is None and time.monotonic() < deadline, seen
-            if sel.select(timeout=1):
-                seen += proc.stderr.readline()
+        lines = _Lines(proc)
+        seen = lines.wait_for("Uvicorn running")
         assert "refusing" not in seen and "cxa_" not in seen
+        r = httpx.get(f"http://127.0.0.1:{port}/objects/media/a.jpg", headers={"Authorization": f"Bearer {secret}"},
+                      timeout=30)
+        assert r.status_code == 404 and r.json()["code"] == "not_found"
+        seen = lines.wait_for("token lb: GET 'media' 'a.jpg' -> 404", timeout=30)  # the server's log line, by name
+        assert secret not in seen and secret.split("_")[-1] not in seen
     finally:
         _stop(proc)
 
