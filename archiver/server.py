@@ -348,7 +348,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         local-directory archive, whose "bucket" is a path that cannot be one URL segment."""
         if exc.status_code == 404:
             return problem(404, "no_route",
-                           f"no endpoint at {request.url.path!r}: use GET /objects/{{bucket}}/{{key}} with an S3 "
+                           f"no endpoint at {shown(request.url.path, 200)}: use GET /objects/{{bucket}}/{{key}} with an S3 "
                            "bucket name, or GET /health (archives in a local directory are read with "
                            "`archiver restore DIR --to OUT`)")
         return problem(exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None))

@@ -393,6 +393,8 @@ def test_long_keys_are_400_and_never_echoed(server: str, archive: dict[str, Any]
     for headers, status in [(AUTH, 400), ({}, 401)]:
         code, body = raw_http(server, f"/objects/{b}/{'x' * 70_000}", headers)
         assert code == status and b"xxxxxxxxxx" not in body and len(body) < 400, (code, body[:300])
+    code, body = raw_http(server, "/" + "y" * 70_000, {})  # a URL outside the API: quoted briefly only
+    assert code == 404 and b"no_route" in body and len(body) < 800, (code, body[:300])
     r = get(f"{server}/objects/{b}/{'k' * 1024}", timeout=30)  # at the limit: an ordinary lookup
     assert r.status_code == 404 and r.json()["code"] == "not_found"
     assert len(r.content) < 600  # the message quotes the start of the key, not all of it
