@@ -3,13 +3,22 @@
 ``GET /objects/{bucket}/{key}`` returns the archived image as PNG, JPEG or WebP (``?format=`` or
 the ``Accept`` header; ``original`` re-creates the original's format where possible):
 
-* the container is found through the ledger (``archived_objects``: the row for the original's
-  current ETag while the original exists, ``409 archive_stale`` if it changed since; the newest
-  row once it is deleted); without a ledger row, ``KEY.cxa`` beside the key in ``s3://bucket``
-  is tried;
+* it needs ``Authorization: Bearer <token>`` (:mod:`archiver.tokens`): without a valid token the
+  answer is 401, decided before any storage or ledger lookup; a key outside the token's scope
+  gets exactly the 404 ``not_found`` that a key never archived gets (we chose 404 over 403 so
+  that a token cannot probe which keys exist outside its scope);
+* per token, a rate limit and a cap on requests in flight answer 429 with ``Retry-After``
+  (:mod:`archiver.server_limits`); keys over S3's 1,024 bytes are 400 ``key_too_long``, and no
+  error message repeats more than the first characters of a key;
+* only what the ledger says this system archived is served (``archived_objects``: the row for
+  the original's current ETag while the original exists, ``409 archive_stale`` if it changed
+  since; the newest row once it is deleted); there is no lookup in arbitrary buckets;
 * the container's sha256 is checked against the ledger before decoding, and decoding runs in
-  a thread pool under an ``asyncio.Semaphore`` (``[server] max_concurrent_decodes``), so a burst
-  of requests queues instead of oversubscribing the CPU/GPU;
+  a bounded thread pool under a semaphore (``[server] max_concurrent_decodes``), so a burst of
+  requests queues instead of oversubscribing the CPU/GPU; a client that disconnects while
+  waiting or decoding frees its slot at once, a wait longer than ``slot_wait_timeout_s`` is 503
+  ``server_busy`` and a decode longer than ``decode_timeout_s`` is 503 ``decode_timeout``;
+  decoding honours ``max_pixels``;
 * the ``ETag`` is the container sha256 plus the format (the bitstream never changes for a given
   sha256, and decoding is deterministic), so responses are ``Cache-Control: immutable`` and a
   matching ``If-None-Match`` gets ``304`` without fetching or decoding anything;
@@ -19,18 +28,21 @@ the ``Accept`` header; ``original`` re-creates the original's format where possi
 
 ``GET /health`` reports the model (id, device, loaded), database and broker reachability; it
 answers 503 when the model or the database is unavailable (or the broker, with
-``[server] require_broker``).
+``[server] require_broker``). It needs no token and shows no secrets, URLs or token names.
+``/docs``, ``/redoc`` and ``/openapi.json`` exist only with ``[server] enable_docs = true``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import re
+import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -40,7 +52,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .db.models import ArchivedObject
 from .errors import ArchiverError, ContainerError, StorageError, UnknownModelError
+from .server_limits import ClientGone, DecodeSlots, Refused, TokenLimiter, retry_after_header, wait_for_disconnect
 from .settings import Settings, load_settings
+from .tokens import MAX_KEY_BYTES, TokenInfo, authenticate, bearer, count_active, create_token
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -58,8 +72,24 @@ class HTTPProblem(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
+MAX_MESSAGE_CHARS = 600  # no error body grows with what the client sent
+UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="archiver"'}
+
+
 def problem(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "..."
     return JSONResponse({"code": code, "message": message, "status": status}, status_code=status, headers=headers)
+
+
+def shown(text: str, limit: int = 120) -> str:
+    """``text`` as it may appear in a message or log line: quoted, and cut after ``limit`` characters."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def not_found(bucket: str, key: str) -> JSONResponse:
+    """The one answer for "never archived", "not in the ledger" and "outside your token's scope"."""
+    return problem(404, "not_found", f"no archived object {shown(key)} in {shown(bucket, 63)}")
 
 
 # ---- content negotiation ------------------------------------------------------------------------
@@ -120,7 +150,8 @@ class Located:
 
 
 def locate(st: Settings, sf: Any, bucket: str, key: str) -> Located | None:
-    """The container for ``bucket``/``key``: from the ledger, else ``KEY<suffix>`` beside it.
+    """The container for ``bucket``/``key``, from the ledger only (``None`` if it has no row):
+    a bucket this system never archived is never read.
 
     The ledger may hold several versions of an object. While the original still exists (an
     archive job without ``--replace``), the row for its current ETag is served; if none matches,
@@ -145,23 +176,11 @@ def locate(st: Settings, sf: Any, bucket: str, key: str) -> Located | None:
                 match = next((r for r in rows if r.etag == current.etag), None)
                 if match is None:
                     raise HTTPProblem(409, "archive_stale",
-                                      f"{key!r} in {bucket!r} changed after it was archived (ETag {current.etag}); "
-                                      "the archive holds an older version; read the original instead")
+                                      f"{shown(key)} in {shown(bucket)} changed after it was archived (ETag "
+                                      f"{current.etag}); the archive holds an older version; read the original instead")
                 row = match
         return Located(row.dest_url, row.compressed_sha256 or None)
-    if key.endswith(st.container_suffix) or not BUCKET_RE.match(bucket):
-        return None
-    store = get_store(f"s3://{bucket}", st)
-    ckey = key + st.container_suffix
-    try:
-        info = store.head(ckey)
-    except StorageError as e:
-        if e.code in ("no_such_bucket", "access_denied"):
-            return None
-        raise
-    if info is None:
-        return None
-    return Located(store.url_for(ckey), info.sha256)
+    return None
 
 
 def fetch_decode_render(st: Settings, loc: Located, fmt: str) -> tuple[bytes, str, str]:
@@ -175,7 +194,7 @@ def fetch_decode_render(st: Settings, loc: Located, fmt: str) -> tuple[bytes, st
     if loc.sha256 and sha != loc.sha256:
         raise ContainerError(f"stored container {loc.url} does not match the sha256 recorded when it was "
                              f"verified ({sha[:16]}... != {loc.sha256[:16]}...)", code="checksum_mismatch")
-    decoded = decode_container(data, st.device)
+    decoded = decode_container(data, st.device, max_pixels=st.max_pixels)
     try:
         body, used = render(decoded, fmt)
     except ValueError as e:  # e.g. "original" for a format we cannot write
@@ -200,7 +219,52 @@ def _error_response(e: BaseException) -> JSONResponse:
     return problem(500, "internal_error", f"{type(e).__name__}: {e}")
 
 
+# ---- authentication and limits ------------------------------------------------------------------
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` only accepts connections from this machine. Names other than
+    ``localhost`` count as public: what they resolve to can change."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_tokens_for_bind(st: Settings, host: str) -> tuple[TokenInfo, str] | None:
+    """Secure by default, before the server binds anything: a public address with no active
+    token is refused (:class:`ConfigError`); loopback with none gets a fresh token scoped to
+    everything, returned here once (as notebook servers do) for the caller to show."""
+    from .errors import ConfigError
+    from .jobs import get_session_factory
+
+    sf = get_session_factory(st.database_url, migrate=True)
+    if count_active(sf):
+        return None
+    if not is_loopback(host):
+        raise ConfigError(
+            f"refusing to serve on {host}: it is reachable from other machines and no API token exists, so "
+            "every request would be refused. Create one first, e.g. `archiver token create NAME --scope "
+            "BUCKET/PREFIX`, then start again (or bind 127.0.0.1 to get a local token printed)",
+            code="no_tokens")
+    import datetime as dt
+
+    name = "local-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return create_token(sf, name, ["*"])
+
+
 # ---- health -------------------------------------------------------------------------------------
+
+_CREDENTIALS_RE = re.compile(r"(://)[^/@\s]*@")
+
+
+def _public_error(e: BaseException) -> str:
+    """An error as /health may show it to anyone: first line only, no ``user:password@`` part,
+    and short (it helps an operator; it must not map the network for a stranger)."""
+    first = f"{type(e).__name__}: {e}".splitlines()[0]
+    return _CREDENTIALS_RE.sub(r"\1***@", first)[:200]
+
 
 def check_database(sf: Any) -> tuple[bool, str | None]:
     try:
@@ -208,7 +272,7 @@ def check_database(sf: Any) -> tuple[bool, str | None]:
             s.execute(text("SELECT 1"))
         return True, None
     except Exception as e:  # noqa: BLE001 - reported, not raised
-        return False, f"{type(e).__name__}: {e}".splitlines()[0]
+        return False, _public_error(e)
 
 
 def check_broker(url: str, timeout: float = 2.0) -> tuple[bool, str | None]:
@@ -228,7 +292,7 @@ def check_broker(url: str, timeout: float = 2.0) -> tuple[bool, str | None]:
                 conn.ensure_connection(max_retries=1, timeout=timeout)
         return True, None
     except Exception as e:  # noqa: BLE001
-        return False, f"{type(e).__name__}: {e}".splitlines()[0]
+        return False, _public_error(e)
 
 
 # ---- the app ------------------------------------------------------------------------------------
@@ -242,7 +306,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from .jobs import get_session_factory
 
         app.state.settings = st
-        app.state.decode_slots = asyncio.Semaphore(st.server.max_concurrent_decodes)
+        app.state.decode_slots = DecodeSlots(st.server.max_concurrent_decodes)
+        app.state.limiter = TokenLimiter(st.server.token_rate_per_s, st.server.token_burst,
+                                         st.server.token_max_concurrent)
         try:
             app.state.sf = await run_in_threadpool(lambda: get_session_factory(st.database_url, migrate=True))
         except Exception as e:  # noqa: BLE001 - the database may come back later; /health reports it
@@ -257,10 +323,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.codec = await run_in_threadpool(Codec.cached, st.model_id, st.device)
         except Exception as e:  # reported by /health; requests for other models may still work
             log.exception("could not load model %s", st.model_id)
-            app.state.model_error = f"{type(e).__name__}: {e}"
-        yield
+            app.state.model_error = _public_error(e)
+        try:
+            if not await run_in_threadpool(count_active, app.state.sf):
+                log.warning("no active API token: every /objects request will be refused with 401 "
+                            "(create one with `archiver token create NAME --scope BUCKET/PREFIX`)")
+        except Exception as e:  # noqa: BLE001 - the database may be down; requests will say so
+            log.error("cannot read API tokens (%s)", type(e).__name__)
+        try:
+            yield
+        finally:
+            app.state.decode_slots.close()
 
-    app = FastAPI(title="archiver retrieval", version=_version(), lifespan=lifespan)
+    docs = st.server.enable_docs
+    app = FastAPI(title="archiver retrieval", version=_version(), lifespan=lifespan,
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
     cache_control = f"public, max-age={st.server.cache_max_age}, immutable"
 
     @app.exception_handler(StarletteHTTPException)
@@ -270,29 +348,84 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         local-directory archive, whose "bucket" is a path that cannot be one URL segment."""
         if exc.status_code == 404:
             return problem(404, "no_route",
-                           f"no endpoint at {request.url.path!r}: use GET /objects/{{bucket}}/{{key}} with an S3 "
+                           f"no endpoint at {shown(request.url.path, 200)}: use GET /objects/{{bucket}}/{{key}} with an S3 "
                            "bucket name, or GET /health (archives in a local directory are read with "
                            "`archiver restore DIR --to OUT`)")
         return problem(exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None))
 
+    async def authorize(request: Request) -> TokenInfo:
+        """401 unless the request carries an active token; nothing else is looked up first."""
+        presented = bearer(request.headers.get("authorization"))
+        if presented is None:
+            raise HTTPProblem(401, "missing_token", "this endpoint needs `Authorization: Bearer <token>` "
+                              "(tokens are issued with `archiver token create`)", UNAUTHORIZED_HEADERS)
+        try:
+            token = await run_in_threadpool(authenticate, app.state.sf, presented)
+        except Exception as e:  # noqa: BLE001 - no token store, no service; never a traceback
+            log.error("token check failed: %s", type(e).__name__)
+            raise HTTPProblem(503, "auth_unavailable", "tokens cannot be checked right now (database "
+                              "unreachable); retry later", retry_after_header(5)) from None
+        if token is None:
+            raise HTTPProblem(401, "invalid_token", "the bearer token is not valid (unknown, revoked or expired)",
+                              UNAUTHORIZED_HEADERS)
+        return token
+
     @app.get("/objects/{bucket}/{key:path}")
     async def get_object(bucket: str, key: str, request: Request, format: str | None = None) -> Response:
         try:
+            token = await authorize(request)
+        except HTTPProblem as e:
+            log.info("refused %s: %s", request.url.path[:200], e.code)
+            return _error_response(e)
+        if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+            log.info("token %s: refused a %d-character key", token.name, len(key))
+            return problem(400, "key_too_long", f"object keys are at most {MAX_KEY_BYTES} bytes (the S3 limit); "
+                           "the key was not processed")
+        limiter: TokenLimiter = app.state.limiter
+        try:
+            limiter.acquire(token.token_id)
+        except Refused as e:
+            log.info("token %s: %s", token.name, e.code)
+            return problem(e.status, e.code, e.message, retry_after_header(e.retry_after))
+        status = 500
+        try:
+            response = await _serve_object(token, bucket, key, request, format)
+            status = response.status_code
+            return response
+        finally:
+            limiter.release(token.token_id)
+            log.info("token %s: GET %s %s -> %s", token.name, shown(bucket, 63), shown(key), status)
+
+    async def _serve_object(token: TokenInfo, bucket: str, key: str, request: Request,
+                            format: str | None) -> Response:
+        gone = asyncio.ensure_future(wait_for_disconnect(request.receive))
+        try:
             fmt = choose_format(format, request.headers.get("accept"))
+            if not token.allows(bucket, key):
+                return not_found(bucket, key)
             loc = await run_in_threadpool(locate, st, app.state.sf, bucket, key)
             if loc is None:
-                return problem(404, "not_found", f"no archived object {key!r} in {bucket!r}")
+                return not_found(bucket, key)
             headers = {"Cache-Control": cache_control, "Vary": "Accept"}
             if loc.sha256:
                 headers["ETag"] = etag_for(loc.sha256, fmt)
                 if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
                     return Response(status_code=304, headers=headers)
-            async with app.state.decode_slots:
-                body, used, sha = await run_in_threadpool(fetch_decode_render, st, loc, fmt)
+            slots: DecodeSlots = app.state.decode_slots
+            body, used, sha = await slots.run(lambda: fetch_decode_render(st, loc, fmt), gone,
+                                              wait_timeout=st.server.slot_wait_timeout_s,
+                                              run_timeout=st.server.decode_timeout_s)
             headers["ETag"] = etag_for(sha, fmt)
             return Response(body, media_type=FORMATS[used], headers=headers)
+        except ClientGone:
+            log.info("token %s: client left before %s was ready; its decode slot was freed", token.name, shown(key))
+            return Response(status_code=499)  # never sent: there is nobody to send it to
+        except Refused as e:
+            return problem(e.status, e.code, e.message, retry_after_header(e.retry_after))
         except Exception as e:  # noqa: BLE001 - every error becomes a JSON problem
             return _error_response(e)
+        finally:
+            gone.cancel()
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -321,10 +454,41 @@ def _version() -> str:
     return __version__
 
 
-def serve(host: str | None = None, port: int | None = None, settings: Settings | None = None) -> None:
-    """Run the endpoint with uvicorn (one process; decodes are bounded by the semaphore)."""
+def _log_to_stderr(level: str) -> None:
+    """uvicorn configures only its own loggers; the per-request lines of this module (token names,
+    refusals) need a handler too. Left alone if the embedding program configured one."""
+    root = logging.getLogger("archiver")
+    if not root.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def announce_token(info: TokenInfo, secret: str, url: str, out: TextIO | None = None) -> None:
+    """Show a token created at start-up, once, on the terminal (not through logging, which
+    may be shipped elsewhere: logs carry token names, never secrets)."""
+    out = out or sys.stderr
+    print(f"\nNo API token existed, so one was created for this machine: {info.name} (scope: everything).\n"
+          f"It is shown only now; keep it:\n\n    {secret}\n\n"
+          f"    curl -H 'Authorization: Bearer {secret}' {url}/objects/BUCKET/KEY -o image.png\n\n"
+          "Issue scoped tokens with `archiver token create`, revoke this one with "
+          f"`archiver token revoke {info.name}`.\n", file=out, flush=True)
+
+
+def serve(host: str | None = None, port: int | None = None, settings: Settings | None = None,
+          announce: Any = announce_token) -> None:
+    """Run the endpoint with uvicorn (one process; decodes are bounded by the semaphore).
+
+    Refuses a public address while no token exists, and on loopback creates the first token and
+    hands it to ``announce(info, secret, url)`` (see :func:`check_tokens_for_bind`)."""
     import uvicorn
 
     st = settings or load_settings()
-    uvicorn.run(create_app(st), host=host or st.server.host, port=port or st.server.port,
-                log_level=st.log_level.lower(), proxy_headers=True)
+    _log_to_stderr(st.log_level)
+    host, port = host or st.server.host, port or st.server.port
+    issued = check_tokens_for_bind(st, host)
+    if issued is not None:
+        shown_host = f"[{host}]" if ":" in host else host
+        announce(*issued, f"http://{shown_host}:{port}")
+    uvicorn.run(create_app(st), host=host, port=port, log_level=st.log_level.lower(), proxy_headers=True)

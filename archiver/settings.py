@@ -172,6 +172,18 @@ class ServerSettings(BaseModel):
     cache_max_age: int = Field(default=31_536_000, ge=0)
     # Whether /health answers 503 when the Celery broker is unreachable (retrieval does not need it).
     require_broker: bool = False
+    # Serve /docs, /redoc and /openapi.json (off: they describe the API to anyone who asks).
+    enable_docs: bool = False
+    # Seconds a request may wait for a decode slot before it is refused (503 server_busy + Retry-After).
+    slot_wait_timeout_s: float = Field(default=60.0, gt=0)
+    # Seconds one decode may run before the request is answered 503 decode_timeout and its slot
+    # freed; unset = no limit. (The decode thread finishes in the background, in a bounded pool.)
+    decode_timeout_s: float | None = Field(default=None, gt=0)
+    # Requests one token may have in flight at once; more get 429 + Retry-After.
+    token_max_concurrent: int = Field(default=4, ge=1, le=1024)
+    # Per-token rate limit: a token bucket refilled at token_rate_per_s, holding token_burst requests.
+    token_rate_per_s: float = Field(default=10.0, gt=0)
+    token_burst: int = Field(default=20, ge=1, le=100_000)
 
 
 class Settings(BaseSettings):

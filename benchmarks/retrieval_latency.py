@@ -88,7 +88,10 @@ def main() -> None:
         env = bench_env()
         env.update({"ARCHIVER_DATABASE_URL": f"sqlite:///{tmp / 'ledger.sqlite'}", "ARCHIVER_DEVICE": a.device,
                     "ARCHIVER_S3__ENDPOINT_URL": f"http://127.0.0.1:{s3_port}", "ARCHIVER_S3__PATH_STYLE": "true",
-                    "ARCHIVER_BROKER_URL": "redis://127.0.0.1:1/0", "PYTHONUNBUFFERED": "1"})
+                    "ARCHIVER_BROKER_URL": "redis://127.0.0.1:1/0", "PYTHONUNBUFFERED": "1",
+                    # this measures decoding, not the per-token limits: lift them for the one client token
+                    "ARCHIVER_SERVER__TOKEN_RATE_PER_S": "100000", "ARCHIVER_SERVER__TOKEN_BURST": "100000",
+                    "ARCHIVER_SERVER__TOKEN_MAX_CONCURRENT": "1024", "ARCHIVER_SERVER__SLOT_WAIT_TIMEOUT_S": "3600"})
         procs.append(start_moto(s3_port, env, tmp / "moto.log"))
         os.environ.update({k: v for k, v in env.items() if k.startswith(("ARCHIVER_", "AWS_"))})
         from archiver.settings import load_settings
@@ -111,6 +114,11 @@ def main() -> None:
             raise SystemExit(f"archiving failed:\n{archived.stdout}\n{archived.stderr}")
         print(f"archived {len(keys)} images with `archiver recompress` in {time.perf_counter() - t0:.1f} s")
 
+        issued = subprocess.run([sys.executable, "-m", "archiver", "token", "create", "bench", "--scope", bucket],
+                                cwd=tmp, env=env, capture_output=True, text=True, check=False)
+        if issued.returncode != 0:
+            raise SystemExit(f"token create failed:\n{issued.stderr}")
+        auth = {"Authorization": f"Bearer {issued.stdout.strip()}"}
         procs.append(start([sys.executable, "-m", "uvicorn", "--factory", "archiver.server:create_app", "--host",
                             "127.0.0.1", "--port", str(http_port), "--log-level", "warning"], env, tmp / "uvicorn.log"))
         base = f"http://127.0.0.1:{http_port}"
@@ -126,7 +134,7 @@ def main() -> None:
         print(f"server: model {health['model']['id']} on {health['model']['device']}, "
               f"max_concurrent_decodes {st.server.max_concurrent_decodes}")
 
-        http = httpx.Client(timeout=300)
+        http = httpx.Client(timeout=300, headers=auth)
 
         def get(key: str, fmt: str, headers: dict[str, str] | None = None) -> tuple[float, httpx.Response]:
             t = time.perf_counter()
@@ -159,7 +167,7 @@ def main() -> None:
                 revalidate.append(took)
 
         def one_client(_: int) -> list[float]:
-            with httpx.Client(timeout=600) as c:
+            with httpx.Client(timeout=600, headers=auth) as c:
                 out = []
                 for key in keys:
                     t = time.perf_counter()

@@ -1,5 +1,7 @@
 """The HTTP retrieval endpoint over a real socket: ``uvicorn archiver.server:create_app`` in a
 subprocess, moto's S3 server, a SQLite ledger filled by the real pipeline, httpx as the client.
+Every request to ``/objects`` carries a bearer token issued by the fixture (``get`` below);
+authentication, scope and limits themselves are tested in tests/test_server_security.py.
 
 The containers are made by :func:`archiver.pipeline.run_job` on noise PNGs with a 1 dB PSNR
 floor (any working codec passes it), so nothing here depends on how good the weights are.
@@ -39,6 +41,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+AUTH: dict[str, str] = {}  # Authorization header of the fixture's token scoped to its bucket
+
+
+def get(url: str, **kw: Any) -> httpx.Response:
+    """``httpx.get`` with the fixture's token (unless the call brings its own Authorization)."""
+    kw["headers"] = {**AUTH, **(kw.get("headers") or {})}
+    return httpx.get(url, **kw)
+
+
 def png(seed: int, w: int, h: int, mode: str = "RGB") -> bytes:
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 256, (h, w, 4 if mode == "RGBA" else 3), dtype=np.uint8)
@@ -73,8 +84,11 @@ class Env:
 
 @pytest.fixture(scope="module")
 def archive(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A bucket with two archived images (via the real pipeline), a corrupt container beside a
-    key that has no ledger row, and a ledger row whose container was tampered with."""
+    """A bucket with archived images (via the real pipeline), a ledger row whose container is
+    corrupt (its recorded sha256 matches: decoding finds the damage), a ledger row whose container
+    was tampered with (the sha256 no longer matches), and tokens: ``reader`` (the bucket),
+    ``cats`` (``bucket/cats/``), ``everything`` (``*``) and ``revoked``. Beside them a bucket this
+    system never archived, holding a valid container next to its original: never to be served."""
     from archiver.codec.api import Codec
     from archiver.db import upgrade
     from archiver.db.models import ArchivedObject
@@ -121,8 +135,25 @@ def archive(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[st
                              dest_url=store.url_for("tampered.png.cxa"),
                              compressed_sha256=hashlib.sha256(good).hexdigest(), compressed_bytes=len(good),
                              original_bytes=1))
+        s.add(ArchivedObject(bucket=bucket, key="corrupt.png", etag="y", model_id=st.model_id,
+                             dest_url=store.url_for("corrupt.png.cxa"), original_deleted=True,
+                             compressed_sha256=hashlib.sha256(bytes(bad)).hexdigest(), compressed_bytes=len(bad),
+                             original_bytes=1))
         s.commit()
-    return {"env": env, "bucket": bucket, "sha": hashlib.sha256(good).hexdigest()}
+    never = f"never-{uuid.uuid4().hex[:12]}"  # a bucket the credentials can read but nothing archived
+    client = make_client(st.s3)
+    client.create_bucket(Bucket=never)
+    client.put_object(Bucket=never, Key="secret/private.jpg", Body=png(6, 64, 64))
+    client.put_object(Bucket=never, Key="secret/private.jpg.cxa", Body=good)
+    client.close()
+    from archiver.tokens import create_token, revoke_token
+
+    tokens = {name: create_token(sf, name, scope)[1] for name, scope in
+              [("reader", [bucket]), ("cats", [f"{bucket}/cats/"]), ("everything", ["*"]), ("revoked", ["*"])]}
+    revoke_token(sf, "revoked")
+    AUTH["Authorization"] = f"Bearer {tokens['reader']}"
+    return {"env": env, "bucket": bucket, "sha": hashlib.sha256(good).hexdigest(), "tokens": tokens,
+            "never": never}
 
 
 @pytest.fixture(scope="module")
@@ -159,55 +190,55 @@ def server(archive: dict[str, Any]) -> Iterator[str]:
 def test_formats_decode_to_the_right_size(server: str, archive: dict[str, Any]) -> None:
     b = archive["bucket"]
     for fmt, pil in [("png", "PNG"), ("jpeg", "JPEG"), ("jpg", "JPEG"), ("webp", "WEBP")]:
-        r = httpx.get(f"{server}/objects/{b}/cats/a.png", params={"format": fmt}, timeout=60)
+        r = get(f"{server}/objects/{b}/cats/a.png", params={"format": fmt}, timeout=60)
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == f"image/{pil.lower()}"
         img = Image.open(io.BytesIO(r.content))
         assert img.format == pil and img.size == (96, 64)
     for accept, pil in [("image/webp,image/png;q=0.9,*/*;q=0.1", "WEBP"), ("image/jpeg", "JPEG"),
                         ("image/avif;q=1, image/png;q=0.5", "PNG"), ("*/*", "PNG"), (None, "PNG")]:
-        r = httpx.get(f"{server}/objects/{b}/cats/a.png", headers={"Accept": accept} if accept else {}, timeout=60)
+        r = get(f"{server}/objects/{b}/cats/a.png", headers={"Accept": accept} if accept else {}, timeout=60)
         assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).format == pil, (accept, r.text)
         assert r.headers["vary"] == "Accept"
-    r = httpx.get(f"{server}/objects/{b}/alpha.png", timeout=60)  # alpha survives in PNG and WebP
+    r = get(f"{server}/objects/{b}/alpha.png", timeout=60)  # alpha survives in PNG and WebP
     assert r.status_code == 200
     img = Image.open(io.BytesIO(r.content))
     assert img.size == (64, 80) and img.mode == "RGBA"
     alpha = np.asarray(img)[..., 3]
     assert (alpha[:, :32] == 255).all() and (alpha[:, 32:] == 40).all()
-    r = httpx.get(f"{server}/objects/{b}/alpha.png?format=webp", timeout=60)
+    r = get(f"{server}/objects/{b}/alpha.png?format=webp", timeout=60)
     assert Image.open(io.BytesIO(r.content)).mode == "RGBA"
 
 
 def test_objects_are_found_by_full_key_and_stale_archives_are_409(server: str, archive: dict[str, Any]) -> None:
     b = archive["bucket"]
-    r = httpx.get(f"{server}/objects/{b}/dogs/b.png", timeout=60)  # container at cxa/b.png.cxa
+    r = get(f"{server}/objects/{b}/dogs/b.png", timeout=60)  # container at cxa/b.png.cxa
     assert r.status_code == 200, r.text
     assert Image.open(io.BytesIO(r.content)).size == (80, 48)
-    r = httpx.get(f"{server}/objects/{b}/stale.png", timeout=60)
+    r = get(f"{server}/objects/{b}/stale.png", timeout=60)
     assert r.status_code == 409 and r.json()["code"] == "archive_stale", r.text
 
 
 def test_etag_and_not_modified(server: str, archive: dict[str, Any]) -> None:
     url = f"{server}/objects/{archive['bucket']}/cats/a.png"
-    r = httpx.get(url, params={"format": "png"}, timeout=60)
+    r = get(url, params={"format": "png"}, timeout=60)
     etag = r.headers["etag"]
     assert etag == f'"{archive["sha"]}.png"'
     assert "immutable" in r.headers["cache-control"] and "max-age=" in r.headers["cache-control"]
-    r2 = httpx.get(url, params={"format": "png"}, headers={"If-None-Match": etag}, timeout=60)
+    r2 = get(url, params={"format": "png"}, headers={"If-None-Match": etag}, timeout=60)
     assert r2.status_code == 304 and r2.content == b"" and r2.headers["etag"] == etag
-    r3 = httpx.get(url, params={"format": "png"}, headers={"If-None-Match": f'"other", W/{etag}'}, timeout=60)
+    r3 = get(url, params={"format": "png"}, headers={"If-None-Match": f'"other", W/{etag}'}, timeout=60)
     assert r3.status_code == 304
-    r4 = httpx.get(url, params={"format": "webp"}, headers={"If-None-Match": etag}, timeout=60)
+    r4 = get(url, params={"format": "webp"}, headers={"If-None-Match": etag}, timeout=60)
     assert r4.status_code == 200 and r4.headers["etag"] != etag  # another format is another entity
-    assert httpx.get(url, params={"format": "png"}, timeout=60).content == r.content  # deterministic
+    assert get(url, params={"format": "png"}, timeout=60).content == r.content  # deterministic
 
 
 def test_unknown_keys_are_404(server: str, archive: dict[str, Any]) -> None:
     b = archive["bucket"]
     for path in [f"/objects/{b}/nope.png", f"/objects/{b}/cats/a.png.cxa", "/objects/no-such-bucket-xyz/a.png",
                  "/objects/Not_A_Bucket/a.png"]:
-        r = httpx.get(server + path, timeout=30)
+        r = get(server + path, timeout=30)
         assert r.status_code == 404, (path, r.text)
         assert r.headers["content-type"] == "application/json" and r.json()["code"] == "not_found"
 
@@ -216,7 +247,7 @@ def test_urls_outside_the_api_get_json_problems(server: str) -> None:
     """A local-directory "bucket" (an absolute path) or a typo gets our JSON problem naming the
     URLs that exist, not FastAPI's bare {"detail": "Not Found"}; a wrong method likewise."""
     for path in ["/objects//srv/photos/a.png", "/object/media/a.png", "/"]:
-        r = httpx.get(server + path, timeout=30)
+        r = get(server + path, timeout=30)
         assert r.status_code == 404, (path, r.text)
         body = r.json()
         assert r.headers["content-type"] == "application/json" and body["code"] == "no_route", body
@@ -227,28 +258,28 @@ def test_urls_outside_the_api_get_json_problems(server: str) -> None:
 
 def test_corrupt_containers_are_clear_4xx(server: str, archive: dict[str, Any]) -> None:
     b = archive["bucket"]
-    r = httpx.get(f"{server}/objects/{b}/corrupt.png", timeout=60)  # found beside the key, no ledger row
+    r = get(f"{server}/objects/{b}/corrupt.png", timeout=60)  # the ledger's sha256 matches; decoding fails
     assert r.status_code == 422, r.text
     body = r.json()
     assert body["code"] and body["code"] != "internal_error" and body["message"]
-    r = httpx.get(f"{server}/objects/{b}/tampered.png", timeout=60)  # ledger sha256 no longer matches
+    r = get(f"{server}/objects/{b}/tampered.png", timeout=60)  # ledger sha256 no longer matches
     assert r.status_code == 422 and r.json()["code"] == "checksum_mismatch", r.text
-    r = httpx.get(f"{server}/objects/{b}/cats/a.png", params={"format": "gif"}, timeout=30)
+    r = get(f"{server}/objects/{b}/cats/a.png", params={"format": "gif"}, timeout=30)
     assert r.status_code == 400 and r.json()["code"] == "bad_format"
-    r = httpx.get(f"{server}/objects/{b}/cats/a.png", headers={"Accept": "text/html"}, timeout=30)
+    r = get(f"{server}/objects/{b}/cats/a.png", headers={"Accept": "text/html"}, timeout=30)
     assert r.status_code == 406 and r.json()["code"] == "not_acceptable"
 
 
 def test_concurrent_requests_are_bounded_not_refused(server: str, archive: dict[str, Any]) -> None:
     url = f"{server}/objects/{archive['bucket']}/cats/a.png"
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        codes = list(pool.map(lambda f: httpx.get(url, params={"format": f}, timeout=120).status_code,
+        codes = list(pool.map(lambda f: get(url, params={"format": f}, timeout=120).status_code,
                               ["png", "jpeg", "webp", "png"]))
     assert codes == [200] * 4
 
 
 def test_health(server: str) -> None:
-    r = httpx.get(server + "/health", timeout=30)
+    r = get(server + "/health", timeout=30)
     assert r.status_code == 200, r.text
     h = r.json()
     assert h["status"] == "ok"
@@ -272,3 +303,334 @@ def test_health_is_503_when_a_dependency_is_down(archive: dict[str, Any]) -> Non
     with TestClient(create_app(env.settings(server={"require_broker": True}))) as c:
         r = c.get("/health")
         assert r.status_code == 503 and r.json()["broker"]["reachable"] is False
+
+
+# ---- authentication, scope and exposure (the subprocess server above) ---------------------------
+
+def test_objects_need_a_valid_token(server: str, archive: dict[str, Any]) -> None:
+    """No token, a malformed one, another scheme, a wrong secret for a real token id, a revoked
+    token: all 401 with WWW-Authenticate, for a key that exists as for one that does not."""
+    b, tokens = archive["bucket"], archive["tokens"]
+    good = tokens["reader"]
+    wrong_secret = good[:-6] + ("AAAAAA" if not good.endswith("AAAAAA") else "BBBBBB")
+    cases = [({}, "missing_token"), ({"Authorization": "Basic dXNlcjpwYXNz"}, "missing_token"),
+             ({"Authorization": "Bearer"}, "missing_token"), ({"Authorization": "Bearer nonsense"}, "invalid_token"),
+             ({"Authorization": f"Bearer {wrong_secret}"}, "invalid_token"),
+             ({"Authorization": f"Bearer {tokens['revoked']}"}, "invalid_token")]
+    for headers, code in cases:
+        for path in [f"/objects/{b}/cats/a.png", f"/objects/{b}/nope.png"]:
+            r = httpx.get(server + path, headers=headers, timeout=30)
+            assert r.status_code == 401, (headers, path, r.text)
+            assert r.json()["code"] == code and r.headers["www-authenticate"].startswith("Bearer")
+            assert good not in r.text and "cxa_" not in r.text
+    r = httpx.get(f"{server}/objects/{b}/cats/a.png", headers={"authorization": f"bearer {good}"}, timeout=60)
+    assert r.status_code == 200, r.text  # the scheme is case-insensitive
+
+
+def test_revoking_takes_effect_on_the_next_request(server: str, archive: dict[str, Any]) -> None:
+    from archiver.jobs import get_session_factory
+    from archiver.tokens import create_token, revoke_token
+
+    sf = get_session_factory(archive["env"].db_url)
+    _, secret = create_token(sf, "short-lived", [archive["bucket"]])
+    url = f"{server}/objects/{archive['bucket']}/cats/a.png"
+    assert get(url, headers={"Authorization": f"Bearer {secret}"}, timeout=60).status_code == 200
+    revoke_token(sf, "short-lived")
+    r = get(url, headers={"Authorization": f"Bearer {secret}"}, timeout=60)
+    assert r.status_code == 401 and r.json()["code"] == "invalid_token"
+
+
+def test_out_of_scope_is_the_same_404_as_never_archived(server: str, archive: dict[str, Any]) -> None:
+    """404, not 403, for a key outside the token's scope: its answer is the one a key that was
+    never archived gets, so a token cannot learn what exists elsewhere."""
+    b, cats = archive["bucket"], {"Authorization": f"Bearer {archive['tokens']['cats']}"}
+    r = get(f"{server}/objects/{b}/cats/a.png", headers=cats, timeout=60)
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (96, 64)
+    outside = get(f"{server}/objects/{b}/alpha.png", headers=cats, timeout=30)  # archived, out of scope
+    absent = get(f"{server}/objects/{b}/alphb.png", headers=cats, timeout=30)  # never archived, same length
+    assert outside.status_code == absent.status_code == 404
+    assert outside.json()["code"] == absent.json()["code"] == "not_found"
+    assert outside.text.replace("alpha", "alphb") == absent.text
+    assert set(outside.headers) == set(absent.headers)
+    r = get(f"{server}/objects/{b}/cats-and-dogs.png", headers=cats, timeout=30)  # prefix is "cats/"
+    assert r.status_code == 404
+
+
+def test_a_bucket_never_archived_is_never_read(server: str, archive: dict[str, Any]) -> None:
+    """The removed fallback served ``KEY.cxa`` from any readable bucket; now only the ledger
+    counts, even for a token scoped to everything."""
+    every = {"Authorization": f"Bearer {archive['tokens']['everything']}"}
+    n = archive["never"]
+    for key in ["secret/private.jpg", "secret/private.jpg.cxa"]:
+        r = get(f"{server}/objects/{n}/{key}", headers=every, timeout=30)
+        assert r.status_code == 404 and r.json()["code"] == "not_found", r.text
+    r = get(f"{server}/objects/{archive['bucket']}/cats/a.png", headers=every, timeout=60)
+    assert r.status_code == 200
+
+
+def test_if_none_match_star_does_not_reveal_keys(server: str, archive: dict[str, Any]) -> None:
+    b = archive["bucket"]
+    star = {"If-None-Match": "*"}
+    for key in ["cats/a.png", "nope.png"]:  # without a token: 401 whether it exists or not
+        r = httpx.get(f"{server}/objects/{b}/{key}", headers=star, timeout=30)
+        assert r.status_code == 401 and r.json()["code"] == "missing_token"
+    cats = {**star, "Authorization": f"Bearer {archive['tokens']['cats']}"}
+    outside = get(f"{server}/objects/{b}/alpha.png", headers=cats, timeout=30)
+    absent = get(f"{server}/objects/{b}/alphb.png", headers=cats, timeout=30)
+    assert outside.status_code == absent.status_code == 404
+    assert outside.text.replace("alpha", "alphb") == absent.text
+    r = get(f"{server}/objects/{b}/cats/a.png", headers=cats, timeout=30)  # its own key: HTTP semantics
+    assert r.status_code == 304
+
+
+def test_long_keys_are_400_and_never_echoed(server: str, archive: dict[str, Any]) -> None:
+    b = archive["bucket"]
+    for key in ["k" * 1025, "é" * 513]:  # bytes, not characters, count
+        r = get(f"{server}/objects/{b}/{key}", timeout=30)
+        assert r.status_code == 400 and r.json()["code"] == "key_too_long", r.text[:300]
+        assert key[:40] not in r.text and len(r.content) < 400
+    # the issue's 70,000-character key: longer than httpx allows in a URL, so over a plain socket
+    for headers, status in [(AUTH, 400), ({}, 401)]:
+        code, body = raw_http(server, f"/objects/{b}/{'x' * 70_000}", headers)
+        assert code == status and b"xxxxxxxxxx" not in body and len(body) < 400, (code, body[:300])
+    code, body = raw_http(server, "/" + "y" * 70_000, {})  # a URL outside the API: quoted briefly only
+    assert code == 404 and b"no_route" in body and len(body) < 800, (code, body[:300])
+    r = get(f"{server}/objects/{b}/{'k' * 1024}", timeout=30)  # at the limit: an ordinary lookup
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+    assert len(r.content) < 600  # the message quotes the start of the key, not all of it
+
+
+def raw_http(base: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """One HTTP/1.1 GET over a plain socket: (status, body) (the response is read to the close)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_docs_are_off_and_health_is_open(server: str, archive: dict[str, Any]) -> None:
+    for path in ["/docs", "/redoc", "/openapi.json"]:
+        r = httpx.get(server + path, timeout=30)
+        assert r.status_code == 404 and r.json()["code"] == "no_route", (path, r.text)
+    r = httpx.get(server + "/health", timeout=30)  # no token needed
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    text = r.text
+    for secret in archive["tokens"].values():
+        assert secret not in text
+    for name in archive["tokens"]:
+        assert f'"{name}"' not in text
+    assert archive["env"].db_url not in text and "testing" not in text
+
+
+# ---- limits and abandoned work (an in-process uvicorn on a real socket, so that the decode can
+# be held at a known point: decode_container is wrapped with a gate) -----------------------------
+
+class Gate:
+    """Holds the decode of one container (by sha256) until released; counts every decode."""
+
+    def __init__(self, hold_sha: str) -> None:
+        import threading
+
+        from archiver import restore
+
+        self.hold_sha, self.real = hold_sha, restore.decode_container
+        self.started, self.release = threading.Event(), threading.Event()
+        self.calls: list[tuple[str, int]] = []  # (container sha256, max_pixels) per decode
+
+    def __call__(self, data: bytes, device: str = "auto", max_pixels: int = 400_000_000) -> Any:
+        sha = hashlib.sha256(data).hexdigest()
+        self.calls.append((sha, max_pixels))
+        if sha == self.hold_sha:
+            self.started.set()
+            assert self.release.wait(120), "the test never released the gate"
+        return self.real(data, device, max_pixels=max_pixels)
+
+
+@pytest.fixture
+def gate(archive: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    """Holds decodes of alpha.png's container; cats/a.png decodes freely."""
+    from archiver import restore
+    from archiver.db.models import ArchivedObject
+    from archiver.jobs import get_session_factory
+    from sqlalchemy import select
+
+    with get_session_factory(archive["env"].db_url)() as s:
+        sha = s.execute(select(ArchivedObject.compressed_sha256).where(
+            ArchivedObject.bucket == archive["bucket"], ArchivedObject.key == "alpha.png")).scalar_one()
+    g = Gate(sha)
+    monkeypatch.setattr(restore, "decode_container", g)
+    yield g
+    g.release.set()
+
+
+@pytest.fixture
+def inproc(archive: dict[str, Any]) -> Iterator[Any]:
+    """``inproc(**settings)`` starts ``create_app`` under uvicorn in a thread on a free port and
+    returns (base URL, app); the model is already cached in this process, so starting is cheap."""
+    import threading
+
+    import uvicorn
+
+    from archiver.server import create_app
+
+    started: list[tuple[Any, threading.Thread]] = []
+
+    def start(**kw: Any) -> tuple[str, Any]:
+        app = create_app(archive["env"].settings(**kw))
+        port = free_port()
+        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        t = threading.Thread(target=srv.run, daemon=True)
+        t.start()
+        started.append((srv, t))
+        deadline = time.monotonic() + 60
+        while not srv.started:
+            assert t.is_alive() and time.monotonic() < deadline, "in-process server did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}", app
+
+    yield start
+    for srv, t in started:
+        srv.should_exit = True
+    for srv, t in started:
+        t.join(30)
+
+
+def raw_get(base: str, path: str, token: str) -> socket.socket:
+    """Send a GET on a plain socket and return it unread (to hang up on the server later)."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+    return sock
+
+
+def wait_until(cond: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_a_disconnect_mid_decode_frees_the_slot(archive: dict[str, Any], gate: Gate, inproc: Any) -> None:
+    """One decode slot. A client starts a decode and hangs up: the next request is served while
+    the abandoned decode is still held (it does not wait for it), and its result is never sent."""
+    base, app = inproc(server={"max_concurrent_decodes": 1})
+    token, b = archive["tokens"]["reader"], archive["bucket"]
+    sock = raw_get(base, f"/objects/{b}/alpha.png", token)
+    assert gate.started.wait(60)
+    sock.close()
+    wait_until(lambda: app.state.decode_slots.free == 1)
+    t0 = time.monotonic()
+    r = httpx.get(f"{base}/objects/{b}/cats/a.png", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (96, 64), r.text
+    assert not gate.release.is_set() and app.state.decode_slots.abandoned == 1
+    assert time.monotonic() - t0 < 60
+
+
+def test_a_disconnect_while_queued_gives_up_the_place(archive: dict[str, Any], gate: Gate, inproc: Any) -> None:
+    """A request waiting for the only slot, whose client leaves, never decodes."""
+    base, app = inproc(server={"max_concurrent_decodes": 1})
+    token, b = archive["tokens"]["reader"], archive["bucket"]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(httpx.get, f"{base}/objects/{b}/alpha.png",
+                           headers={"Authorization": f"Bearer {token}"}, timeout=120)
+        assert gate.started.wait(60)
+        sock = raw_get(base, f"/objects/{b}/cats/a.png?format=webp", token)
+        time.sleep(1.0)  # it is now waiting for the slot
+        sock.close()
+        time.sleep(1.0)  # the server notices and leaves the queue
+        gate.release.set()
+        assert held.result().status_code == 200
+    wait_until(lambda: app.state.decode_slots.free == 1)
+    assert [sha for sha, _ in gate.calls] == [gate.hold_sha]  # the queued request never decoded
+
+
+def test_decode_time_budget(archive: dict[str, Any], gate: Gate, inproc: Any) -> None:
+    base, app = inproc(server={"max_concurrent_decodes": 1, "decode_timeout_s": 1.0})
+    auth, b = {"Authorization": f"Bearer {archive['tokens']['reader']}"}, archive["bucket"]
+    t0 = time.monotonic()
+    r = httpx.get(f"{base}/objects/{b}/alpha.png", headers=auth, timeout=60)
+    assert r.status_code == 503 and r.json()["code"] == "decode_timeout", r.text
+    assert int(r.headers["retry-after"]) >= 1 and time.monotonic() - t0 < 30
+    r = httpx.get(f"{base}/objects/{b}/cats/a.png", headers=auth, timeout=60)  # the slot was released
+    assert r.status_code == 200, r.text
+
+
+def test_burst_beyond_the_rate_limit_is_429(archive: dict[str, Any], inproc: Any) -> None:
+    base, _ = inproc(server={"token_rate_per_s": 0.2, "token_burst": 3})
+    b, tokens = archive["bucket"], archive["tokens"]
+    codes = [httpx.get(f"{base}/objects/{b}/nope-{i}.png", headers={"Authorization": f"Bearer {tokens['reader']}"},
+                       timeout=30) for i in range(5)]
+    assert [r.status_code for r in codes] == [404, 404, 404, 429, 429]
+    assert codes[3].json()["code"] == "rate_limited" and 1 <= int(codes[3].headers["retry-after"]) <= 5
+    r = httpx.get(f"{base}/objects/{b}/cats/a.png", headers={"Authorization": f"Bearer {tokens['everything']}"},
+                  timeout=60)  # another token has its own budget
+    assert r.status_code == 200
+    r = httpx.get(f"{base}/objects/{b}/nope.png", timeout=30)  # no token: 401 comes before the limit
+    assert r.status_code == 401
+
+
+def test_per_token_concurrency_limit_is_429(archive: dict[str, Any], gate: Gate, inproc: Any) -> None:
+    base, _ = inproc(server={"token_max_concurrent": 1})
+    b, tokens = archive["bucket"], archive["tokens"]
+    auth = {"Authorization": f"Bearer {tokens['reader']}"}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(httpx.get, f"{base}/objects/{b}/alpha.png", headers=auth, timeout=120)
+        assert gate.started.wait(60)
+        r = httpx.get(f"{base}/objects/{b}/cats/a.png", headers=auth, timeout=30)
+        assert r.status_code == 429 and r.json()["code"] == "too_many_concurrent" and r.headers["retry-after"]
+        r = httpx.get(f"{base}/objects/{b}/cats/a.png", headers={"Authorization": f"Bearer {tokens['everything']}"},
+                      timeout=60)
+        assert r.status_code == 200
+        gate.release.set()
+        assert held.result().status_code == 200
+    assert httpx.get(f"{base}/objects/{b}/cats/a.png", headers=auth, timeout=60).status_code == 200
+
+
+def test_401_comes_before_any_lookup_and_max_pixels_is_honoured(archive: dict[str, Any], gate: Gate, inproc: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from archiver import server as server_mod
+
+    lookups: list[str] = []
+    real_locate = server_mod.locate
+    monkeypatch.setattr(server_mod, "locate", lambda st, sf, bucket, key: lookups.append(key) or
+                        real_locate(st, sf, bucket, key))
+    base, _ = inproc(max_pixels=5000)  # cats/a.png is 96x64 = 6,144 pixels
+    b = archive["bucket"]
+    assert httpx.get(f"{base}/objects/{b}/cats/a.png", timeout=30).status_code == 401
+    assert httpx.get(f"{base}/objects/{b}/cats/a.png", headers={"Authorization": "Bearer cxa_0"},
+                     timeout=30).status_code == 401
+    assert lookups == [] and gate.calls == []
+    r = httpx.get(f"{base}/objects/{b}/cats/a.png", headers={"Authorization": f"Bearer {archive['tokens']['reader']}"},
+                  timeout=60)
+    assert r.status_code == 422 and r.json()["code"] != "internal_error", r.text
+    assert lookups == ["cats/a.png"] and [mp for _, mp in gate.calls] == [5000]
+
+
+def test_docs_can_be_enabled(inproc: Any) -> None:
+    base, _ = inproc(server={"enable_docs": True})
+    assert httpx.get(base + "/docs", timeout=30).status_code == 200
+    assert "/objects/{bucket}/{key}" in httpx.get(base + "/openapi.json", timeout=30).text
+
+
+def test_logs_name_tokens_never_their_secrets(archive: dict[str, Any], inproc: Any,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="archiver.server")
+    base, _ = inproc()
+    b, tokens = archive["bucket"], archive["tokens"]
+    assert httpx.get(f"{base}/objects/{b}/cats/a.png", headers={"Authorization": f"Bearer {tokens['reader']}"},
+                     timeout=60).status_code == 200
+    assert httpx.get(f"{base}/objects/{b}/cats/a.png", headers={"Authorization": f"Bearer {tokens['revoked']}"},
+                     timeout=60).status_code == 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "archiver.server"]
+    assert any("token reader" in m and "cats/a.png" in m and "200" in m for m in lines), lines
+    assert any("invalid_token" in m for m in lines), lines
+    for secret in tokens.values():
+        assert not any(secret in m or secret.split("_")[-1] in m for m in lines)

@@ -54,9 +54,9 @@ def main(config_file: str | None) -> None:
 
 
 # --- command registration: one import and one _MODULES entry per module --------------------
-from . import codec_cmds, db_cmds, job_cmds, pipeline_cmds, report_cmds  # noqa: E402
+from . import codec_cmds, db_cmds, job_cmds, pipeline_cmds, report_cmds, token_cmds  # noqa: E402
 
-_MODULES = (codec_cmds, pipeline_cmds, job_cmds, report_cmds, db_cmds)
+_MODULES = (codec_cmds, pipeline_cmds, job_cmds, report_cmds, db_cmds, token_cmds)
 
 for _module in _MODULES:
     for _command in _module.COMMANDS:

@@ -128,7 +128,9 @@ def cancel(job, db_url) -> None:
 @click.option("--host", default=None, help="address to bind [settings: 127.0.0.1]")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="port [settings: 8080]")
 def serve(host, port) -> None:
-    """Serve archived images over HTTP: GET /objects/{bucket}/{key}?format=png|jpeg|webp, GET /health."""
+    """Serve archived images over HTTP: GET /objects/{bucket}/{key}?format=png|jpeg|webp (with
+    `Authorization: Bearer <token>`), GET /health. A public --host needs a token to exist
+    (`archiver token create`); on 127.0.0.1 with none, one is created and printed once."""
     from ..server import serve as run
 
     run(host=host, port=port)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..vocabulary import JOB_KINDS, JOB_STATUSES, RESULT_STATUSES
 from .models import (
+    ApiToken,
     ArchivedObject,
     Base,
     Job,
@@ -25,6 +26,7 @@ __all__ = [
     "JOB_KINDS",
     "JOB_STATUSES",
     "RESULT_STATUSES",
+    "ApiToken",
     "ArchivedObject",
     "Base",
     "Job",

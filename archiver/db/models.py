@@ -134,3 +134,26 @@ class ArchivedObject(Base):
     original_bytes: Mapped[int] = mapped_column(BigInteger)
     original_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     archived_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token for the retrieval endpoint: who may read which archived objects.
+
+    Only a salted hash of the secret is stored (see :mod:`archiver.tokens` for why a fast hash);
+    ``token_id`` is the public half of the token string, so a request finds its row by an
+    indexed lookup and then compares one hash in constant time. Revoked tokens keep their row
+    (``revoked_at`` set), so ``archiver token list --all`` shows who had access and until when.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_id: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    # ["bucket", "bucket/prefix", ...] or ["*"]; see archiver.tokens.parse_scope
+    scope: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # "sha256$<salt hex>$<digest hex>": the algorithm is named so that it can change later
+    secret_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
