@@ -27,7 +27,6 @@ How a job flows and why it is safe:
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import logging
 import os
@@ -55,11 +54,6 @@ if TYPE_CHECKING:
     from .storage import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
-
-BATCH_TASK = "archiver.recompress_batch"
-#: Redis priority of batches (0 is highest): control messages (schedule triggers, retrievals) sent
-#: at the default 0 are taken before queued batches, so they never wait behind a whole job
-BATCH_PRIORITY = 6
 
 #: one enqueued object: [key, etag, size] (a JSON-friendly list)
 Item = Sequence[Any]
@@ -155,15 +149,6 @@ def options_from_dict(d: dict[str, Any]) -> PipelineOptions:
 
 # ---- submit -------------------------------------------------------------------------------------
 
-def celery_enqueue(job_id: int, source_url: str, dest_url: str | None, items: list[list[Any]],
-                   options: dict[str, Any], *, settings: Settings | None = None) -> None:
-    """Send one batch to the ``recompress`` queue (the default ``enqueue``) on the broker of ``settings``."""
-    from workers.app import app_for
-
-    app_for(_settings(settings)).send_task(BATCH_TASK, args=[job_id, source_url, dest_url, items, options],
-                                           queue="recompress", priority=BATCH_PRIORITY)
-
-
 def _new_job(s: Session, *, kind: str, source: str, dest: str | None, model_id: str, opts: PipelineOptions,
              schedule_name: str | None, extra: dict[str, Any]) -> Job:
     job = Job(kind=kind, source=source, dest=dest, model_id=model_id, status="pending", started_at=utcnow(),
@@ -178,12 +163,13 @@ def _new_job(s: Session, *, kind: str, source: str, dest: str | None, model_id: 
 def submit(source: str, options: PipelineOptions | dict[str, Any] | None = None, dest: str | None = None,
            chunk_size: int | None = None, db_url: str | None = None, schedule_name: str | None = None,
            older_than_days: float | None = None, *, settings: Settings | None = None,
-           enqueue: Enqueue | None = None, model_id: str | None = None,
+           enqueue: Enqueue, model_id: str | None = None,
            on_listed: Callable[[int, int], None] | None = None) -> int:
     """Create a job, stream the listing of ``source`` into batches on the ``recompress`` queue.
 
     Returns the job id. ``older_than_days`` keeps only objects last modified at least that long
-    ago (scheduled jobs); ``enqueue`` replaces the Celery send (tests, other queues);
+    ago (scheduled jobs); ``enqueue`` sends one batch (the front door passes the Celery send,
+    ``workers.enqueue.celery_enqueue``; tests pass their own);
     ``on_listed(listed, enqueued)`` is called after every batch (listing a big bucket takes minutes).
     """
     st = _settings(settings)
@@ -217,7 +203,7 @@ def _as_options(options: PipelineOptions | dict[str, Any] | None, st: Settings) 
 def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOptions, sf: sessionmaker[Session],
                     st: Settings, *, chunk_size: int, older_than_days: float | None = None,
                     skip_archived: bool = False, skip_rejected: bool = False,
-                    enqueue: Enqueue | None = None, on_listed: Callable[[int, int], None] | None = None) -> None:
+                    enqueue: Enqueue, on_listed: Callable[[int, int], None] | None = None) -> None:
     """List ``source`` and send it in chunks; any failure marks the job failed (and re-raises).
 
     ``skip_archived`` leaves out versions already archived; ``skip_rejected`` also leaves out
@@ -226,7 +212,7 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
     same photos."""
     from .pipeline import iter_source
 
-    send = enqueue or functools.partial(celery_enqueue, settings=st)
+    send = enqueue
     cutoff = utcnow() - dt.timedelta(days=older_than_days) if older_than_days is not None else None
     options = opts.as_dict()
     try:
@@ -339,7 +325,7 @@ def _lock_key(name: str) -> int:
 
 
 def start_scheduled(schedule: Schedule | dict[str, Any], db_url: str | None = None, *,
-                    settings: Settings | None = None, enqueue: Enqueue | None = None) -> int | None:
+                    settings: Settings | None = None, enqueue: Enqueue) -> int | None:
     """Start a run of ``schedule`` unless a previous run is still pending/running.
 
     Returns the new job id, or ``None`` when a run is still in progress. A run older than the
@@ -546,39 +532,6 @@ class NoAttemptCounter:
 
     def finish(self, job_id: int, bucket: str, key: str) -> None:
         return None
-
-
-class RedisAttemptCounter:
-    """Counters in Redis (the broker). Best effort: if Redis is unreachable, nothing is counted."""
-
-    TTL = 7 * 24 * 3600
-
-    def __init__(self, url: str) -> None:
-        import redis
-
-        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-
-    @staticmethod
-    def _key(job_id: int, bucket: str, key: str) -> str:
-        h = hashlib.sha256(f"{bucket}\0{key}".encode()).hexdigest()[:32]
-        return f"archiver:attempts:{job_id}:{h}"
-
-    def start(self, job_id: int, bucket: str, key: str) -> int:
-        k = self._key(job_id, bucket, key)
-        try:
-            pipe = self.client.pipeline()
-            pipe.incr(k)
-            pipe.expire(k, self.TTL)
-            return int(pipe.execute()[0])
-        except Exception as e:  # noqa: BLE001 - redis.RedisError, OSError: never block work on the counter
-            log.warning("attempt counter unavailable (%s); not counting", e)
-            return 1
-
-    def finish(self, job_id: int, bucket: str, key: str) -> None:
-        try:
-            self.client.delete(self._key(job_id, bucket, key))
-        except Exception as e:  # noqa: BLE001 - best effort, as above
-            log.warning("attempt counter unavailable (%s)", e)
 
 
 @dataclass

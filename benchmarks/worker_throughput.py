@@ -162,11 +162,12 @@ def main() -> None:
             return ok
 
         opts = jobs.make_options(st, min_psnr=a.min_psnr, min_saving=a.min_saving)
+        from workers.enqueue import celery_enqueue  # the front door's Celery send
 
         def worker_pass(objs: list[bytes], chunk: int) -> tuple[float, Any]:
             bucket = upload("bench", objs)
             t0 = time.perf_counter()
-            job_id = jobs.submit(f"s3://{bucket}", opts, chunk_size=chunk, settings=st)
+            job_id = jobs.submit(f"s3://{bucket}", opts, chunk_size=chunk, settings=st, enqueue=celery_enqueue(st))
             status = jobs.wait_for(job_id, timeout=3600, poll=0.1, settings=st)
             took = time.perf_counter() - t0
             if status.status != "finished":

@@ -41,6 +41,14 @@ LEASE = 2  # seconds between a running batch's lease renewals
 
 # ---- helpers --------------------------------------------------------------------------------------
 
+def celery_enqueue(settings: Any) -> Any:
+    """The Celery send the CLI passes to ``jobs.submit`` (imported late: importing ``workers``
+    builds the module's Celery app)."""
+    from workers.enqueue import celery_enqueue as send_for
+
+    return send_for(settings)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -643,7 +651,7 @@ def test_submitted_job_completes_and_records_every_object(stack: Stack, worker: 
     assert img.format == "WEBP" and img.size == (accepted[0].width, accepted[0].height)
 
     # resubmitting the same source: originals are gone (replaced), nothing left to do
-    job2 = jobs.submit(bucket, {"replace": True, **ACCEPT}, settings=stack.settings())
+    job2 = jobs.submit(bucket, {"replace": True, **ACCEPT}, settings=stack.settings(), enqueue=celery_enqueue(stack.settings()))
     wait_finished(stack, job2, 60, [worker["w"]])
     assert jobs.status(job2, settings=stack.settings()).objects_enqueued == 1  # readme.txt only
 
@@ -657,7 +665,7 @@ def test_cancel_stops_the_workers(stack: Stack, worker: dict[str, Proc], monkeyp
     sources = {f"c{i}.png": noise_png(200 + i, 128, 128) for i in range(10)}
     bucket = stack.bucket(sources)
     st = stack.settings()
-    job_id = jobs.submit(bucket, ACCEPT, chunk_size=1, settings=st)
+    job_id = jobs.submit(bucket, ACCEPT, chunk_size=1, settings=st, enqueue=celery_enqueue(st))
     wait_until(lambda: job_rows(stack.db_url, job_id), 90, "a first result", poll=0.1,
                on_timeout=lambda: worker["w"].log())
     stack.env_for_test_process(monkeypatch)
@@ -668,7 +676,7 @@ def test_cancel_stops_the_workers(stack: Stack, worker: dict[str, Proc], monkeyp
     n_at_cancel = len(job_rows(stack.db_url, job_id))
     from archiver.db.models import Job
 
-    probe = jobs.submit(stack.bucket({"p.png": noise_png(299)}), ACCEPT, settings=st)  # queued behind them
+    probe = jobs.submit(stack.bucket({"p.png": noise_png(299)}), ACCEPT, settings=st, enqueue=celery_enqueue(st))  # queued behind them
     wait_finished(stack, probe, 120, [worker["w"]])
     assert len(job_rows(stack.db_url, job_id)) <= n_at_cancel + 1 < len(sources)
     with session_factory(stack.db_url)() as s:
@@ -769,7 +777,7 @@ def test_a_batch_longer_than_the_visibility_timeout_runs_on_one_worker(stack: St
         # on an idle one, and then the test proves nothing.
         sources = {f"long/{i}.png": noise_png(900 + i, 384, 384) for i in range(36)}
         bucket = stack.bucket(sources)
-        job_id = jobs.submit(bucket, {**ACCEPT}, chunk_size=len(sources), settings=stack.settings())
+        job_id = jobs.submit(bucket, {**ACCEPT}, chunk_size=len(sources), settings=stack.settings(), enqueue=celery_enqueue(stack.settings()))
         pending = wait_until(lambda: client.zrange("unacked_index", 0, -1, withscores=True), 60,
                              "the batch to be delivered", poll=0.1)
         assert len(pending) == 1
@@ -797,7 +805,7 @@ def test_worker_killed_mid_job_completes_on_another_worker(stack: Stack, worker:
 
     sources = {f"k{i}.png": noise_png(400 + i, 128, 128) for i in range(8)}
     bucket = stack.bucket(sources)
-    job_id = jobs.submit(bucket, {"replace": True, **ACCEPT}, chunk_size=4, settings=stack.settings())
+    job_id = jobs.submit(bucket, {"replace": True, **ACCEPT}, chunk_size=4, settings=stack.settings(), enqueue=celery_enqueue(stack.settings()))
     w = worker["w"]
     wait_until(lambda: job_rows(stack.db_url, job_id), 120, "a first result", poll=0.1, on_timeout=w.log)
     w.kill(signal.SIGKILL)
@@ -827,7 +835,7 @@ def test_redis_outage_mid_job(stack: Stack, tmp_path: Path) -> None:
     try:
         sources = {f"o{i}.png": noise_png(500 + i, 128, 128) for i in range(8)}
         bucket = own.bucket(sources)
-        job_id = jobs.submit(bucket, ACCEPT, chunk_size=2, settings=own.settings())
+        job_id = jobs.submit(bucket, ACCEPT, chunk_size=2, settings=own.settings(), enqueue=celery_enqueue(own.settings()))
         wait_until(lambda: job_rows(own.db_url, job_id), 120, "a first result", poll=0.1, on_timeout=w.log)
         redis.crash()
         time.sleep(3)

@@ -31,7 +31,9 @@ def attempt_counter() -> Any:
     """Per-object start counter (poison-object cap), kept in Redis when the broker is Redis."""
     global _counter
     if _counter is None:
-        from archiver.jobs import NoAttemptCounter, RedisAttemptCounter
+        from archiver.jobs import NoAttemptCounter
+
+        from .attempts import RedisAttemptCounter
 
         url = settings().broker_url
         _counter = RedisAttemptCounter(url) if url.startswith(("redis://", "rediss://")) else NoAttemptCounter()
@@ -103,7 +105,10 @@ def run_schedule(schedule: dict[str, Any]) -> int | None:
     """A beat trigger: start a run of the schedule unless the previous one is still running."""
     from archiver import jobs
 
-    return jobs.start_scheduled(schedule, settings=settings())
+    from .enqueue import celery_enqueue
+
+    st = settings()
+    return jobs.start_scheduled(schedule, settings=st, enqueue=celery_enqueue(st))
 
 
 @app.task(name="archiver.retrieve")

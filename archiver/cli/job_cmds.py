@@ -49,6 +49,8 @@ def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_d
     dest = dest or (st.dest if st.dest_mode == "prefix" else None)
     opts = jobs.make_options(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace, upgrade=upgrade)
     ticker = LogTicker(console, st.log_progress_every)
+    from workers.enqueue import celery_enqueue  # the Celery send; imported here, not at CLI start
+
     with console.status("listing and enqueueing") as spinner:
 
         def on_listed(listed: int, enqueued: int) -> None:
@@ -57,7 +59,8 @@ def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_d
                 console.print(f"submit: {listed:,} objects listed, {enqueued:,} enqueued", highlight=False)
 
         job_id = jobs.submit(source, opts, dest=dest, chunk_size=chunk_size, db_url=db_url,
-                             older_than_days=older_than_days, settings=st, on_listed=on_listed)
+                             older_than_days=older_than_days, settings=st, on_listed=on_listed,
+                             enqueue=celery_enqueue(st))
     s = jobs.status(job_id, db_url, settings=st)
     console.print(f"job [bold]{job_id}[/bold]: {s.objects_enqueued} object(s) in batches of "
                   f"{chunk_size or st.workers.chunk_size} queued; follow with `archiver status {job_id}`")
