@@ -50,6 +50,7 @@ from ..errors import KeyRefused, StorageError
 from .base import (
     PROBE_BYTES,
     SHA256_META,
+    DestinationUnwritable,
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
@@ -133,7 +134,7 @@ class LocalStore(ObjectStore):
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StorageError(f"cannot create the store directory {path}: {exc}") from exc
+                raise DestinationUnwritable(f"cannot create the store directory {path}: {exc}") from exc
         self.root = path.resolve()
         self.bucket = str(self.root)
         self.url = self.root.as_uri()
@@ -444,8 +445,6 @@ class LocalStore(ObjectStore):
 
     def check_writable(self) -> None:
         """Create, write and delete a temporary file in the root (a name listings never show)."""
-        from .base import DestinationUnwritable
-
         try:
             dfd = self._strict_dir([], create=False)
         except (OSError, _SymlinkMet) as exc:
