@@ -88,6 +88,13 @@ def test_cli_recompress_to_a_missing_bucket_exits_2_at_once(tmp_path: Path, s3_s
     assert "error (dest_unwritable)" in proc.stderr and "no_such_bucket" in proc.stderr
     assert "summary" not in proc.stdout  # no run happened
     assert sorted(p.name for p in src.iterdir()) == ["a.png"]
+    # submit fails the same way, before anything is enqueued (no broker is even needed)
+    proc = subprocess.run([str(ARCHIVER_BIN), "submit", str(src), "--dest", "s3://no-such-bucket-archiver-cli/",
+                           "--db", f"sqlite:///{tmp_path / 'a.sqlite'}"],
+                          cwd=tmp_path, env={**cli_env(s3_server), "ARCHIVER_BROKER_URL": "redis://127.0.0.1:1/0"},
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error (dest_unwritable)" in proc.stderr
 
 
 def test_unwritable_local_destination_is_refused(tmp_path: Path, sqlite_sf: Any) -> None:
