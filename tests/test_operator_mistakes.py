@@ -374,3 +374,21 @@ def test_a_directory_swapped_for_a_symlink_is_refused(tmp_path: Path, monkeypatc
         st.delete("sub/a.png")
     assert sorted(p.name for p in (outside / "sub").iterdir()) == ["a.png"]
     assert (outside / "sub" / "a.png").read_bytes() == b"secret"
+
+
+def test_worker_batches_refuse_unsafe_keys_too(s3_settings: Any, s3_bucket: str, s3_client: Any,
+                                               migrated_db_url: str, codec: Any) -> None:
+    """The Celery route (submit -> process_batch) goes through the same refusal as run_job."""
+    bucket = s3_bucket.removeprefix("s3://")
+    for key in ("a//double.png", "ok/k01.png"):
+        s3_client.put_object(Bucket=bucket, Key=key, Body=IMG)
+    st = s3_settings.model_copy(update={"database_url": migrated_db_url})
+    batches: list[Any] = []
+    job_id = jobs.submit(s3_bucket, accept_opts(replace=True), settings=st, db_url=migrated_db_url,
+                         enqueue=lambda *args: batches.append(args))
+    for _job, source, dest, items, options in batches:
+        jobs.process_batch(job_id, source, dest, items, options, settings=st, codec=codec)
+    s = jobs.status(job_id, migrated_db_url, settings=st)
+    assert s.status == "finished" and s.reasons == {"unsafe_key": 1} and s.count("accepted") == 1
+    left = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert left == {"a//double.png", "ok/k01.png.cxa"}
