@@ -392,3 +392,15 @@ def test_worker_batches_refuse_unsafe_keys_too(s3_settings: Any, s3_bucket: str,
     assert s.status == "finished" and s.reasons == {"unsafe_key": 1} and s.count("accepted") == 1
     left = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert left == {"a//double.png", "ok/k01.png.cxa"}
+
+
+def test_listing_reason_codes_are_one_list_and_documented() -> None:
+    """The codes recorded before any fetch are the ones ``pipeline.LISTING_REJECTIONS`` names, and
+    the README's reason-code table lists each of them."""
+    from archiver.pipeline import LISTING_REJECTIONS
+
+    assert set(EXPECTED_REFUSED.values()) | {"unsafe_key"} == LISTING_REJECTIONS
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for code in (*LISTING_REJECTIONS, "dest_unwritable"):
+        assert f"| `{code}` |" in readme or f"`{code}`" in readme, code
+    assert "unsafe_key" in jobs.CONTENT_REJECTIONS  # a schedule does not pay to refuse it every night
