@@ -209,36 +209,52 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
     ``skip_archived`` leaves out versions already archived; ``skip_rejected`` also leaves out
     versions an earlier job rejected for a reason that this run would meet again
     (:func:`rejection_repeats`), so a nightly schedule does not pay every night to refuse the
-    same photos."""
-    from .pipeline import iter_source
+    same photos.
+
+    Before listing, the destination is probed (``restore.prepare_destination``): a missing bucket
+    or a missing permission fails the job at once (``dest_unwritable``) instead of in every batch.
+    Entries the store cannot serve (a local name that is not UTF-8, a symlink out of the root, a
+    FIFO) are recorded ``rejected`` here, in the transaction that counts them as enqueued, since
+    no worker could look them up again."""
+    from .pipeline import Outcome, iter_source, record_outcome
+    from .restore import prepare_destination
 
     send = enqueue
     cutoff = utcnow() - dt.timedelta(days=older_than_days) if older_than_days is not None else None
     options = opts.as_dict()
     try:
         src = get_store(source, st)
+        if not opts.dry_run:
+            prepare_destination(get_store(dest, st, create=True) if dest else src)
         with sf() as s:
             model_id = s.execute(select(Job.model_id).where(Job.id == job_id)).scalar_one()
         scope = Scope.of(src)
         chunk: list[list[Any]] = []
+        refused: list[ObjectInfo] = []
         listed = listed_bytes = 0
         total_listed = total_enqueued = 0
 
         def flush() -> None:
-            nonlocal chunk, listed, listed_bytes, total_listed, total_enqueued
+            nonlocal chunk, refused, listed, listed_bytes, total_listed, total_enqueued
             items = (_drop_archived(sf, scope, None if opts.upgrade else model_id, chunk)
                      if skip_archived and chunk else chunk)
             if skip_rejected and items:
                 items = _drop_rejected(sf, scope, model_id, opts, items)
             with sf() as s:  # counters first: a batch must never finish before it is counted
+                for info in refused:  # recorded with their count, so the job cannot finish early
+                    code, why = info.refused or ("", "")
+                    record_outcome(s, job_id, scope, model_id, Outcome(
+                        key=info.key, status="rejected", original_bytes=info.size, etag=info.etag or None,
+                        reason_code=code, reason=why), "submit")
                 s.execute(update(Job).where(Job.id == job_id).values(
-                    objects_enqueued=Job.objects_enqueued + len(items), objects_listed=Job.objects_listed + listed,
-                    bytes_listed=Job.bytes_listed + listed_bytes))
+                    objects_enqueued=Job.objects_enqueued + len(items) + len(refused),
+                    objects_listed=Job.objects_listed + listed, bytes_listed=Job.bytes_listed + listed_bytes))
                 s.commit()
             if items:
                 send(job_id, source, dest, items, options)
-            total_listed, total_enqueued = total_listed + listed, total_enqueued + len(items)
-            chunk, listed, listed_bytes = [], 0, 0
+            n = len(items) + len(refused)
+            total_listed, total_enqueued = total_listed + listed, total_enqueued + n
+            chunk, refused, listed, listed_bytes = [], [], 0, 0
             if on_listed is not None:
                 on_listed(total_listed, total_enqueued)
 
@@ -247,8 +263,11 @@ def enqueue_listing(job_id: int, source: str, dest: str | None, opts: PipelineOp
             listed_bytes += info.size
             if cutoff is not None and _aware(info.last_modified) > cutoff:
                 continue
-            chunk.append([info.key, info.etag, info.size])
-            if len(chunk) >= chunk_size:
+            if info.refused is not None:
+                refused.append(info)
+            else:
+                chunk.append([info.key, info.etag, info.size])
+            if len(chunk) + len(refused) >= chunk_size:
                 flush()
         flush()
     except BaseException as e:
@@ -279,7 +298,9 @@ def _drop_archived(sf: sessionmaker[Session], scope: Scope, model_id: str | None
 #: Rejections decided by the object's bytes alone: the same version is refused again by any model
 #: and thresholds. (``decompression_bomb`` and ``too_large`` also depend on settings: retried.)
 CONTENT_REJECTIONS = frozenset({"not_an_image", "empty", "corrupt", "unsupported_mode", "unsupported_depth",
-                                "animated", "multi_image"})
+                                "animated", "multi_image",
+                                # decided by the key alone, which a version never changes
+                                "unsafe_key"})
 #: Rejections decided by the model and the thresholds.
 THRESHOLD_REJECTIONS = frozenset({"psnr_unreachable", "psnr_below_threshold", "insufficient_saving"})
 

@@ -41,7 +41,8 @@ from .errors import ArchiverError, ContainerError, ImageRejected, StorageError
 from .identity import Scope
 from .images import load_image, sniff
 from .metrics import ms_ssim, psnr
-from .storage import ObjectInfo, ObjectStore
+from .restore import prepare_destination, unrestorable_reason
+from .storage import PROBE_PREFIX, ObjectInfo, ObjectStore
 from .vocabulary import ARCHIVED, RESUMABLE_JOBS, SETTLED
 
 log = logging.getLogger(__name__)
@@ -474,7 +475,9 @@ class JobSummary:
     deleted: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)  # rejected and failed together
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+    failed_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     def add(self, out: Outcome) -> None:
@@ -485,6 +488,8 @@ class JobSummary:
             self.bytes_after += out.compressed_bytes or 0
         if out.reason_code and out.status in ("rejected", "failed"):
             self.reasons[out.reason_code] = self.reasons.get(out.reason_code, 0) + 1
+            per = self.rejected_reasons if out.status == "rejected" else self.failed_reasons
+            per[out.reason_code] = per.get(out.reason_code, 0) + 1
 
     @property
     def saved_bytes(self) -> int:
@@ -492,10 +497,11 @@ class JobSummary:
 
 
 def iter_source(src: ObjectStore, opts: PipelineOptions, limit: int | None = None) -> Iterator[ObjectInfo]:
-    """Stream the listing, leaving out our own containers."""
+    """Stream the listing, leaving out our own containers and write probes; entries the store
+    cannot serve come too (``ObjectInfo.refused``), so that each gets its ``rejected`` row."""
     n = 0
-    for info in src.list():
-        if info.key.endswith(opts.suffix):
+    for info in src.list(include_refused=True):
+        if info.key.endswith(opts.suffix) or info.key.rsplit("/", 1)[-1].startswith(PROBE_PREFIX):
             continue
         yield info
         n += 1
@@ -536,6 +542,20 @@ def create_job(session: Session, source: str, dest: str | None, opts: PipelineOp
 
 
 
+#: reason codes of objects refused before anything is fetched (the listing's, and ``unsafe_key``)
+LISTING_REJECTIONS = frozenset({"name_not_utf8", "symlink_outside_root", "not_a_regular_file", "unsafe_key"})
+
+
+def refusal_of(info: ObjectInfo, scope: Scope, opts: PipelineOptions) -> tuple[str, str] | None:
+    """``(reason_code, message)`` when ``info`` must be rejected before it is even fetched."""
+    if info.refused is not None:
+        return info.refused
+    why = unrestorable_reason(scope.key(info.key), opts.suffix)
+    if why is not None:
+        return "unsafe_key", (f"{why}: an archive of it could not be restored to a directory under this name, "
+                              "so it is not archived (and its original never deleted); rename it to archive it")
+    return None
+
 
 def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: ObjectStore, codec: Codec,
                   opts: PipelineOptions, session_factory: sessionmaker, codec_lock: AbstractContextManager | None = None,
@@ -552,12 +572,23 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
     * Otherwise process, and record the outcome (and the ledger row) in one transaction.
     * Only then, with ``replace``, delete the original (after re-verifying the container).
 
+    * Before all that, an entry the listing could not serve (:attr:`ObjectInfo.refused`) or an
+      object whose key could not be restored to a directory (``unsafe_key``) is recorded
+      ``rejected`` and left alone: never encoded, never deleted, whatever the ledger says.
+
     The choice among these is :func:`archiver.decision.decide` (pure, tested case by case); this
     function gathers its facts and does the I/O it asks for.
 
     Raises only for database errors; storage and image problems become the outcome.
     """
     scope = Scope.of(src)
+    refusal = refusal_of(info, scope, opts)
+    if refusal is not None:
+        code, why = refusal
+        out = Outcome(key=info.key, status="rejected", original_bytes=info.size, etag=info.etag or None,
+                      version_id=info.version_id, reason_code=code, reason=why, device=codec.device_name)
+        _record(session_factory, job_id, scope, codec.model_id, out, worker)
+        return out
     with session_factory() as s:
         done = result_row(s, job_id, scope, info.key)
         prior = _outcome_from_row(done, scope) if done is not None and done.etag == info.etag else None
@@ -728,6 +759,8 @@ def run_job(*, src: ObjectStore, dst: ObjectStore, source_url: str, dest_url: st
                              session_factory=session_factory, codec_lock=lock)
 
     try:
+        if not opts.dry_run:
+            prepare_destination(dst)  # a wrong --dest fails here, before the first encode
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             pending: set[Future] = set()
             for info in iter_source(src, opts, limit):

@@ -11,6 +11,7 @@ from .codec.api import Codec, DecodedImage
 from .codec.container import read_meta
 from .errors import ArchiverError
 from .images import save_image
+from .errors import StorageError
 from .storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,27 @@ def render(decoded: DecodedImage, fmt: str) -> tuple[bytes, str]:
     if fmt not in MEDIA_TYPES:
         raise ArchiverError(f"unsupported output format {fmt!r}", code="bad_format")
     return save_image(decoded.image, fmt, icc=decoded.icc, exif=decoded.exif), fmt
+
+
+def prepare_destination(dst: ObjectStore) -> None:
+    """Once per job, before any work: fail at once when ``dst`` cannot be written (a missing
+    bucket or directory, a missing permission: :class:`~archiver.storage.DestinationUnwritable`),
+    and remove temporary files that interrupted writes of earlier runs left there.
+
+    A *transient* failure of the probe (an outage) is only logged: the job goes on and each
+    object's write is retried and, failing that, recorded, as before.
+    """
+    try:
+        dst.check_writable()
+    except StorageError as exc:
+        if not exc.transient:
+            raise
+        log.warning("cannot probe %s (%s); going on, writes will be retried per object", dst.url, exc)
+        return
+    try:
+        dst.remove_stale_temp()
+    except StorageError as exc:  # tidying must never stop a job
+        log.warning("cannot remove stale temporary files under %s: %s", dst.url, exc)
 
 
 @dataclass
@@ -68,6 +90,34 @@ def _ext_matches(name: str, fmt: str) -> bool:
     return ext in {"png": ("png",), "jpeg": ("jpg", "jpeg", "jpe", "jfif"), "webp": ("webp",)}[fmt]
 
 
+#: the longest file name most file systems take (ext4, XFS, btrfs, APFS, NTFS: 255)
+NAME_MAX = 255
+
+
+def unrestorable_reason(key: str, suffix: str = ".cxa") -> str | None:
+    """Why the object at ``key`` (its full key in its bucket) could not be restored to a
+    directory under its own name, or None when it can.
+
+    S3 accepts any key, but ``archiver restore … --to DIR`` (and every file system) cannot create
+    ``a//b``, ``/a``, ``a/./b``, ``a/../b`` or a name longer than :data:`NAME_MAX` bytes. The
+    pipeline refuses such objects before archiving (``unsafe_key``), so that no original is ever
+    replaced by an archive that one of the documented routes cannot bring back.
+    """
+    if "\x00" in key:
+        return "the key contains a NUL byte"
+    if key.startswith("/"):
+        return "the key starts with '/'"
+    longest = NAME_MAX - max(len(suffix.encode()), max(len(e) for e in EXTENSIONS.values()))
+    for part in key.split("/"):
+        if part == "":
+            return "the key has an empty segment ('//' or a trailing '/')"
+        if part in (".", ".."):
+            return f"the key has a {part!r} segment"
+        if len(part.encode("utf-8", "surrogateescape")) > longest:
+            return f"a segment of the key is longer than {longest} bytes (file names are limited to {NAME_MAX})"
+    return None
+
+
 def restore_all(src: ObjectStore, dst: ObjectStore, *, fmt: str = "png", suffix: str = ".cxa", device: str = "auto",
                 limit: int | None = None, on_item: Callable[[Restored], None] | None = None,
                 overwrite: bool = False) -> Iterator[Restored]:
@@ -81,6 +131,7 @@ def restore_all(src: ObjectStore, dst: ObjectStore, *, fmt: str = "png", suffix:
     """
     if fmt not in (*MEDIA_TYPES, "original"):
         raise ArchiverError(f"unsupported output format {fmt!r}; use png, jpeg, webp or original", code="bad_format")
+    prepare_destination(dst)  # before the first decode: a wrong --to fails at once
     n = 0
     for info in src.list():
         if not info.key.endswith(suffix):

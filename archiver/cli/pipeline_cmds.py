@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
@@ -24,6 +25,9 @@ from rich.table import Table
 from ..codec.default import DEFAULT_MODEL
 from ..errors import ArchiverError
 from .consoles import LogTicker, err_console as console, fail, table_console
+
+if TYPE_CHECKING:
+    from ..pipeline import JobSummary
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 DEMO_DIR = Path("archive-demo")
@@ -45,6 +49,26 @@ def prepare_demo() -> str:
         if f.is_file() and not (src / f.name).exists() and not (src / (f.name + ".cxa")).exists():
             shutil.copy2(f, src / f.name)
     return str(src.resolve())
+
+
+def _by_reason(counts: dict[str, int]) -> str:
+    return f"  ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})" if counts else ""
+
+
+def summary_table(summary: JobSummary) -> Table:
+    """The table ``recompress`` prints at the end; each status line names its own reasons."""
+    t = Table(title=f"job {summary.job_id} summary", show_header=False)
+    t.add_row("objects seen", f"{summary.seen}")
+    t.add_row("accepted", f"{summary.accepted}")
+    t.add_row("rejected", f"{summary.rejected}" + _by_reason(summary.rejected_reasons))
+    t.add_row("failed", f"{summary.failed}" + _by_reason(summary.failed_reasons))
+    t.add_row("skipped (already archived)", f"{summary.skipped}")
+    t.add_row("originals deleted", f"{summary.deleted}")
+    t.add_row("bytes before -> after (accepted)", f"{human(summary.bytes_before)} -> {human(summary.bytes_after)}")
+    pct = summary.saved_bytes / summary.bytes_before if summary.bytes_before else 0.0
+    t.add_row("saved", f"{human(summary.saved_bytes)} ({pct:.1%})")
+    t.add_row("time", f"{summary.seconds:.1f} s")
+    return t
 
 
 @click.command()
@@ -117,18 +141,7 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
                               on_outcome=on_outcome, new_job=new_job, codec_slots=st.workers.codec_slots)
     except ArchiverError as e:
         fail(e)
-    t = Table(title=f"job {summary.job_id} summary", show_header=False)
-    t.add_row("objects seen", f"{summary.seen}")
-    t.add_row("accepted", f"{summary.accepted}")
-    t.add_row("rejected", f"{summary.rejected}" + (f"  ({', '.join(f'{k}: {v}' for k, v in sorted(summary.reasons.items()))})" if summary.reasons else ""))
-    t.add_row("failed", f"{summary.failed}")
-    t.add_row("skipped (already archived)", f"{summary.skipped}")
-    t.add_row("originals deleted", f"{summary.deleted}")
-    t.add_row("bytes before -> after (accepted)", f"{human(summary.bytes_before)} -> {human(summary.bytes_after)}")
-    pct = summary.saved_bytes / summary.bytes_before if summary.bytes_before else 0.0
-    t.add_row("saved", f"{human(summary.saved_bytes)} ({pct:.1%})")
-    t.add_row("time", f"{summary.seconds:.1f} s")
-    table_console().print(t)
+    table_console().print(summary_table(summary))
     if summary.failed:
         # Rejections are verdicts under the policy; failures (storage, a changed object, a bug)
         # are not, and a scheduler must see them: exit 1, and a rerun retries exactly those.

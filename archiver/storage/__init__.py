@@ -11,7 +11,9 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import StorageError
 from .base import (
+    PROBE_PREFIX,
     SHA256_META,
+    DestinationUnwritable,
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
@@ -24,7 +26,9 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 __all__ = [
+    "PROBE_PREFIX",
     "SHA256_META",
+    "DestinationUnwritable",
     "LocalStore",
     "ObjectInfo",
     "ObjectNotFound",

@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..errors import StorageError
+
+log = logging.getLogger(__name__)
+
+#: Leaf-name prefix of the small object :meth:`ObjectStore.check_writable` writes and deletes
+#: again at the start of a job. Listings for a job leave such names out (``pipeline.iter_source``),
+#: so a probe left behind by a kill between its write and its delete never becomes a row.
+PROBE_PREFIX = ".archiver-probe-"
+PROBE_BYTES = b"archiver write probe: safe to delete\n"
 
 #: Metadata name under which our own sha256 (hex) of an object's content travels. On S3 this is
 #: user metadata ``x-amz-meta-sha256``; on a local store it is the xattr ``user.archiver.sha256``.
@@ -41,6 +51,13 @@ class PreconditionFailed(StorageError):
     code = "changed"
 
 
+class DestinationUnwritable(StorageError):
+    """The store cannot be written at all (missing bucket or directory, no permission, read-only
+    file system): found by :meth:`ObjectStore.check_writable` before a job encodes anything."""
+
+    code = "dest_unwritable"
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """One object as listed or stat'ed. ``etag`` identifies the content version.
@@ -56,6 +73,13 @@ class ObjectInfo:
     version_id: str | None = None
     metadata: dict[str, str] | None = field(default=None, compare=False)
     content_type: str | None = None
+    #: ``(reason_code, message)`` for an entry a listing met but cannot serve as an object (only
+    #: with ``list(include_refused=True)``): a local file whose name is not UTF-8
+    #: (``name_not_utf8``; ``key`` is then a printable stand-in), a symlink leading out of the
+    #: root (``symlink_outside_root``), a FIFO, socket, device or dangling link
+    #: (``not_a_regular_file``). The pipeline records it as a ``rejected`` row, so every entry
+    #: under a source gets one row.
+    refused: tuple[str, str] | None = field(default=None, compare=False)
 
     @property
     def sha256(self) -> str | None:
@@ -78,8 +102,13 @@ class ObjectStore(ABC):
     prefix: str = ""
 
     @abstractmethod
-    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
-        """Yield objects whose key starts with ``prefix``, in key order, streaming page by page."""
+    def list(self, prefix: str = "", *, start_after: str | None = None,
+             include_refused: bool = False) -> Iterator[ObjectInfo]:
+        """Yield objects whose key starts with ``prefix``, in key order, streaming page by page.
+
+        ``include_refused`` also yields entries that are not servable objects, each with
+        :attr:`ObjectInfo.refused` set (a job records them; everyone else never sees them).
+        """
 
     @abstractmethod
     def head(self, key: str) -> ObjectInfo | None:
@@ -115,6 +144,37 @@ class ObjectStore(ABC):
     @abstractmethod
     def url_for(self, key: str) -> str:
         """A URL naming ``key`` in this store (``s3://bucket/prefix/key`` or ``file:///...``)."""
+
+    def check_writable(self) -> None:
+        """Write and delete a small, uniquely named object, so that a job finds a missing bucket
+        or directory, or a missing permission, before its first encode instead of after its last.
+
+        Raises :class:`DestinationUnwritable` (with the storage error's code in the message) when
+        the write is refused for good; a *transient* error (outage, throttling) is raised as it
+        is, so that the caller can decide to go on (per-object retries then apply). Failing to
+        delete the probe again only logs a warning: jobs never delete from a destination, and
+        the leftover's name (:data:`PROBE_PREFIX`) keeps it out of every job's listing.
+        """
+        key = PROBE_PREFIX + uuid.uuid4().hex
+        try:
+            self.put(key, PROBE_BYTES, metadata={}, content_type="text/plain")
+        except StorageError as exc:
+            if exc.transient:
+                raise
+            raise DestinationUnwritable(f"cannot write to {self.url}: {exc.code}: {exc}") from exc
+        try:
+            self.delete(key)
+        except StorageError as exc:
+            log.warning("wrote the probe %s but cannot delete it (%s): %s", self.url_for(key), exc.code, exc)
+
+    def remove_stale_temp(self) -> int:
+        """Remove what interrupted writes of earlier runs left behind; returns how many.
+
+        Nothing to do by default: an S3 ``PutObject`` is atomic (incomplete multipart uploads are
+        the bucket's lifecycle rules' business); :class:`~archiver.storage.local.LocalStore`
+        removes its own stale temporary files.
+        """
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has nothing to release."""

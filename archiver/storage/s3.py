@@ -179,7 +179,10 @@ class S3Store(ObjectStore):
     def url_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._full(key)}"
 
-    def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str | None = None,
+             include_refused: bool = False) -> Iterator[ObjectInfo]:
+        # every listed S3 key is a servable object (``include_refused`` has nothing to add); keys
+        # that could not be restored to a directory are refused by the pipeline (``unsafe_key``)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
         if start_after:
             kwargs["StartAfter"] = self.prefix + start_after
