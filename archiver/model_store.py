@@ -193,6 +193,19 @@ class ModelStore:
         except (WeightsIntegrityError, UnknownModelError):
             return False
 
+    def describe(self, *, verify: bool = False) -> list[dict[str, Any]]:
+        """Rows for ``archiver models``, in the shape of ``registry.describe_models``'s."""
+        out = []
+        for m in self.models():
+            rec = m.record
+            preset = rec.get("preset") or {}
+            out.append({"model_id": m.model_id, "default": False, "file": m.model_id + WEIGHTS_SUFFIX,
+                        "bytes": m.bytes, "sha256": m.sha256, "intact": self.verify(m.model_id) if verify else None,
+                        "scale_rule": preset.get("scale_rule", "?"),
+                        "trained_steps": (rec.get("training") or {}).get("steps"), "note": rec.get("note", ""),
+                        "origin": "store", "base_model": rec.get("base_model"), "created": rec.get("created")})
+        return out
+
     # -- publishing ----------------------------------------------------------------------------
     def publish(self, model_id: str, weights: bytes, record: dict[str, Any]) -> StoredModel:
         """Publish new weights under a new id: weights first (re-read and checked), record last."""

@@ -43,9 +43,12 @@ def encode(src: Path, dst: Path, quality: float | None, target_psnr: float | Non
         quality = 75.0
     if quality is not None and target_psnr is not None:
         raise click.UsageError("give --quality or --target-psnr, not both")
+    from ..settings import load_settings
+
     try:
+        st = load_settings()
         img = load_image(src.read_bytes(), max_pixels=400_000_000)
-        codec = Codec.load(model or DEFAULT_MODEL, device)
+        codec = Codec.load(model or st.model_id or DEFAULT_MODEL, device, settings=st)
         res = codec.encode_detailed(img, quality=quality, target_psnr=target_psnr)
     except ArchiverError as e:
         fail(e)
@@ -62,15 +65,16 @@ def encode(src: Path, dst: Path, quality: float | None, target_psnr: float | Non
 @click.option("--device", default="auto", show_default=True)
 def decode(src: Path, dst: Path, device: str) -> None:
     """Decode a .cxa container to an image (format from DST's extension: png, jpg, webp)."""
-    from ..codec import Codec
     from ..codec.container import read_meta
     from ..images import save_image
+    from ..restore import decode_container
+    from ..settings import load_settings
 
     data = src.read_bytes()
     try:
         meta = read_meta(data)
-        codec = Codec.load(meta.model_id, device)
-        dec = codec.decode(data)
+        # the one way every front door decodes: a model the package lacks comes from the store
+        dec = decode_container(data, device, settings=load_settings())
     except ArchiverError as e:
         fail(e)
     fmt = {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(dst.suffix.lower().lstrip("."), "png")
@@ -171,7 +175,12 @@ def evaluate(folder, model, device, qualities, out, plot, anchors, reference, li
     from ..codec.registry import DEFAULT_MODEL
     from ..evaluate import bd_table, evaluate_folder, plot_rd, write_result
 
-    codec = Codec.load(model or DEFAULT_MODEL, device)
+    from ..settings import load_settings
+
+    try:
+        codec = Codec.load(model or DEFAULT_MODEL, device, settings=load_settings())
+    except ArchiverError as e:
+        fail(e)
     qs = [float(v) for v in qualities.split(",")]
     ticker = _ticker()
     with _progress() as prog:
@@ -234,11 +243,22 @@ def register_model(model_id: str, weights: Path, scale_rule: str, note: str, tra
               help="also count the stored containers that need each model (SQLAlchemy URL of the ledger)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def models(verify: bool, db_url: str | None, as_json: bool) -> None:
-    """The models this installation can decode; exit status 1 if a weights file is damaged or the
-    ledger (--db) names a model that is not installed (its containers cannot be decoded here)."""
+    """The models this installation can decode: the package's, and those published in the model
+    store (model_store); exit status 1 if a weights file is damaged or the ledger (--db) names a
+    model that is neither installed nor in the store (its containers cannot be decoded here)."""
     from ..codec.registry import describe_models
+    from ..model_store import ModelStore
+    from ..settings import load_settings
 
     rows = describe_models(verify=verify)
+    for r in rows:
+        r["origin"] = "package"
+    try:
+        store = ModelStore.from_settings(load_settings())
+        if store is not None:  # models published by `archiver finetune`, beside the packaged ones
+            rows += store.describe(verify=verify)
+    except ArchiverError as e:
+        fail(e)
     installed = {r["model_id"] for r in rows}
     needed: dict[str, int] | None = None
     if db_url:
@@ -257,16 +277,18 @@ def models(verify: bool, db_url: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"models": rows, "missing_models": missing}, indent=2))
     else:
-        t = Table("model", "default", "steps", "scale rule", "size", "sha256", *(["intact"] if verify else []),
+        t = Table("model", "from", "default", "steps", "scale rule", "size", "sha256", *(["intact"] if verify else []),
                   *(["containers"] if needed is not None else []), "note", title="installed models")
         for r in rows:
-            t.add_row(r["model_id"], "yes" if r["default"] else "", str(r["trained_steps"] or "-"), r["scale_rule"],
+            t.add_row(r["model_id"], r["origin"], "yes" if r["default"] else "", str(r["trained_steps"] or "-"),
+                      r["scale_rule"],
                       f"{r['bytes'] / 1e6:.1f} MB" if r["bytes"] is not None else "MISSING", r["sha256"][:12],
                       *(["yes" if r["intact"] else "NO"] if verify else []),
                       *([f"{r['containers']:,}"] if needed is not None else []), escape(r["note"]))
         table_console().print(t)
         for m, n in sorted(missing.items()):
-            console.print(f"[red]model {escape(m)} is not installed[/red]: {n:,} stored container(s) need it")
+            console.print(f"[red]model {escape(m)} is not installed nor in the model store[/red]: {n:,} stored "
+                          "container(s) need it")
         for m in damaged:
             console.print(f"[red]model {escape(m)}: weights file missing or not matching its sha256[/red]")
     if missing or damaged:
