@@ -286,7 +286,7 @@ def finetune(cfg: FinetuneConfig, settings: Settings, progress: Progress | None 
     with tempfile.TemporaryDirectory(prefix="archiver-finetune-") as tmp:
         wd = Path(workdir) if workdir else Path(tmp)
         weights, training = train_on(sampled, base, cfg, wd, progress)
-        new = Codec.from_weights_file(weights, cfg.device)
+        new = Codec.from_weights_file(weights, cfg.device, model_id=cfg.new_id)
         after = measure(new, held, cfg.qualities, cfg.min_psnr, progress, "measuring fine-tuned")
         after["model_id"] = cfg.new_id
         cmp = compare(before, after)

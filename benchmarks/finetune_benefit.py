@@ -109,7 +109,7 @@ def main() -> None:
             say(f"fine-tuning {minutes:g} min")
             weights, training = train_on(sampled, base, cfg, wd, progress)
             assert not set(training["trained_on"]) & set(held), "a held-out image was trained on"
-            after = measure(Codec.from_weights_file(weights, "cpu"), held, cfg.qualities, cfg.min_psnr, progress,
+            after = measure(Codec.from_weights_file(weights, "cpu", model_id=base.model_id), held, cfg.qualities, cfg.min_psnr, progress,
                             f"after {minutes:g} min")
             run = {"minutes": minutes, "training": {k: v for k, v in training.items() if k != "trained_on"},
                    "after": after, **(compare(before, after) if before else {})}

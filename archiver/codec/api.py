@@ -275,12 +275,15 @@ class Codec:
         return cls(m, entry, dev, tile_size)
 
     @classmethod
-    def from_weights_file(cls, path, device: str = "auto", tile_size: int = DEFAULT_TILE) -> Codec:
-        """A codec on an unregistered weights file (candidate evaluation; see load_weights_file)."""
+    def from_weights_file(cls, path, device: str = "auto", tile_size: int = DEFAULT_TILE,
+                          model_id: str | None = None) -> Codec:
+        """A codec on an unregistered weights file (candidate evaluation; see load_weights_file).
+        ``model_id``: the id it is to be published under, so that measured containers carry the
+        header they will have (the default ``file:NAME`` is longer or shorter by a few bytes)."""
         from .registry import load_weights_file
 
         dev = _prepare_device(device)
-        m, entry = load_weights_file(path, dev)
+        m, entry = load_weights_file(path, dev, model_id)
         return cls(m, entry, dev, tile_size)
 
     @classmethod
