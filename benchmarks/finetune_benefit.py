@@ -39,6 +39,59 @@ def domain_files(root: Path, prefix: str) -> list[Path]:
         return sorted(root / r["file"] for r in csv.DictReader(f) if r["source_path"].startswith(prefix))
 
 
+def header_corrected(m: dict, base_id: str) -> dict:
+    """``m`` as if its containers named ``base_id``: the container header holds the model id, so
+    a measurement made under a longer provisional id (``file:NAME``, before the candidate was
+    measured under its own id) carries that many bytes more per container, and nothing else."""
+    extra = len(m["model_id"].encode()) - len(base_id.encode())
+    if not extra:
+        return m
+    out = json.loads(json.dumps(m))
+    # every measured crop has the same size here (eval_size x eval_size), so bpp shifts uniformly
+    shift = extra * 8 / out["eval_pixels"]
+    out["bpp"] = [b - shift for b in m["bpp"]]
+    reached = sum(1 for v in m["floor"]["per_image"].values() if v["reached"])
+    out["floor"]["bytes"] = m["floor"]["bytes"] - extra * reached
+    orig = out["floor"]["original_bytes"]
+    out["floor"]["saving_pct"] = 100.0 * (1 - out["floor"]["bytes"] / orig) if orig else None
+    out["model_id"] = base_id
+    return out
+
+
+def report(paths: list[Path]) -> None:
+    """Merge result files of one sample (a base measurement and runs) into a markdown table."""
+    from archiver.finetune import compare
+
+    docs = [json.loads(p.read_text()) for p in paths]
+    base = next(d for d in docs if d.get("before"))
+    before = base["before"]
+    for d in docs:
+        assert d["held_out"] == base["held_out"], "results of different samples"
+    px = base["eval_size"] ** 2
+    rows = []
+    for d in docs:
+        for run in d["runs"]:
+            after = dict(run["after"], eval_pixels=px)
+            after = header_corrected(after, before["model_id"])
+            rows.append((run["minutes"], run["training"], compare(before, after), after))
+    print(f"held out: {len(base['held_out'])} of {base['sample']} sampled; trained on {len(base['train'])}; "
+          f"centre crops {base['eval_size']} px; {base['machine']}; {base['date']}")
+    print("| fine-tuning | steps | BD-rate vs base (held-out) | bytes at the floor | saving vs originals at the floor |")
+    print("|---|---|---|---|---|")
+    fb = before["floor"]
+    print(f"| none ({before['model_id']}) | - | - | {fb['bytes']:,} | {fb['saving_pct']:.2f} % |")
+    for minutes, tr, cmp, after in sorted(rows, key=lambda r: r[0]):
+        bd = "n/a" if cmp["bd_rate_pct"] is None else f"{cmp['bd_rate_pct']:+.2f} %"
+        print(f"| {minutes:g} min | {tr['steps']} | {bd} | {after['floor']['bytes']:,} "
+              f"({cmp['floor_change_pct']:+.2f} %) | {after['floor']['saving_pct']:.2f} % |")
+    print()
+    print("| quality | bpp base | PSNR base | " + " | ".join(f"bpp {m:g} min | PSNR {m:g} min" for m, *_ in rows) + " |")
+    print("|---" * (3 + 2 * len(rows)) + "|")
+    for i, q in enumerate(before["qualities"]):
+        cells = [f"{r[3]['bpp'][i]:.4f} | {r[3]['psnr'][i]:.2f}" for r in sorted(rows, key=lambda r: r[0])]
+        print(f"| {q:g} | {before['bpp'][i]:.4f} | {before['psnr'][i]:.2f} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-root", type=Path, default=TRAIN)
@@ -53,7 +106,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-base", action="store_true",
                     help="do not measure the base (another run with the same sample does): runs in parallel")
+    ap.add_argument("--report", type=Path, nargs="+", help="only merge these result files into a markdown table")
     args = ap.parse_args()
+    if args.report:
+        report(args.report)
+        return
 
     import torch
 

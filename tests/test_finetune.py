@@ -189,3 +189,31 @@ def test_unknown_model_without_store_and_container_sha_mismatch(tmp_path: Path) 
     assert e.value.code == "weights_mismatch"
     assert not (tmp_path / "cache").exists()
     assert open_store(str(root)).head("copy-v5.json") is not None
+
+
+def test_schedules_and_submit_take_a_model(tmp_path: Path, monkeypatch) -> None:
+    """A schedule's `model` and `submit --model` name the job's model; an id that is neither
+    packaged nor in the model store is refused before anything is queued."""
+    from archiver import jobs
+    from archiver.db import session_factory
+    from archiver.db.models import Job
+    from archiver.schedules import Schedule
+    from archiver.settings import Settings
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    (src / "a.jpg").write_bytes((TRAIN / PHOTOS[0]).read_bytes())
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    st = Settings(database_url=db)
+    sched = Schedule(name="site-a", interval_seconds=60, source=str(src), older_than_days=0, model="compact-v4")
+    job_id = jobs.start_scheduled(sched, settings=st, enqueue=lambda *a: None)
+    with session_factory(db)() as s:
+        assert s.get(Job, job_id).model_id == "compact-v4"
+    with pytest.raises(Exception, match="model"):
+        Schedule(name="x", interval_seconds=60, source=str(src), model="../escape")
+
+    monkeypatch.setenv("ARCHIVER_DATABASE_URL", db)
+    r = CliRunner().invoke(cli, ["submit", str(src), "--model", "never-published"])
+    assert r.exit_code == 2 and "unknown_model" in r.output
+    with session_factory(db)() as s:
+        assert s.query(Job).count() == 1  # nothing was queued for it
