@@ -382,7 +382,8 @@ def start_scheduled(schedule: Schedule | dict[str, Any], db_url: str | None = No
             log.warning("schedule %s: previous run (job %s) still running; not starting another",
                         sched.name, ", ".join(map(str, blocking)))
             return None
-        job = _new_job(s, kind="scheduled", source=sched.source, dest=sched.dest, model_id=st.model_id, opts=opts,
+        job = _new_job(s, kind="scheduled", source=sched.source, dest=sched.dest, model_id=sched.model or st.model_id,
+                       opts=opts,
                        schedule_name=sched.name,
                        extra={"chunk_size": size, "older_than_days": sched.older_than_days})
         s.commit()
@@ -602,7 +603,7 @@ def process_batch(job_id: int, source_url: str, dest_url: str | None, items: Ite
     opts = options_from_dict(options)
     src = get_store(source_url, st)
     dst = get_store(dest_url, st, create=True) if dest_url else src
-    cx = codec or Codec.cached(model_id, st.device)
+    cx = codec or Codec.cached(model_id, st.device, settings=st)
     lock = codec_lock(cx, st.workers.codec_slots)
     scope = Scope.of(src)
 

@@ -54,6 +54,8 @@ class Schedule(BaseModel):
     # (default: leave them out; see jobs.rejection_repeats)
     retry_rejected: bool = False
     chunk_size: int | None = Field(default=None, ge=1, le=10_000)
+    # model id to archive with (a packaged model or one in the model store); unset: settings' model_id
+    model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     enabled: bool = True
     # a run still "running" after this many hours no longer blocks the next one (it is marked
     # failed as stale), so a lost run cannot disable its schedule forever

@@ -194,7 +194,7 @@ def fetch_decode_render(st: Settings, loc: Located, fmt: str) -> tuple[bytes, st
     if loc.sha256 and sha != loc.sha256:
         raise ContainerError(f"stored container {loc.url} does not match the sha256 recorded when it was "
                              f"verified ({sha[:16]}... != {loc.sha256[:16]}...)", code="checksum_mismatch")
-    decoded = decode_container(data, st.device, max_pixels=st.max_pixels)
+    decoded = decode_container(data, st.device, max_pixels=st.max_pixels, settings=st)
     try:
         body, used = render(decoded, fmt)
     except ValueError as e:  # e.g. "original" for a format we cannot write
@@ -320,7 +320,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from .codec.api import Codec, apply_torch_threads
 
             apply_torch_threads(st.torch_threads)
-            app.state.codec = await run_in_threadpool(Codec.cached, st.model_id, st.device)
+            app.state.codec = await run_in_threadpool(lambda: Codec.cached(st.model_id, st.device, settings=st))
         except Exception as e:  # reported by /health; requests for other models may still work
             log.exception("could not load model %s", st.model_id)
             app.state.model_error = _public_error(e)

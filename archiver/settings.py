@@ -207,6 +207,11 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=0, ge=0, le=512)
     min_psnr: float = Field(default=40.0, gt=0, lt=100)
     min_saving: float = Field(default=0.1, ge=0, lt=1)
+    # Where models made after the package shipped (`archiver finetune`) are published and every
+    # decode host fetches them from: a directory or s3://bucket/prefix/ (unset: packaged models only).
+    model_store: str | None = None
+    # Local cache of weights fetched from model_store (unset: $XDG_CACHE_HOME/archiver/models).
+    model_cache_dir: str | None = None
 
     # --- input guards -----------------------------------------------------------------------
     max_object_bytes: ByteSize = Field(default=ByteSize(256 * MiB), gt=0)
@@ -271,6 +276,15 @@ class Settings(BaseSettings):
         scheme = urlsplit(v).scheme
         if scheme not in ("s3", "file", ""):
             raise ValueError("must be s3://bucket/prefix, file:///path or a local path")
+        return v
+
+    @field_validator("model_store")
+    @classmethod
+    def _model_store_is_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if urlsplit(v).scheme not in ("s3", "file", ""):
+            raise ValueError("must be s3://bucket/prefix/, file:///path or a local directory")
         return v
 
     @model_validator(mode="after")

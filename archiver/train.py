@@ -73,6 +73,9 @@ class TrainConfig:
     # grow the resumed model into this preset: it may only add the checkerboard context, whose
     # new layers start as a no-op (SpatialContext), so training continues where it was
     extend_to: str | None = None
+    # with resume: the architecture to build instead of the one the file's header names (a
+    # registered model's preset, whose scale rule was chosen at registration)
+    resume_preset: Preset | None = None
 
 
 LR_FLOOR = 0.05  # the cosine schedule ends at this fraction of the peak lr
@@ -117,17 +120,33 @@ def source_weights(files: list[Path]) -> list[float]:
 
 
 class CropSampler:
+    """Random crops from images held in memory. ``names`` lists the images crops are cut from
+    (those at least ``crop`` on each side): what training actually saw, for the record."""
+
     def __init__(self, files: list[Path], crop: int, seed: int) -> None:
         self.rng = random.Random(seed)
         self.crop = crop
-        self.images = []
-        self.weights = []
+        self.images: list[np.ndarray] = []
+        self.weights: list[float] = []
+        self.names: list[str] = []
         for p, w in zip(files, source_weights(files)):
             with Image.open(p) as im:
-                a = np.asarray(im.convert("RGB"))
-            if min(a.shape[:2]) >= crop:
-                self.images.append(a)
-                self.weights.append(w)
+                self._add(str(p), np.asarray(im.convert("RGB")), w)
+
+    @classmethod
+    def from_arrays(cls, images: dict[str, np.ndarray], crop: int, seed: int) -> CropSampler:
+        """A sampler over images already decoded (``archiver finetune``: objects fetched from the
+        user's storage into memory, never written anywhere), keyed by their names."""
+        self = cls([], crop, seed)
+        for name, a in images.items():
+            self._add(name, a, 1.0)
+        return self
+
+    def _add(self, name: str, a: np.ndarray, weight: float) -> None:
+        if min(a.shape[:2]) >= self.crop:
+            self.images.append(a)
+            self.weights.append(weight)
+            self.names.append(name)
 
     def batch(self, n: int) -> torch.Tensor:
         out = np.empty((n, self.crop, self.crop, 3), dtype=np.uint8)
@@ -198,8 +217,10 @@ def sample_qualities(how: str, n: int, dev: torch.device) -> torch.Tensor:
     raise ValueError(f"unknown q sampling {how!r} (uniform or high)")
 
 
-def train(cfg: TrainConfig, progress=None) -> Path:
-    """Run training and write ``cfg.out`` (safetensors) plus ``cfg.out.with_suffix('.log.jsonl')``."""
+def train(cfg: TrainConfig, progress=None, sampler: CropSampler | None = None) -> Path:
+    """Run training and write ``cfg.out`` (safetensors) plus ``cfg.out.with_suffix('.log.jsonl')``.
+
+    ``sampler`` replaces the images under ``cfg.data`` (fine-tuning on images held in memory)."""
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -209,7 +230,7 @@ def train(cfg: TrainConfig, progress=None) -> Path:
         model = build_model(cfg.extend_to)
         grow_checkpoint(model, cfg.resume)
     elif cfg.resume:
-        model = build_model(checkpoint_preset(cfg.resume))
+        model = build_model(cfg.resume_preset or checkpoint_preset(cfg.resume))
         load_checkpoint(model, cfg.resume)
     else:
         model = build_model(cfg.preset)
@@ -228,7 +249,10 @@ def train(cfg: TrainConfig, progress=None) -> Path:
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
     step_fn = torch.compile(rd_loss) if cfg.compile else rd_loss
-    sampler = CropSampler(find_images(cfg.data), cfg.crop, cfg.seed)
+    if sampler is None:
+        sampler = CropSampler(find_images(cfg.data), cfg.crop, cfg.seed)
+    if not sampler.images:
+        raise ValueError(f"no training image is at least {cfg.crop} px on each side")
     log_path = cfg.out.with_suffix(".log.jsonl")
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

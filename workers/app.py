@@ -114,7 +114,7 @@ def _load_model_in_child(**_: object) -> None:
         from archiver.codec.api import Codec, apply_torch_threads
 
         apply_torch_threads(st.torch_threads)
-        codec = Codec.cached(st.model_id, st.device)
+        codec = Codec.cached(st.model_id, st.device, settings=st)
         log.info("worker process ready: model %s on %s (%d torch threads)", codec.model_id, codec.device_name,
                  torch.get_num_threads())
     except Exception:  # an unknown model or bad weights: tasks will report it per batch

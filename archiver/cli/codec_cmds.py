@@ -43,9 +43,12 @@ def encode(src: Path, dst: Path, quality: float | None, target_psnr: float | Non
         quality = 75.0
     if quality is not None and target_psnr is not None:
         raise click.UsageError("give --quality or --target-psnr, not both")
+    from ..settings import load_settings
+
     try:
+        st = load_settings()
         img = load_image(src.read_bytes(), max_pixels=400_000_000)
-        codec = Codec.load(model or DEFAULT_MODEL, device)
+        codec = Codec.load(model or st.model_id or DEFAULT_MODEL, device, settings=st)
         res = codec.encode_detailed(img, quality=quality, target_psnr=target_psnr)
     except ArchiverError as e:
         fail(e)
@@ -62,15 +65,16 @@ def encode(src: Path, dst: Path, quality: float | None, target_psnr: float | Non
 @click.option("--device", default="auto", show_default=True)
 def decode(src: Path, dst: Path, device: str) -> None:
     """Decode a .cxa container to an image (format from DST's extension: png, jpg, webp)."""
-    from ..codec import Codec
     from ..codec.container import read_meta
     from ..images import save_image
+    from ..restore import decode_container
+    from ..settings import load_settings
 
     data = src.read_bytes()
     try:
         meta = read_meta(data)
-        codec = Codec.load(meta.model_id, device)
-        dec = codec.decode(data)
+        # the one way every front door decodes: a model the package lacks comes from the store
+        dec = decode_container(data, device, settings=load_settings())
     except ArchiverError as e:
         fail(e)
     fmt = {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(dst.suffix.lower().lstrip("."), "png")
@@ -171,7 +175,12 @@ def evaluate(folder, model, device, qualities, out, plot, anchors, reference, li
     from ..codec.registry import DEFAULT_MODEL
     from ..evaluate import bd_table, evaluate_folder, plot_rd, write_result
 
-    codec = Codec.load(model or DEFAULT_MODEL, device)
+    from ..settings import load_settings
+
+    try:
+        codec = Codec.load(model or DEFAULT_MODEL, device, settings=load_settings())
+    except ArchiverError as e:
+        fail(e)
     qs = [float(v) for v in qualities.split(",")]
     ticker = _ticker()
     with _progress() as prog:
@@ -234,11 +243,22 @@ def register_model(model_id: str, weights: Path, scale_rule: str, note: str, tra
               help="also count the stored containers that need each model (SQLAlchemy URL of the ledger)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def models(verify: bool, db_url: str | None, as_json: bool) -> None:
-    """The models this installation can decode; exit status 1 if a weights file is damaged or the
-    ledger (--db) names a model that is not installed (its containers cannot be decoded here)."""
+    """The models this installation can decode: the package's, and those published in the model
+    store (model_store); exit status 1 if a weights file is damaged or the ledger (--db) names a
+    model that is neither installed nor in the store (its containers cannot be decoded here)."""
     from ..codec.registry import describe_models
+    from ..model_store import ModelStore
+    from ..settings import load_settings
 
     rows = describe_models(verify=verify)
+    for r in rows:
+        r["origin"] = "package"
+    try:
+        store = ModelStore.from_settings(load_settings())
+        if store is not None:  # models published by `archiver finetune`, beside the packaged ones
+            rows += store.describe(verify=verify)
+    except ArchiverError as e:
+        fail(e)
     installed = {r["model_id"] for r in rows}
     needed: dict[str, int] | None = None
     if db_url:
@@ -257,20 +277,113 @@ def models(verify: bool, db_url: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"models": rows, "missing_models": missing}, indent=2))
     else:
-        t = Table("model", "default", "steps", "scale rule", "size", "sha256", *(["intact"] if verify else []),
+        t = Table("model", "from", "default", "steps", "scale rule", "size", "sha256", *(["intact"] if verify else []),
                   *(["containers"] if needed is not None else []), "note", title="installed models")
         for r in rows:
-            t.add_row(r["model_id"], "yes" if r["default"] else "", str(r["trained_steps"] or "-"), r["scale_rule"],
+            t.add_row(r["model_id"], r["origin"], "yes" if r["default"] else "", str(r["trained_steps"] or "-"),
+                      r["scale_rule"],
                       f"{r['bytes'] / 1e6:.1f} MB" if r["bytes"] is not None else "MISSING", r["sha256"][:12],
                       *(["yes" if r["intact"] else "NO"] if verify else []),
                       *([f"{r['containers']:,}"] if needed is not None else []), escape(r["note"]))
         table_console().print(t)
         for m, n in sorted(missing.items()):
-            console.print(f"[red]model {escape(m)} is not installed[/red]: {n:,} stored container(s) need it")
+            console.print(f"[red]model {escape(m)} is not installed nor in the model store[/red]: {n:,} stored "
+                          "container(s) need it")
         for m in damaged:
             console.print(f"[red]model {escape(m)}: weights file missing or not matching its sha256[/red]")
     if missing or damaged:
         raise SystemExit(1)
 
 
-COMMANDS = [encode, decode, info, train, evaluate, register_model, models]
+@click.command("finetune")
+@click.argument("source")
+@click.option("--name", "new_id", required=True, help="id of the new model (never an existing one)")
+@click.option("--from", "base_model", default=None, help="model to start from [settings: model_id]")
+@click.option("--sample", default=40, show_default=True, type=click.IntRange(2), help="objects sampled from SOURCE")
+@click.option("--holdout", default=0.2, show_default=True, type=click.FloatRange(0.01, 0.9),
+              help="fraction of the sample held out of training and measured on")
+@click.option("--minutes", default=10.0, show_default=True, type=click.FloatRange(0.01), help="training budget (wall clock)")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="register the new model even if it is not better")
+@click.option("--qualities", default="30,50,70,90", show_default=True, help="RD points measured (comma-separated)")
+@click.option("--eval-size", default=512, show_default=True, type=click.IntRange(0),
+              help="measure on a centre crop of each held-out image, at most this many px a side (0: whole images)")
+@click.option("--crop", default=128, show_default=True, help="training crop size, a multiple of 64")
+@click.option("--batch", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=5e-5, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--threads", default=None, type=click.IntRange(0), help="torch CPU threads [settings: torch_threads]")
+@click.option("--device", default=None, help="cpu, cuda, auto [settings: device]")
+@click.option("--min-psnr", type=click.FloatRange(1, 99), default=None, help="the floor measured at [settings: min_psnr]")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def finetune(source, new_id, base_model, sample, holdout, minutes, seed, force, qualities, eval_size, crop, batch, lr,
+             threads, device, min_psnr, as_json) -> None:
+    """Fine-tune a model on a sample of SOURCE (S3 or a directory), measure it against the base on
+    held-out images from real bitstreams, and publish it in the model store if it is better.
+
+    Exit status 0 when the new model was registered, 1 when it was measured but not better (not
+    registered), 2 on an error."""
+    from ..codec.api import apply_torch_threads
+    from ..finetune import FinetuneConfig, finetune as run
+    from ..settings import load_settings
+
+    if crop % 64:
+        raise click.UsageError("--crop must be a multiple of 64")
+    try:
+        qs = tuple(float(v) for v in qualities.split(","))
+    except ValueError:
+        raise click.UsageError("--qualities: comma-separated numbers, e.g. 30,50,70,90") from None
+    if len(qs) < 2:
+        raise click.UsageError("--qualities needs at least two points for a BD-rate")
+    try:
+        st = load_settings(min_psnr=min_psnr, device=device)
+        apply_torch_threads(threads if threads is not None else st.torch_threads)
+        cfg = FinetuneConfig(source_url=source, new_id=new_id, base_model=base_model or st.model_id, sample=sample,
+                             holdout=holdout, minutes=minutes, seed=seed, force=force, qualities=qs,
+                             eval_size=eval_size, crop=crop, batch=batch, lr=lr,
+                             threads=threads if threads is not None else st.torch_threads, device=st.device,
+                             min_psnr=st.min_psnr)
+        ticker = _ticker()
+        with _progress() as prog:
+            tasks: dict[str, int] = {}
+
+            def cb(phase: str, done: int, total: int, info: str) -> None:
+                if phase not in tasks:
+                    tasks[phase] = prog.add_task(phase, total=total, info="")
+                prog.update(tasks[phase], completed=done, total=total, info=escape(info))
+                if ticker.due() or done == total:
+                    console.print(f"{phase}: {done}/{total} | {escape(info)}", highlight=False)
+
+            res = run(cfg, st, cb)
+    except ArchiverError as e:
+        fail(e)
+    rec = res.record
+    m = rec["measured"]
+    if as_json:
+        click.echo(json.dumps({"model_id": res.new_id, "registered": res.registered, "reason": res.reason,
+                               "record": rec}, indent=2, default=str))
+    else:
+        src = rec["source"]
+        console.print(f"sample: {src['sample_size']} of {src['objects_listed']:,} objects (seed {src['seed']}); "
+                      f"trained on {len(src['train'])}, held out {len(src['held_out'])}; "
+                      f"{rec['training']['steps']} steps in {rec['training']['seconds']:.0f} s", highlight=False)
+        t = Table("quality", f"bpp {rec['base_model']}", "PSNR", f"bpp {res.new_id}", "PSNR",
+                  title=f"held-out RD points (real bitstreams, centre crops <= {m['eval_size'] or 'full'} px)")
+        b, a = m["before"], m["after"]
+        for i, q in enumerate(b["qualities"]):
+            t.add_row(f"{q:g}", f"{b['bpp'][i]:.4f}", f"{b['psnr'][i]:.2f}", f"{a['bpp'][i]:.4f}", f"{a['psnr'][i]:.2f}")
+        table_console().print(t)
+        bd = m["bd_rate_pct"]
+        fb, fa = b["floor"], a["floor"]
+        console.print(f"BD-rate of {res.new_id} vs {rec['base_model']}: "
+                      + ("n/a (" + m["bd_rate_note"] + ")" if bd is None else f"{bd:+.2f} %"), highlight=False)
+        console.print(f"at the {fb['min_psnr']:g} dB floor: {fb['bytes']:,} -> {fa['bytes']:,} bytes "
+                      f"({m['floor_change_pct']:+.2f} %); saving vs the originals {fb['saving_pct']:.1f} % -> "
+                      f"{fa['saving_pct']:.1f} %; images reaching it {fb['reached']} -> {fa['reached']} of "
+                      f"{fb['images']}", highlight=False)
+        verb = "registered" if res.registered else "NOT registered"
+        console.print(f"{verb} {escape(res.new_id)}: {escape(res.reason)}", highlight=False)
+    if not res.registered:
+        raise SystemExit(1)
+
+
+COMMANDS = [encode, decode, info, train, evaluate, register_model, models, finetune]

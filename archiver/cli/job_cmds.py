@@ -11,8 +11,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from .pipeline_cmds import human
-from .consoles import LogTicker, err_console as console, table_console
+from ..errors import ArchiverError
 from ..vocabulary import DONE
+from .consoles import LogTicker, err_console as console, fail, table_console
 
 
 def _require_schema(db_url: str | None) -> None:
@@ -40,14 +41,22 @@ def duration(seconds: float | None) -> str:
 @click.option("--db", "db_url", default=None, help="SQLAlchemy URL [settings: database_url]")
 @click.option("--upgrade", is_flag=True,
               help="also re-encode objects already archived with another (older) model")
-def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_days, db_url, upgrade) -> None:
+@click.option("--model", default=None, help="model id: packaged, or published in the model store [settings: model_id]")
+def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_days, db_url, upgrade, model) -> None:
     """Queue a recompression job over SOURCE for the Celery workers; prints the job id."""
     from .. import jobs
     from ..settings import load_settings
 
+    from ..model_store import require_model
+
     st = load_settings()
     dest = dest or (st.dest if st.dest_mode == "prefix" else None)
     opts = jobs.make_options(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace, upgrade=upgrade)
+    if model:
+        try:
+            require_model(model, st)  # an unknown id fails here, not in every worker batch
+        except ArchiverError as e:
+            fail(e)
     ticker = LogTicker(console, st.log_progress_every)
     from workers.enqueue import celery_enqueue  # the Celery send; imported here, not at CLI start
 
@@ -59,7 +68,7 @@ def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_d
                 console.print(f"submit: {listed:,} objects listed, {enqueued:,} enqueued", highlight=False)
 
         job_id = jobs.submit(source, opts, dest=dest, chunk_size=chunk_size, db_url=db_url,
-                             older_than_days=older_than_days, settings=st, on_listed=on_listed,
+                             older_than_days=older_than_days, settings=st, on_listed=on_listed, model_id=model,
                              enqueue=celery_enqueue(st))
     s = jobs.status(job_id, db_url, settings=st)
     console.print(f"job [bold]{job_id}[/bold]: {s.objects_enqueued} object(s) in batches of "

@@ -115,7 +115,7 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
                             upgrade=upgrade)
         with console.status("loading model"):
             apply_torch_threads(st.torch_threads)
-            codec = Codec.cached(model or st.model_id, device or st.device)
+            codec = Codec.cached(model or st.model_id, device or st.device, settings=st)
         console.print(f"model {codec.model_id} on {codec.device_name}; PSNR >= {opts.min_psnr} dB, "
                       f"saving >= {opts.min_saving:.0%}{'; DRY RUN' if dry_run else ''}{'; REPLACE originals' if replace else ''}"
                       f"{'; UPGRADE older archives' if upgrade else ''}")
@@ -176,7 +176,7 @@ def restore(source, to, fmt, device, limit, overwrite) -> None:
                       console=console) as prog:
             task = prog.add_task("restore", total=limit)
             ticker = LogTicker(console, st.log_progress_every)
-            for item in restore_all(src, dst, fmt=fmt, suffix=st.container_suffix, device=device or st.device,
+            for item in restore_all(src, dst, fmt=fmt, suffix=st.container_suffix, device=device or st.device, settings=st,
                                     limit=limit, overwrite=overwrite):
                 ok += item.ok and not item.skipped
                 skipped += item.skipped

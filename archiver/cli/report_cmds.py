@@ -152,7 +152,7 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
         )
         with console.status("loading model"):
             apply_torch_threads(st.torch_threads)
-            codec = Codec.cached(model or st.model_id, device or st.device)
+            codec = Codec.cached(model or st.model_id, device or st.device, settings=st)
         console.print(f"pilot: model {codec.model_id} on {codec.device_name}; PSNR >= {opts.min_psnr} dB, "
                       f"saving >= {opts.min_saving:.0%}; sample {sample} (seed {seed}); nothing is written to storage")
         progress = Progress(TextColumn("[bold]pilot"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

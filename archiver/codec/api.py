@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,10 @@ from ..metrics import psnr
 from . import container as cx
 from .entropy import TileCoder
 from .registry import DEFAULT_MODEL, load_model
+
+if TYPE_CHECKING:
+    from ..model_store import ModelStore
+    from ..settings import Settings
 
 PAD_MULTIPLE = 64
 DEFAULT_TILE = 1024
@@ -86,6 +91,20 @@ def apply_torch_threads(threads: int) -> None:
     """
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+def _model_store(model: str, settings: Settings | None) -> ModelStore | None:
+    """The model store to ask for ``model``: none for packaged models (they never need one)."""
+    from ..model_store import ModelStore
+    from .registry import read_registry
+
+    if model in read_registry():
+        return None
+    if settings is None:  # a library caller without settings: the configuration in force
+        from ..settings import load_settings
+
+        settings = load_settings()
+    return ModelStore.from_settings(settings)
 
 
 def pick_device(device: str) -> torch.device:
@@ -245,28 +264,43 @@ class Codec:
         return getattr(self._accounting, "seconds", 0.0)
 
     @classmethod
-    def load(cls, model: str = DEFAULT_MODEL, device: str = "auto", tile_size: int = DEFAULT_TILE) -> Codec:
+    def load(cls, model: str = DEFAULT_MODEL, device: str = "auto", tile_size: int = DEFAULT_TILE, *,
+             settings: Settings | None = None, expect_sha256: str | None = None) -> Codec:
+        """The codec of ``model``: shipped with the package, else published in the model store
+        (``settings.model_store``; read from the configuration when ``settings`` is not given and
+        the package does not ship ``model``). ``expect_sha256`` (a container's weights sha256)
+        must match a stored model's weights."""
         dev = _prepare_device(device)
-        m, entry = load_model(model, dev)
+        m, entry = load_model(model, dev, _model_store(model, settings), expect_sha256)
         return cls(m, entry, dev, tile_size)
 
     @classmethod
-    def from_weights_file(cls, path, device: str = "auto", tile_size: int = DEFAULT_TILE) -> Codec:
-        """A codec on an unregistered weights file (candidate evaluation; see load_weights_file)."""
+    def from_weights_file(cls, path, device: str = "auto", tile_size: int = DEFAULT_TILE,
+                          model_id: str | None = None) -> Codec:
+        """A codec on an unregistered weights file (candidate evaluation; see load_weights_file).
+        ``model_id``: the id it is to be published under, so that measured containers carry the
+        header they will have (the default ``file:NAME`` is longer or shorter by a few bytes)."""
         from .registry import load_weights_file
 
         dev = _prepare_device(device)
-        m, entry = load_weights_file(path, dev)
+        m, entry = load_weights_file(path, dev, model_id)
         return cls(m, entry, dev, tile_size)
 
     @classmethod
-    def cached(cls, model: str = DEFAULT_MODEL, device: str = "auto") -> Codec:
-        """One codec per (model, device) per process: workers and servers load weights once."""
+    def cached(cls, model: str = DEFAULT_MODEL, device: str = "auto", *, settings: Settings | None = None,
+               expect_sha256: str | None = None) -> Codec:
+        """One codec per (model, device) per process: workers and servers load weights once.
+        (A model id names one set of weights forever, so the id is a sound key for stored models
+        too; ``expect_sha256`` is still checked against a codec found here.)"""
         key = (model, str(pick_device(device)))
         with _CACHE_LOCK:
             if key not in _CACHE:
-                _CACHE[key] = cls.load(model, device)
-            return _CACHE[key]
+                _CACHE[key] = cls.load(model, device, settings=settings, expect_sha256=expect_sha256)
+            codec = _CACHE[key]
+        if expect_sha256 is not None and codec.weights_sha256 != expect_sha256:
+            raise ContainerError(f"bitstream was made with other weights for {model!r} "
+                                 f"(sha256 {expect_sha256[:16]}...)", code="weights_mismatch")
+        return codec
 
     @property
     def device_name(self) -> str:

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -22,6 +22,9 @@ from safetensors.torch import save as st_save
 from ..errors import UnknownModelError, WeightsIntegrityError
 from .default import DEFAULT_MODEL
 from .model import ConvNeXtCharm, Preset, build_model, load_state
+
+if TYPE_CHECKING:
+    from ..model_store import ModelStore
 
 __all__ = ["DEFAULT_MODEL"]  # re-exported: callers import it from the registry
 
@@ -78,8 +81,15 @@ def describe_models(*, verify: bool = False, registry: Path | None = None) -> li
     return out
 
 
-def load_model(model_id: str, device: torch.device | str = "cpu") -> tuple[ConvNeXtCharm, ModelEntry]:
-    """Build the architecture, verify the file's sha256, load weights + shipped CDF tables."""
+def load_model(model_id: str, device: torch.device | str = "cpu", store: ModelStore | None = None,
+               expect_sha256: str | None = None) -> tuple[ConvNeXtCharm, ModelEntry]:
+    """Build the architecture, verify the file's sha256, load weights + shipped CDF tables.
+
+    The package's registry is asked first; an id it does not ship is looked up in ``store`` (the
+    model store, ``archiver finetune``'s models), whose file is fetched once into the local cache
+    and checked against its record and ``expect_sha256`` (a container's) before it is loaded."""
+    if store is not None and model_id not in read_registry():
+        return load_stored_model(model_id, store, device, expect_sha256)
     entry = resolve(model_id)
     if not entry.file.exists():
         raise WeightsIntegrityError(f"weights file for {model_id!r} is missing: {entry.file}")
@@ -93,6 +103,27 @@ def load_model(model_id: str, device: torch.device | str = "cpu") -> tuple[ConvN
     load_state(model, _state_from(blob))
     model.eval().requires_grad_(False)
     return model.to(device), entry
+
+
+def load_stored_model(model_id: str, store: ModelStore, device: torch.device | str = "cpu",
+                      expect_sha256: str | None = None) -> tuple[ConvNeXtCharm, ModelEntry]:
+    """A model from the model store (see archiver/model_store.py), verified before it is loaded."""
+    path, rec = store.local_copy(model_id, expect_sha256)
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != rec.sha256:  # the cache changed under us: refuse, never load
+        raise WeightsIntegrityError(f"cached weights of {model_id!r} at {path} changed while loading",
+                                    code="weights_tampered")
+    preset, _ = file_preset(path)
+    recorded = rec.record.get("preset")
+    if recorded is not None and Preset.from_dict(recorded) != preset:
+        raise WeightsIntegrityError(f"the model store's record of {model_id!r} names another architecture than "
+                                    "its weights file", code="bad_model_record")
+    model = build_model(preset)
+    load_state(model, _state_from(blob))
+    model.eval().requires_grad_(False)
+    info = {"trained_steps": (rec.record.get("training") or {}).get("steps"), "note": rec.record.get("note", ""),
+            "store": store.url, "base_model": rec.record.get("base_model")}
+    return model.to(device), ModelEntry(model_id, path, rec.sha256, preset, info)
 
 
 def file_preset(path: Path) -> tuple[Preset, dict[str, str]]:
