@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .codec.api import Codec, DecodedImage
-from .codec.container import read_meta
+from .codec.container import DEFAULT_MAX_PIXELS, read_meta
 from .errors import ArchiverError
 from .images import save_image
 from .storage import ObjectStore
@@ -23,10 +23,18 @@ EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
-def decode_container(data: bytes, device: str = "auto", max_pixels: int = 400_000_000) -> DecodedImage:
-    """Decode with the model the container names (loaded once per process)."""
-    meta = read_meta(data)
-    return Codec.cached(meta.model_id, device).decode(data, max_pixels=max_pixels)
+def decode_container(data: bytes, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, *,
+                     time_budget_s: float | None = None, deadline: float | None = None) -> DecodedImage:
+    """Decode with the model the container names (loaded once per process).
+
+    Front doors pass ``max_pixels=settings.max_pixels``: a container declaring more pixels is
+    refused (``absurd_dimensions``) before the model is even loaded. ``time_budget_s`` (seconds
+    from now) or ``deadline`` (``time.monotonic()``) stop a decode between slices with
+    ``decode_timeout``; see ``Codec.decode`` for the other limits and error codes.
+    """
+    meta = read_meta(data, max_pixels=max_pixels)
+    return Codec.cached(meta.model_id, device).decode(data, max_pixels=max_pixels, time_budget_s=time_budget_s,
+                                                      deadline=deadline)
 
 
 def render(decoded: DecodedImage, fmt: str) -> tuple[bytes, str]:
@@ -70,7 +78,7 @@ def _ext_matches(name: str, fmt: str) -> bool:
 
 def restore_all(src: ObjectStore, dst: ObjectStore, *, fmt: str = "png", suffix: str = ".cxa", device: str = "auto",
                 limit: int | None = None, on_item: Callable[[Restored], None] | None = None,
-                overwrite: bool = False) -> Iterator[Restored]:
+                overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Restored]:
     """Decode every container under ``src`` into ``dst``; a bad container is reported, not fatal.
 
     The original's name is kept when it was re-created in its own format, e.g. ``a/b.jpg.cxa``
@@ -92,7 +100,7 @@ def restore_all(src: ObjectStore, dst: ObjectStore, *, fmt: str = "png", suffix:
             if known is not None and not overwrite and dst.head(known) is not None:
                 item = Restored(info.key, known, True, skipped=True)
             else:
-                dec = decode_container(src.get(info.key, max_bytes=max(info.size, 1)), device)
+                dec = decode_container(src.get(info.key, max_bytes=max(info.size, 1)), device, max_pixels=max_pixels)
                 data, used = render(dec, fmt)
                 out_key = known or restored_key(info.key, suffix, fmt, used)
                 if known is None and not overwrite and dst.head(out_key) is not None:

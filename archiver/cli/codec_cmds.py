@@ -65,12 +65,14 @@ def decode(src: Path, dst: Path, device: str) -> None:
     from ..codec import Codec
     from ..codec.container import read_meta
     from ..images import save_image
+    from ..settings import load_settings
 
     data = src.read_bytes()
     try:
-        meta = read_meta(data)
+        max_pixels = load_settings().max_pixels  # the decompression-bomb limit, as for every front door
+        meta = read_meta(data, max_pixels=max_pixels)
         codec = Codec.load(meta.model_id, device)
-        dec = codec.decode(data)
+        dec = codec.decode(data, max_pixels=max_pixels)
     except ArchiverError as e:
         fail(e)
     fmt = {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(dst.suffix.lower().lstrip("."), "png")
