@@ -104,7 +104,8 @@ torch.set_num_threads({threads})
 data = open({path!r}, "rb").read()
 codec = Codec.load({model!r}, "cpu")
 torch.zeros(1)  # torch's own first allocations are not the decode's
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ru = resource.getrusage(resource.RUSAGE_SELF)
+before, cpu0 = ru.ru_maxrss, ru.ru_utime + ru.ru_stime
 t = time.perf_counter()
 code = None
 try:
@@ -112,21 +113,24 @@ try:
 except ArchiverError as e:
     code = e.code
 secs = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"seconds": secs, "peak_growth_mib": (peak - before) / 1024, "code": code}}))
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({{"seconds": secs, "cpu_seconds": ru.ru_utime + ru.ru_stime - cpu0,
+                  "peak_growth_mib": (ru.ru_maxrss - before) / 1024, "code": code}}))
 """
 
 
 def measure(data: bytes, model_id: str, tmp: Path, *, threads: int = 2, kwargs: dict | None = None,
             timeout: float = 600) -> dict:
-    """Decode ``data`` in a fresh interpreter: seconds, peak RSS growth (MiB) and the error code."""
+    """Decode ``data`` in a fresh interpreter: wall and CPU seconds of the decode call, peak RSS
+    growth (MiB) across it, and the error code. CPU seconds are what the decode itself cost on a
+    shared machine (wall time there also counts other processes' turns)."""
     path = tmp / f"forged-{time.monotonic_ns()}.cxa"
     path.write_bytes(data)
     src = _CHILD.format(root=str(HERE.parent), threads=threads, path=str(path), model=model_id,
                         kwargs=repr(kwargs or {}))
     run = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=timeout)
     if run.returncode != 0:
-        return {"seconds": None, "peak_growth_mib": None, "code": f"crashed rc={run.returncode}",
+        return {"seconds": None, "cpu_seconds": None, "peak_growth_mib": None, "code": f"crashed rc={run.returncode}",
                 "stderr": run.stderr[-2000:]}
     return json.loads(run.stdout.strip().splitlines()[-1])
 

@@ -52,9 +52,12 @@ def _first_tile(data: bytes) -> cx.TilePayload:
 
 
 def _assert_cheap(r: dict, code: str) -> None:
+    """Error code, peak RSS growth, and CPU time of the decode call (one torch thread: on an idle
+    machine that is its wall time; on the shared test machine wall time also counts other
+    processes' turns)."""
     assert r["code"] == code, r
     assert r["peak_growth_mib"] < MAX_GROWTH_MIB, r
-    assert r["seconds"] < MAX_SECONDS, r
+    assert r["cpu_seconds"] < MAX_SECONDS, r
 
 
 # --- forged containers, in a fresh process: error code, memory, time ------------------------------
@@ -75,7 +78,7 @@ def test_a_declared_huge_tile_is_refused_before_allocation(codec: Codec, tmp_pat
         data = forged.tiny_streams(codec.model_id, codec.weights_sha256, side, version=version)
         r = forged.measure(data, codec.model_id, tmp_path, threads=1)
         _assert_cheap(r, "tile_too_large")
-        assert r["peak_growth_mib"] < 20 and r["seconds"] < 0.5, r
+        assert r["peak_growth_mib"] < 20 and r["cpu_seconds"] < 0.5, r
 
 
 def test_many_huge_declared_tiles_are_refused_as_well(codec: Codec) -> None:
@@ -147,10 +150,13 @@ def test_max_pixels_and_time_budget_through_the_library(codec: Codec, honest_102
     with pytest.raises(ContainerError) as e:
         codec.decode(honest_1024, max_pixels=1000)
     assert e.value.code == "absurd_dimensions"
-    t = time.perf_counter()
     with pytest.raises(ContainerError) as e:
         decode_container(honest_1024, "cpu", time_budget_s=0.0)
-    assert e.value.code == "decode_timeout" and time.perf_counter() - t < 1.0
+    assert e.value.code == "decode_timeout"
+    t = time.process_time()
+    with pytest.raises(ContainerError) as e:
+        codec.decode(honest_1024, time_budget_s=0.0)
+    assert e.value.code == "decode_timeout" and time.process_time() - t < 0.5
     with pytest.raises(ContainerError) as e:
         codec.decode(honest_1024, deadline=time.monotonic() - 1)
     assert e.value.code == "decode_timeout"
