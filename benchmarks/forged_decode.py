@@ -31,16 +31,11 @@ from shared_paths import KODAK  # noqa: E402
 
 
 def _first_tile_z(data: bytes) -> tuple[bytes, int]:
-    """(z stream, y stream length) of the first TILE section of an honest container."""
-    pos = 14
-    while True:
-        tag, n = data[pos:pos + 4], struct.unpack(">I", data[pos + 4:pos + 8])[0]
-        if tag == b"TILE":
-            p = data[pos + 8:pos + 8 + n]
-            (lz,) = struct.unpack(">I", p[4:8])
-            (ly,) = struct.unpack(">I", p[12 + lz:16 + lz])
-            return p[8:8 + lz], ly
-        pos += 12 + n
+    """(z stream, y stream length) of the first tile of an honest container."""
+    from archiver.codec import container as cx
+
+    t = cx.unpack(data).tiles[0]
+    return t.z, len(t.y[0])
 
 
 def main() -> None:
