@@ -234,7 +234,7 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
             QUALITY_HINTS.add(codec.model_id, target, enc.quality)
             out.timings["encode"] = time.perf_counter() - t1
             t2 = time.perf_counter()
-            dec = codec.decode(enc.data)  # the real bitstream, through the real decoder
+            dec = codec.decode(enc.data, max_pixels=opts.max_pixels)  # the real bitstream, through the real decoder
             out.gpu_seconds = codec.gpu_seconds - gpu0 if codec.device.type == "cuda" else 0.0
         # dec.rgb is what a user gets back (gray modes as gray); img.rgb of a gray image is the
         # gray replicated to three channels, i.e. already in that form.

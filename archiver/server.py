@@ -194,7 +194,9 @@ def fetch_decode_render(st: Settings, loc: Located, fmt: str) -> tuple[bytes, st
     if loc.sha256 and sha != loc.sha256:
         raise ContainerError(f"stored container {loc.url} does not match the sha256 recorded when it was "
                              f"verified ({sha[:16]}... != {loc.sha256[:16]}...)", code="checksum_mismatch")
-    decoded = decode_container(data, st.device, max_pixels=st.max_pixels, settings=st)
+    # the codec's own budget stops a runaway decode between slices, so an abandoned one frees the CPU too
+    decoded = decode_container(data, st.device, max_pixels=st.max_pixels, settings=st,
+                               time_budget_s=st.server.decode_timeout_s)
     try:
         body, used = render(decoded, fmt)
     except ValueError as e:  # e.g. "original" for a format we cannot write
@@ -207,6 +209,8 @@ def _error_response(e: BaseException) -> JSONResponse:
 
     if isinstance(e, HTTPProblem):
         return problem(e.status, e.code, e.message, e.headers)
+    if isinstance(e, ContainerError) and e.code in ("decode_timeout", "out_of_memory"):
+        return problem(503, e.code, str(e))  # the server's limits, not a bad container
     if isinstance(e, (ContainerError, UnknownModelError)):
         return problem(422, e.code, str(e))
     if isinstance(e, ObjectNotFound):

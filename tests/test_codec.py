@@ -369,17 +369,19 @@ def test_worst_case_forged_streams_are_refused_cleanly(codec: Codec, crop_rgb: I
     data = codec.encode(crop_rgb, quality=40)
     off, tag, n = next(s for s in _sections(data) if s[1] == b"TILE")
     payload = data[off + 8 : off + 8 + n]
-    row_col, z_len = payload[:4], struct.unpack(">I", payload[4:8])[0]
-    z = payload[8 : 8 + z_len]
+    (n_checks,) = struct.unpack(">H", payload[4:6])
+    head = 6 + 4 * n_checks  # row, col and (container version 2) the tile checks, kept as they are
+    row_col, z_len = payload[:head], struct.unpack(">I", payload[head : head + 4])[0]
+    z = payload[head + 4 : head + 4 + z_len]
     pre = codec.model.preset  # y symbols of the tile: M per latent position, on the padded grid
     n_y = pre.latent * (math.ceil(crop_rgb.height / pre.z_stride) * pre.z_stride // pre.stride) * (
         math.ceil(crop_rgb.width / pre.z_stride) * pre.z_stride // pre.stride)
-    (y_len,) = struct.unpack(">I", payload[12 + z_len : 16 + z_len])  # after the count of y streams (1)
+    (y_len,) = struct.unpack(">I", payload[head + 8 + z_len : head + 12 + z_len])  # after the count of y streams (1)
 
     def tile(z_bytes: bytes, y_bytes: bytes) -> bytes:
         return row_col + struct.pack(">I", len(z_bytes)) + z_bytes + struct.pack(">II", 1, len(y_bytes)) + y_bytes
 
-    assert tile(z, payload[16 + z_len :]) == payload and len(payload) == 16 + z_len + y_len
+    assert tile(z, payload[head + 12 + z_len :]) == payload and len(payload) == head + 12 + z_len + y_len
     for length in (y_len, MAX_STREAM_BYTES_PER_SYMBOL * n_y + 64):
         y = bytes([fill]) * length if fill is not None else np.random.default_rng(length).bytes(length)
         for z_forged in (z, bytes([fill if fill is not None else 0xFF]) * len(z)):

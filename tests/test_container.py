@@ -6,6 +6,7 @@ rather than reusing ``pack``, so that the layout itself is checked too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import struct
@@ -29,14 +30,16 @@ def meta_dict(**over) -> dict:
 
 
 def make_container(mode: str = "RGB", *, icc: bytes | None = b"ICC-profile", exif: bytes | None = b"Exif\0\0MM",
-                   alpha: bool = False, width: int = 130, height: int = 70, tile: int = 64) -> cx.Container:
+                   alpha: bool = False, width: int = 130, height: int = 70, tile: int = 64,
+                   version: int = cx.VERSION) -> cx.Container:
     rows, cols = -(-height // tile), -(-width // tile)
     meta = cx.ContainerMeta(**{**meta_dict(mode=mode, width=width, height=height, tile_size=tile,
                                            n_tiles=rows * cols)})
-    tiles = [cx.TilePayload(row=r, col=c, z=bytes([r, c]) * 3, y=[b"slice%d" % i for i in range(r + c + 1)] + [b""])
+    tiles = [cx.TilePayload(row=r, col=c, z=bytes([r, c]) * 3, y=[b"slice%d" % i for i in range(r + c + 1)] + [b""],
+                            checks=[bytes([r, c, i, 9]) for i in range(3)] if version >= 2 else [])
              for r in range(rows) for c in range(cols)]
     a = bytes((i * 7) % 256 for i in range(width * height)) if alpha else None
-    return cx.Container(meta=meta, tiles=tiles, icc=icc, exif=exif, alpha=a)
+    return cx.Container(meta=meta, tiles=tiles, icc=icc, exif=exif, alpha=a, version=version)
 
 
 # --- an independent writer, straight from the layout in the module docstring ----------------------
@@ -55,8 +58,13 @@ def meta_section(d: dict | bytes) -> bytes:
     return section(b"META", raw)
 
 
-def tile(row: int, col: int, z: bytes = b"z", ys: tuple[bytes, ...] = (b"y",)) -> bytes:
-    p = struct.pack(">HHI", row, col, len(z)) + z + struct.pack(">I", len(ys))
+def tile(row: int, col: int, z: bytes = b"z", ys: tuple[bytes, ...] = (b"y",),
+         checks: tuple[bytes, ...] | None = None) -> bytes:
+    """A TILE section; with ``checks`` in the version-2 layout (u16 count, 4 bytes each, after row/col)."""
+    p = struct.pack(">HH", row, col)
+    if checks is not None:
+        p += struct.pack(">H", len(checks)) + b"".join(checks)
+    p += struct.pack(">I", len(z)) + z + struct.pack(">I", len(ys))
     for y in ys:
         p += struct.pack(">I", len(y)) + y
     return section(b"TILE", p)
@@ -80,19 +88,29 @@ def code_of(data: bytes, **kw) -> str:
 
 
 # --- round trips --------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("mode,alpha", [("RGB", False), ("L", False), ("1", False), ("RGBA", True),
                                         ("LA", True), ("P", True), ("P", False)])
-def test_round_trip(mode: str, alpha: bool) -> None:
-    c = make_container(mode, alpha=alpha)
+def test_round_trip(mode: str, alpha: bool, version: int) -> None:
+    c = make_container(mode, alpha=alpha, version=version)
     data = cx.pack(c)
-    assert data.startswith(b"\x89CXA\r\n\x1a\n\x00\x01")
+    assert data.startswith(b"\x89CXA\r\n\x1a\n\x00" + bytes([version]))
     back = cx.unpack(data)
-    assert back == c
+    assert back == c and back.version == version == cx.read_version(data)
     assert cx.read_meta(data) == c.meta
 
 
+def test_the_writer_writes_the_current_version_with_tile_checks() -> None:
+    assert cx.VERSION == 2 and cx.READABLE_VERSIONS == (1, 2)
+    data = cx.pack(make_container())
+    assert data.startswith(b"\x89CXA\r\n\x1a\n\x00\x02")
+    assert cx.unpack(data).tiles[1].checks == [bytes([0, 1, i, 9]) for i in range(3)]
+    with pytest.raises(ContainerError, match="version 1 has no tile checks"):
+        cx.pack(dataclasses.replace(make_container(version=2), version=1))
+
+
 def test_round_trip_without_optional_sections_and_single_tile() -> None:
-    c = make_container(icc=None, exif=None, width=1, height=1, tile=4096)
+    c = make_container(icc=None, exif=None, width=1, height=1, tile=cx.MAX_TILE_SIZE)
     back = cx.unpack(cx.pack(c))
     assert back == c and back.icc is None and back.exif is None and back.alpha is None
     assert back.meta.n_tiles == 1
@@ -106,7 +124,22 @@ def test_independent_writer_is_accepted_and_meta_is_canonical() -> None:
     assert [(t.row, t.col) for t in c.tiles] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     assert c.tiles[0].z == b"z" and c.tiles[0].y == [b"y"]
     # pack writes byte-for-byte what the independent writer writes for the same content
-    assert cx.pack(cx.Container(meta=c.meta, tiles=c.tiles)) == data
+    assert c.version == 1
+    assert cx.pack(cx.Container(meta=c.meta, tiles=c.tiles, version=1)) == data
+
+
+def test_independent_writer_version_2_layout() -> None:
+    d = meta_dict()
+    rows, cols = 2, 3
+    checks = lambda r, c: (bytes([r, c, 0, 0]), b"\xff" * 4)  # noqa: E731
+    data = (header(version=2) + meta_section(d)
+            + b"".join(tile(r, c, checks=checks(r, c)) for r in range(rows) for c in range(cols))
+            + section(b"IEND", b""))
+    c = cx.unpack(data)
+    assert c.version == 2 and c.tiles[4].checks == list(checks(1, 1)) and c.tiles[4].y == [b"y"]
+    assert cx.pack(c) == data
+    # a version-1 tile layout under a version-2 header does not parse (lengths do not add up)
+    assert code_of(header(version=2) + meta_section(d) + tiles_for(d) + section(b"IEND", b"")) == "bad_section"
 
 
 def test_read_meta_needs_only_the_prefix() -> None:
@@ -196,8 +229,8 @@ def test_text_mode_transfer_damage_is_named() -> None:
 
 
 def test_unknown_version() -> None:
-    data = header(version=2) + build()[14:]
-    with pytest.raises(ContainerError, match="version 2") as ei:
+    data = header(version=3) + build()[14:]  # version 2 became known with issue 16
+    with pytest.raises(ContainerError, match="version 3") as ei:
         cx.unpack(data)
     assert ei.value.code == "unsupported_version"
     with pytest.raises(ContainerError):
@@ -373,6 +406,35 @@ def _raw_tile(payload: bytes) -> bytes:
 def test_tile_lengths_must_add_up(payload: bytes) -> None:
     d = meta_dict(width=10, height=10, n_tiles=1)
     assert code_of(build(d, tiles=_raw_tile(payload))) == "bad_section"
+
+
+@pytest.mark.parametrize("payload", [
+    struct.pack(">HHH", 0, 0, 1) + b"abc",                                          # shorter than the header
+    struct.pack(">HHH", 0, 0, 3) + b"c" * 8 + struct.pack(">I", 0) + struct.pack(">I", 0),  # checks overrun
+    struct.pack(">HHH", 0, 0, 2000) + b"c" * 8000 + struct.pack(">II", 0, 0),      # more than MAX_CHECKS
+    struct.pack(">HHH", 0, 0, 1) + b"cccc" + struct.pack(">I", 1) + b"z" + struct.pack(">I", 0) + b"x",
+])
+def test_version_2_tile_lengths_must_add_up(payload: bytes) -> None:
+    d = meta_dict(width=10, height=10, n_tiles=1)
+    data = header(version=2) + meta_section(d) + _raw_tile(payload) + section(b"IEND", b"")
+    assert code_of(data) == "bad_section"
+
+
+@pytest.mark.parametrize("tile_size", [1088, 2048, 4096])
+def test_tiles_larger_than_encoders_write_are_refused_before_decoding(tile_size: int) -> None:
+    """The issue-16 forgery: one declared 4096-px tile of a few bytes asked for > 10 GB."""
+    d = meta_dict(width=tile_size, height=tile_size, tile_size=tile_size, n_tiles=1)
+    data = build(d)
+    t = time.perf_counter()
+    with pytest.raises(ContainerError, match="tile_size") as ei:
+        cx.unpack(data)
+    assert ei.value.code == "tile_too_large" and time.perf_counter() - t < 0.5
+    with pytest.raises(ContainerError):
+        cx.read_meta(data)
+    # a container written by a library caller with a larger tile stays readable on request
+    assert cx.unpack(data, max_tile_size=4096).meta.tile_size == tile_size
+    assert cx.read_meta(data, max_tile_size=tile_size).n_tiles == 1
+    assert cx.unpack(build(meta_dict(width=1024, height=1024, tile_size=1024, n_tiles=1))).meta.tile_size == 1024
 
 
 def test_tile_with_no_y_streams_is_structurally_valid() -> None:

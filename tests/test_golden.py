@@ -4,6 +4,10 @@
 (``tests/make_golden.py``) with the image the decoder gave then. Every run decodes them with
 today's code: the latents are exact by construction (the container's latent hash is checked in
 ``decode``), and the float synthesis may move a pixel by at most 1 LSB across libraries/devices.
+
+Streams of every container format version are kept (``make_golden.golden_dir``): the version-1
+streams in ``golden/<model>/`` were written before container version 2 and are never replaced;
+``golden/container-v2/<model>/`` holds the current version's.
 """
 
 from __future__ import annotations
@@ -17,15 +21,25 @@ from PIL import Image
 from archiver.codec import Codec, registry
 from archiver.codec import container as cx
 
-from make_golden import CASES, GOLDEN
+from make_golden import CASES, GOLDEN, golden_dir
 
-STREAMS = sorted(GOLDEN.glob("*/*.cxa"))
+STREAMS = sorted(GOLDEN.glob("*/*.cxa")) + sorted(GOLDEN.glob("container-v*/*/*.cxa"))
+#: the models registered while the encoder wrote container version 1: their version-1 streams stay
+MODELS_WITH_V1_STREAMS = ("compact-v1", "compact-v2", "compact-v3", "compact-v4", "compact-v5")
+
+
+def _version_of_dir(path: Path) -> int:
+    parent = path.parent.parent.name
+    return int(parent.removeprefix("container-v")) if parent.startswith("container-v") else 1
 
 
 def test_every_registered_model_has_golden_streams() -> None:
     for model_id in registry.read_registry():
-        have = {p.stem for p in (GOLDEN / model_id).glob("*.cxa")}
+        have = {p.stem for p in golden_dir(model_id, cx.VERSION).glob("*.cxa")}
         assert have == set(CASES), f"{model_id}: golden streams {sorted(have)}; run tests/make_golden.py {model_id}"
+    for model_id in MODELS_WITH_V1_STREAMS:
+        have = {p.stem for p in golden_dir(model_id, 1).glob("*.cxa")}
+        assert have == set(CASES), f"{model_id}: the container-v1 golden streams are gone: {sorted(have)}"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +52,11 @@ def test_golden_stream_decodes_as_when_written(path: Path, codecs: dict[str, Cod
     model_id = path.parent.name
     codec = codecs.get(model_id) or codecs.setdefault(model_id, Codec.load(model_id, "cpu"))
     data = path.read_bytes()
-    meta = cx.unpack(data).meta
+    c = cx.unpack(data)
+    meta = c.meta
+    assert c.version == _version_of_dir(path)
+    if c.version >= 2:
+        assert all(len(t.checks) == codec.coder.n_checks() for t in c.tiles)
     _, _, mode, quality = CASES[path.stem]
     assert (meta.model_id, meta.quality, meta.mode) == (model_id, quality, mode)
 
@@ -50,3 +68,16 @@ def test_golden_stream_decodes_as_when_written(path: Path, codecs: dict[str, Cod
     if mode == "RGBA":
         assert np.array_equal(g[..., 3], w[..., 3])  # alpha is lossless
     assert np.abs(g - w).max() <= 1
+
+
+@pytest.mark.parametrize("model_id", MODELS_WITH_V1_STREAMS)
+def test_version_2_streams_only_add_tile_checks(model_id: str) -> None:
+    """The format change of container version 2 is the tile checks, nothing else: the entropy-coded
+    streams and META that today's encoder writes for each case are those written in version 1."""
+    for case in CASES:
+        old = cx.unpack((golden_dir(model_id, 1) / f"{case}.cxa").read_bytes())
+        new = cx.unpack((golden_dir(model_id, 2) / f"{case}.cxa").read_bytes())
+        assert (old.version, new.version) == (1, 2)
+        assert new.meta == old.meta and (new.icc, new.exif, new.alpha) == (old.icc, old.exif, old.alpha)
+        assert [(t.row, t.col, t.z, t.y) for t in new.tiles] == [(t.row, t.col, t.z, t.y) for t in old.tiles]
+        assert all(len(t.checks) == 9 for t in new.tiles) and not any(t.checks for t in old.tiles)

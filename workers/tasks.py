@@ -121,7 +121,7 @@ def retrieve(url_of_container: str, fmt: str = "png", dest: str | None = None) -
     st = settings()
     store_url, key = jobs.split_object_url(url_of_container)
     data = jobs.get_store(store_url, st).get(key, max_bytes=int(st.max_object_bytes))
-    image, used = render(decode_container(data, st.device, settings=st), fmt)
+    image, used = render(decode_container(data, st.device, max_pixels=st.max_pixels, settings=st), fmt)
     out: dict[str, Any] = {"format": used, "media_type": MEDIA_TYPES[used], "bytes": len(image)}
     if dest:
         dest_store, dest_key = jobs.split_object_url(dest)

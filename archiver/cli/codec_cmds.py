@@ -72,9 +72,10 @@ def decode(src: Path, dst: Path, device: str) -> None:
 
     data = src.read_bytes()
     try:
-        meta = read_meta(data)
+        st = load_settings()
+        meta = read_meta(data, max_pixels=st.max_pixels)  # the decompression-bomb limit, as for every front door
         # the one way every front door decodes: a model the package lacks comes from the store
-        dec = decode_container(data, device, settings=load_settings())
+        dec = decode_container(data, device, max_pixels=st.max_pixels, settings=st)
     except ArchiverError as e:
         fail(e)
     fmt = {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(dst.suffix.lower().lstrip("."), "png")

@@ -176,8 +176,8 @@ def restore(source, to, fmt, device, limit, overwrite) -> None:
                       console=console) as prog:
             task = prog.add_task("restore", total=limit)
             ticker = LogTicker(console, st.log_progress_every)
-            for item in restore_all(src, dst, fmt=fmt, suffix=st.container_suffix, device=device or st.device, settings=st,
-                                    limit=limit, overwrite=overwrite):
+            for item in restore_all(src, dst, fmt=fmt, suffix=st.container_suffix, device=device or st.device,
+                                    settings=st, limit=limit, overwrite=overwrite, max_pixels=st.max_pixels):
                 ok += item.ok and not item.skipped
                 skipped += item.skipped
                 bad += not item.ok

@@ -11,6 +11,7 @@ decode the real bytes afterwards.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 import time
@@ -34,8 +35,11 @@ if TYPE_CHECKING:
     from ..model_store import ModelStore
     from ..settings import Settings
 
+log = logging.getLogger(__name__)
+
 PAD_MULTIPLE = 64
 DEFAULT_TILE = 1024
+assert DEFAULT_TILE <= cx.MAX_TILE_SIZE
 SEARCH_STEPS = 7  # bisection steps on [0, 100]: resolution under one quality unit
 
 
@@ -105,6 +109,20 @@ def _model_store(model: str, settings: Settings | None) -> ModelStore | None:
 
         settings = load_settings()
     return ModelStore.from_settings(settings)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """torch reports allocator failures as RuntimeError subclasses whose message says so."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    msg = str(exc).lower()
+    return "out of memory" in msg or "can't allocate memory" in msg or "failed to allocate" in msg
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def pick_device(device: str) -> torch.device:
@@ -244,8 +262,10 @@ class QualityHints:
 
 class Codec:
     def __init__(self, model, entry, device: torch.device, tile_size: int = DEFAULT_TILE) -> None:
-        if tile_size % PAD_MULTIPLE or not 64 <= tile_size <= 4096:
-            raise ValueError("tile_size must be a multiple of 64 in [64, 4096]")
+        if tile_size % PAD_MULTIPLE or not 64 <= tile_size <= cx.MAX_TILE_SIZE:
+            # decoders refuse larger tiles (container.MAX_TILE_SIZE): one tile's decode is the unit of
+            # work a forged container could ask for, so it is kept to what encoders write
+            raise ValueError(f"tile_size must be a multiple of 64 in [64, {cx.MAX_TILE_SIZE}]")
         self.model = model
         self.entry = entry
         self.model_id = entry.model_id
@@ -352,7 +372,7 @@ class Codec:
                 recon[rs, cs] = self._timed(lambda: self._synth(coded.y_hat, inv_gain,
                                                                 rs.stop - rs.start, cs.stop - cs.start))
             if not dry:
-                tiles.append(cx.TilePayload(row=r, col=c, z=coded.z, y=[coded.y]))
+                tiles.append(cx.TilePayload(row=r, col=c, z=coded.z, y=[coded.y], checks=coded.checks))
         return tiles, recon, hasher.hexdigest()
 
     def encode_detailed(self, image: Image.Image | LoadedImage, quality: float | None = None,
@@ -404,10 +424,46 @@ class Codec:
         return self.encode_detailed(image, quality=quality, target_psnr=target_psnr).data
 
     # ------------------------------------------------------------------------------------------
+    def decode(self, data: bytes, max_pixels: int = cx.DEFAULT_MAX_PIXELS, *, max_tile_size: int = cx.MAX_TILE_SIZE,
+               time_budget_s: float | None = None, deadline: float | None = None) -> DecodedImage:
+        """Decode a container of any readable version; every failure is a ``ContainerError``.
+
+        The work a container can ask for is bounded: ``max_pixels`` (the front doors pass the
+        ``max_pixels`` setting) and ``max_tile_size`` are checked from META before anything is
+        allocated; version-2 tile checks stop a forged tile after the first slice it spoils; the
+        whole-image latent checksum is compared before the last tile's synthesis. With
+        ``time_budget_s`` (seconds from now) or ``deadline`` (a ``time.monotonic()`` value) the
+        decode stops between slices once it is over, with code ``decode_timeout``. An allocator
+        failure becomes ``out_of_memory``, any other error inside decoding ``decode_failed``, so
+        that every front door reports one line and a reason instead of a traceback.
+        """
+        if time_budget_s is not None:
+            until = time.monotonic() + time_budget_s
+            deadline = until if deadline is None else min(deadline, until)
+        try:
+            return self._decode(data, max_pixels, max_tile_size, deadline)
+        except ArchiverError:
+            raise
+        except MemoryError as exc:
+            raise ContainerError(f"out of memory while decoding: {exc or 'MemoryError'}", code="out_of_memory") from exc
+        except Exception as exc:  # torch / CompressAI / numpy errors: one clear, recorded reason
+            if _is_out_of_memory(exc):
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise ContainerError(f"out of memory while decoding: {_one_line(exc)}", code="out_of_memory") from exc
+            log.debug("decode failed", exc_info=True)
+            raise ContainerError(f"decoding failed: {type(exc).__name__}: {_one_line(exc)}", code="decode_failed") from exc
+
     @torch.inference_mode()
-    def decode(self, data: bytes, max_pixels: int = 400_000_000) -> DecodedImage:
+    def _decode(self, data: bytes, max_pixels: int, max_tile_size: int, deadline: float | None) -> DecodedImage:
         t0 = time.perf_counter()
-        c = cx.unpack(data, max_pixels=max_pixels)
+
+        def tick() -> None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise ContainerError(f"decode stopped after {time.perf_counter() - t0:.2f} s: over its time budget",
+                                     code="decode_timeout")
+
+        c = cx.unpack(data, max_pixels=max_pixels, max_tile_size=max_tile_size)
         meta = c.meta
         if meta.model_id != self.model_id:
             raise ContainerError(
@@ -423,19 +479,24 @@ class Codec:
         rgb = np.empty((meta.height, meta.width, 3), dtype=np.uint8)
         hasher = hashlib.sha256()
         grid = tile_grid(meta.height, meta.width, meta.tile_size)
-        for (r, col, rs, cs), tile in zip(grid, c.tiles):
+        for k, ((r, col, rs, cs), tile) in enumerate(zip(grid, c.tiles)):
             if (tile.row, tile.col) != (r, col) or len(tile.y) != 1:
                 raise ContainerError(f"tile ({tile.row},{tile.col}) is out of place or malformed", code="bad_section")
+            tick()
             h, w = rs.stop - rs.start, cs.stop - cs.start
             z_shape = (math.ceil(h / self.model.preset.z_stride), math.ceil(w / self.model.preset.z_stride))
-            y_hat = self._timed(lambda: self.coder.decode(tile.z, tile.y[0], z_shape, self.device, hasher))
+            checks = tile.checks if c.version >= 2 else None
+            y_hat = self._timed(lambda: self.coder.decode(tile.z, tile.y[0], z_shape, self.device, hasher,
+                                                          checks=checks, tick=tick, where=f"tile ({r},{col})"))
+            if k == len(grid) - 1 and hasher.hexdigest() != meta.latent_sha256:
+                # before the last synthesis: a one-tile container (most images; every version-1
+                # forgery of one tile) is refused before its most memory-hungry step
+                raise ContainerError(
+                    "decoded latents do not match the checksum recorded at encode time: the entropy-coded data is "
+                    "corrupt or forged (or was decoded with a different probability model)",
+                    code="latent_mismatch",
+                )
             rgb[rs, cs] = self._timed(lambda: self._synth(y_hat, inv_gain, h, w))
-        if hasher.hexdigest() != meta.latent_sha256:
-            raise ContainerError(
-                "decoded latents do not match the checksum recorded at encode time: the entropy-coded data is "
-                "corrupt or forged (or was decoded with a different probability model)",
-                code="latent_mismatch",
-            )
         alpha = None
         if c.alpha is not None:
             alpha = np.frombuffer(c.alpha, dtype=np.uint8).reshape(meta.height, meta.width).copy()

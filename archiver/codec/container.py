@@ -4,7 +4,7 @@ Archives must decode years later on any machine, and must fail *loudly and speci
 damaged, so the format is deliberately simple and strict (all integers big-endian)::
 
     magic      8 bytes  b"\\x89CXA\\r\\n\\x1a\\n"
-    version    u16      = 1
+    version    u16      = 2 (written from issue 16 on; version 1 is still read, see below)
     header_crc u32      CRC-32 of magic + version
     sections   repeated: tag (4 ASCII letters) | length u32 | payload | crc u32
                (the CRC-32 covers tag + length + payload)
@@ -21,15 +21,33 @@ once inflated; present exactly when the mode is RGBA or LA, optional for P); the
 sections, ``n_tiles`` of them in raster order (row-major over
 ``ceil(height/tile_size) x ceil(width/tile_size)``), each::
 
-    u16 row | u16 col | u32 len_z | z bytes | u32 n_y | (u32 len | y bytes) * n_y
+    version 1:  u16 row | u16 col | u32 len_z | z bytes | u32 n_y | (u32 len | y bytes) * n_y
+    version 2:  u16 row | u16 col | u16 n_checks | 4 bytes * n_checks
+                | u32 len_z | z bytes | u32 n_y | (u32 len | y bytes) * n_y
 
 and last ``IEND`` with an empty payload. Following PNG, a tag whose first letter is lower case is
 *ancillary*: a reader that does not know it skips it (room for later, optional additions); an
 unknown upper-case tag is *critical* and refused. At most ``n_tiles + 8`` sections in all.
 
+Version 2 differs from version 1 only in the tile checks: ``checks[k]`` is the first 4 bytes of
+the SHA-256 of the tile's decoded symbols up to checkpoint ``k`` (checkpoint 0: after the z
+symbols; checkpoint ``i + 1``: after y slice ``i``, in the byte form of the latent checksum). The
+decoder compares each as it gets there, so a forged or damaged tile is refused after the first
+slice it spoils instead of after the whole image (the whole-image ``latent_sha256`` in META is
+still checked at the end, and stays the integrity check: the 4-byte checks only bound the work a
+forgery can cause). The container layer checks only the layout; the codec checks that there is
+one check per checkpoint of its model. Version 1 containers (no checks) decode as before, under
+the same size limits.
+
+Decode limits, so that a small forged file cannot cost what no encoder could have produced:
+``tile_size`` above ``MAX_TILE_SIZE`` (what encoders write: 1024) is refused as
+``tile_too_large`` before anything is allocated (``max_tile_size`` raises it, for a container
+written by a library caller with a larger tile), and ``width * height`` above ``max_pixels`` as
+``absurd_dimensions``.
+
 Every failure raises :class:`~archiver.errors.ContainerError` with one of these codes:
 ``truncated``, ``bad_magic``, ``unsupported_version``, ``crc_mismatch``, ``bad_meta``,
-``absurd_dimensions``, ``bad_section``. No length read from the data is used before it has been
+``absurd_dimensions``, ``tile_too_large``, ``bad_section``. No length read from the data is used before it has been
 checked against the bytes actually present, so no input can cause a large allocation (beyond the
 alpha plane, bounded by ``max_pixels``), a hang, or an exception of another type.
 """
@@ -48,7 +66,9 @@ from typing import Any
 from ..errors import ContainerError
 
 MAGIC = b"\x89CXA\r\n\x1a\n"
-VERSION = 1
+VERSION = 2
+#: every version this reader decodes: a bitstream once written must keep decoding
+READABLE_VERSIONS = (1, 2)
 HEADER_SIZE = len(MAGIC) + 2 + 4
 SECTION_OVERHEAD = 4 + 4 + 4  # tag, length, crc
 
@@ -58,6 +78,9 @@ MAX_SIDE = 65535
 MAX_Y_STREAMS = 65535
 EXTRA_SECTIONS = 8  # sections allowed beyond the tiles (META, ICCP, EXIF, ALPH, IEND, ancillary)
 DEFAULT_MAX_PIXELS = 400_000_000
+MAX_TILE_SIZE = 1024  # the largest tile an encoder writes (``Codec`` refuses larger)
+CHECK_BYTES = 4  # per-checkpoint tile check (version 2)
+MAX_CHECKS = 1024
 _U32 = 0xFFFFFFFF
 
 MODES = ("RGB", "L", "RGBA", "LA", "P", "1")
@@ -123,12 +146,14 @@ class ContainerMeta:
 
 @dataclass
 class TilePayload:
-    """One tile's entropy-coded streams: the hyper-latent ``z`` and the latent slice groups ``y``."""
+    """One tile's entropy-coded streams: the hyper-latent ``z`` and the latent slice groups ``y``;
+    ``checks`` (version 2) are the running symbol checksums at each checkpoint (see above)."""
 
     row: int
     col: int
     z: bytes
     y: list[bytes]
+    checks: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -140,6 +165,7 @@ class Container:
     icc: bytes | None = None
     exif: bytes | None = None
     alpha: bytes | None = None
+    version: int = VERSION  # of the container format; pack writes it, unpack reports it
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,7 +179,7 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _meta_from_dict(d: Any, max_pixels: int) -> ContainerMeta:
+def _meta_from_dict(d: Any, max_pixels: int, max_tile_size: int = MAX_TILE_SIZE) -> ContainerMeta:
     """Check every field's type and range; a forged META with a valid CRC must still fail here."""
     if not isinstance(d, dict):
         raise _bad_meta(f"expected a JSON object, got {type(d).__name__}")
@@ -207,6 +233,10 @@ def _meta_from_dict(d: Any, max_pixels: int) -> ContainerMeta:
     tile = integer("tile_size")
     if tile % 64 or not 64 <= tile <= 4096:
         raise _bad_meta(f"field 'tile_size' must be a multiple of 64 in [64, 4096], got {tile}")
+    if tile > max_tile_size:
+        raise ContainerError(f"tile_size {tile} is larger than the {max_tile_size}-px tiles encoders write; refused "
+                             "before decoding (a forged container, or pass a larger max_tile_size)",
+                             code="tile_too_large")
     n_tiles = integer("n_tiles")
     expected = math.ceil(width / tile) * math.ceil(height / tile)
     if n_tiles != expected:
@@ -243,7 +273,7 @@ def _finite_float(s: str) -> float:
     return v
 
 
-def _parse_meta(payload: bytes | memoryview, max_pixels: int) -> ContainerMeta:
+def _parse_meta(payload: bytes | memoryview, max_pixels: int, max_tile_size: int = MAX_TILE_SIZE) -> ContainerMeta:
     if len(payload) > MAX_META_BYTES:
         raise _bad_meta(f"{len(payload)} bytes, over the {MAX_META_BYTES}-byte limit")
     try:
@@ -252,7 +282,7 @@ def _parse_meta(payload: bytes | memoryview, max_pixels: int) -> ContainerMeta:
                        parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _bad_meta(f"not valid JSON: {exc}") from exc
-    return _meta_from_dict(d, max_pixels)
+    return _meta_from_dict(d, max_pixels, max_tile_size)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,13 +296,21 @@ def _section(tag: bytes, payload: bytes) -> bytes:
     return head + payload + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head)))
 
 
-def _tile_payload(t: TilePayload) -> bytes:
+def _tile_payload(t: TilePayload, version: int) -> bytes:
     if not (0 <= t.row <= 0xFFFF and 0 <= t.col <= 0xFFFF):
         raise ContainerError(f"tile ({t.row},{t.col}) position out of range", code="bad_section")
     if len(t.y) > MAX_Y_STREAMS:
         raise ContainerError(f"tile ({t.row},{t.col}) has {len(t.y)} y streams, max {MAX_Y_STREAMS}",
                              code="bad_section")
-    parts = [struct.pack(">HHI", t.row, t.col, len(t.z)), bytes(t.z), struct.pack(">I", len(t.y))]
+    parts = [struct.pack(">HH", t.row, t.col)]
+    if version >= 2:
+        if len(t.checks) > MAX_CHECKS or any(len(c) != CHECK_BYTES for c in t.checks):
+            raise ContainerError(f"tile ({t.row},{t.col}) checks must be at most {MAX_CHECKS} of {CHECK_BYTES} bytes",
+                                 code="bad_section")
+        parts += [struct.pack(">H", len(t.checks)), *map(bytes, t.checks)]
+    elif t.checks:
+        raise ContainerError("container version 1 has no tile checks", code="bad_section")
+    parts += [struct.pack(">I", len(t.z)), bytes(t.z), struct.pack(">I", len(t.y))]
     for s in t.y:
         parts.append(struct.pack(">I", len(s)))
         parts.append(bytes(s))
@@ -280,8 +318,13 @@ def _tile_payload(t: TilePayload) -> bytes:
 
 
 def pack(c: Container) -> bytes:
-    """Serialise ``c``, validating it the same way ``unpack`` will (so what we write, we can read)."""
+    """Serialise ``c``, validating it the same way ``unpack`` will (so what we write, we can read).
+
+    Writes ``c.version`` (the current ``VERSION`` unless a caller asks otherwise: tests write
+    version 1 to check that old containers keep decoding)."""
     meta = c.meta
+    if c.version not in READABLE_VERSIONS:
+        raise ContainerError(f"cannot write container version {c.version}", code="unsupported_version")
     meta_json = meta.to_json()
     if len(meta_json) > MAX_META_BYTES:
         raise _bad_meta(f"{len(meta_json)} bytes, over the {MAX_META_BYTES}-byte limit")
@@ -292,7 +335,7 @@ def pack(c: Container) -> bytes:
         raise ContainerError(f"tiles must be the {len(expected)} positions of the grid in raster order; "
                              f"got {len(got)} tiles", code="bad_section")
     _check_alpha_presence(meta.mode, c.alpha is not None)
-    out = [MAGIC + struct.pack(">H", VERSION)]
+    out = [MAGIC + struct.pack(">H", c.version)]
     out.append(struct.pack(">I", zlib.crc32(out[0])))
     out.append(_section(b"META", meta_json))
     for tag, blob in ((b"ICCP", c.icc), (b"EXIF", c.exif)):
@@ -307,7 +350,7 @@ def pack(c: Container) -> bytes:
                                  code="bad_section")
         out.append(_section(b"ALPH", zlib.compress(bytes(c.alpha), 9)))
     for t in c.tiles:
-        out.append(_section(b"TILE", _tile_payload(t)))
+        out.append(_section(b"TILE", _tile_payload(t, c.version)))
     out.append(_section(b"IEND", b""))
     return b"".join(out)
 
@@ -330,7 +373,7 @@ _KNOWN_IMAGES = (
 )
 
 
-def _check_header(data: memoryview) -> None:
+def _check_header(data: memoryview) -> int:
     n = len(data)
     head = bytes(data[:len(MAGIC)])
     if n < len(MAGIC):
@@ -348,9 +391,11 @@ def _check_header(data: memoryview) -> None:
         raise ContainerError("CRC mismatch in the container header (bytes 0-13): the file is damaged",
                              code="crc_mismatch")
     (version,) = struct.unpack(">H", data[8:10])
-    if version != VERSION:
-        raise ContainerError(f"unsupported container version {version}; this reader understands version "
-                             f"{VERSION} (a newer archiver wrote it?)", code="unsupported_version")
+    if version not in READABLE_VERSIONS:
+        raise ContainerError(f"unsupported container version {version}; this reader understands versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))} (a newer archiver wrote it?)",
+                             code="unsupported_version")
+    return version
 
 
 def _magic_message(head: bytes) -> str:
@@ -396,36 +441,54 @@ def _read_section(data: memoryview, pos: int) -> tuple[_Section, int]:
     return _Section(tag, pos, data[pos + 8:end]), end + 4
 
 
-def _first_meta(data: memoryview, max_pixels: int) -> tuple[ContainerMeta, int]:
-    _check_header(data)
+def _first_meta(data: memoryview, max_pixels: int,
+                max_tile_size: int = MAX_TILE_SIZE) -> tuple[ContainerMeta, int, int]:
+    version = _check_header(data)
     sec, pos = _read_section(data, HEADER_SIZE)
     if sec.tag != b"META":
         raise ContainerError(f"the first section must be META, found {sec.tag.decode()!r} at offset {sec.offset}",
                              code="bad_section")
-    return _parse_meta(sec.payload, max_pixels), pos
+    return _parse_meta(sec.payload, max_pixels, max_tile_size), pos, version
 
 
-def read_meta(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ContainerMeta:
+def read_meta(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+              max_tile_size: int = MAX_TILE_SIZE) -> ContainerMeta:
     """Read and validate only the header and META (for ``archiver info``).
 
     Needs only a prefix of the file (header + META, at most ~64 KiB), so a ranged GET suffices;
     the tiles are not checked.
     """
-    meta, _ = _first_meta(memoryview(data), max_pixels)
+    meta, _, _ = _first_meta(memoryview(data), max_pixels, max_tile_size)
     return meta
 
 
-def _parse_tile(sec: _Section) -> TilePayload:
+def read_version(data: bytes) -> int:
+    """The container format version (checks only the 14-byte header)."""
+    return _check_header(memoryview(data))
+
+
+def _parse_tile(sec: _Section, version: int) -> TilePayload:
     p = sec.payload
     n = len(p)
 
     def bad(msg: str) -> ContainerError:
         return ContainerError(f"malformed TILE section at offset {sec.offset}: {msg}", code="bad_section")
 
-    if n < 12:
-        raise bad(f"{n} bytes is shorter than the 12-byte tile header")
-    row, col, len_z = struct.unpack(">HHI", p[:8])
-    pos = 8
+    head = 12 if version == 1 else 14
+    if n < head:
+        raise bad(f"{n} bytes is shorter than the {head}-byte tile header")
+    row, col = struct.unpack(">HH", p[:4])
+    pos = 4
+    checks: list[bytes] = []
+    if version >= 2:
+        (n_checks,) = struct.unpack(">H", p[4:6])
+        pos = 6
+        if n_checks > MAX_CHECKS or CHECK_BYTES * n_checks > n - pos - 8:
+            raise bad(f"{n_checks} tile checks cannot fit in the remaining {n - pos} bytes")
+        checks = [bytes(p[pos + CHECK_BYTES * k:pos + CHECK_BYTES * (k + 1)]) for k in range(n_checks)]
+        pos += CHECK_BYTES * n_checks
+    (len_z,) = struct.unpack(">I", p[pos:pos + 4])
+    pos += 4
     if len_z > n - pos - 4:
         raise bad(f"z stream of {len_z} bytes overruns the {n}-byte payload")
     z = bytes(p[pos:pos + len_z])
@@ -446,7 +509,7 @@ def _parse_tile(sec: _Section) -> TilePayload:
         pos += ln
     if pos != n:
         raise bad(f"the stream lengths add up to {pos} bytes but the payload has {n}")
-    return TilePayload(row=row, col=col, z=z, y=ys)
+    return TilePayload(row=row, col=col, z=z, y=ys, checks=checks)
 
 
 def _inflate_alpha(sec: _Section, size: int) -> bytes:
@@ -470,10 +533,11 @@ def _inflate_alpha(sec: _Section, size: int) -> bytes:
     return out
 
 
-def unpack(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Container:
-    """Parse and validate a whole container; raises ``ContainerError`` on any defect."""
+def unpack(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_tile_size: int = MAX_TILE_SIZE) -> Container:
+    """Parse and validate a whole container (any readable version); raises ``ContainerError`` on any
+    defect."""
     mv = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
-    meta, pos = _first_meta(mv, max_pixels)
+    meta, pos, version = _first_meta(mv, max_pixels, max_tile_size)
     max_sections = meta.n_tiles + EXTRA_SECTIONS
     grid = [(r, c) for r in range(meta.tile_rows) for c in range(meta.tile_cols)]
     blobs: dict[bytes, bytes] = {}
@@ -497,7 +561,7 @@ def unpack(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Container:
             if len(tiles) >= len(grid):
                 raise ContainerError(f"TILE at offset {sec.offset} is one more than the {meta.n_tiles} declared",
                                      code="bad_section")
-            t = _parse_tile(sec)
+            t = _parse_tile(sec, version)
             if (t.row, t.col) != grid[len(tiles)]:
                 raise ContainerError(f"TILE at offset {sec.offset} is at ({t.row},{t.col}) but raster order "
                                      f"expects {grid[len(tiles)]}", code="bad_section")
@@ -530,4 +594,5 @@ def unpack(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Container:
     if len(tiles) != meta.n_tiles:
         raise ContainerError(f"{len(tiles)} TILE sections but META declares {meta.n_tiles}", code="bad_section")
     _check_alpha_presence(meta.mode, alpha is not None)
-    return Container(meta=meta, tiles=tiles, icc=blobs.get(b"ICCP"), exif=blobs.get(b"EXIF"), alpha=alpha)
+    return Container(meta=meta, tiles=tiles, icc=blobs.get(b"ICCP"), exif=blobs.get(b"EXIF"), alpha=alpha,
+                     version=version)

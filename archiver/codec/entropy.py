@@ -4,12 +4,18 @@ The probability model that the coder sees is computed entirely by exact layers i
 exact.py) from shipped CDF tables, so encoder and decoder agree bit for bit on any device. A
 SHA-256 of every decoded symbol is stored in the container and checked after decoding, so any
 desynchronisation (a forged stream, or a bug) is reported instead of returning garbage pixels.
+
+Container version 2 also stores, per tile, the first bytes of the running SHA-256 of the tile's
+symbols at each checkpoint (after z, after each y slice): the decoder compares them as it goes,
+so a forged tile fails after the first slice it spoils, before the rest of the tile's entropy
+decoding and before the synthesis, instead of after the whole image (issue 16).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,6 +23,7 @@ from .compressai_imports import BufferedRansEncoder, RansDecoder, RansEncoder
 from torch import Tensor
 
 from ..errors import ContainerError
+from .container import CHECK_BYTES
 from .exact import round_half_up
 from .model import SYMBOL_LIMIT, ConvNeXtCharm, anchor_mask
 
@@ -27,6 +34,23 @@ class CodedTile:
     y: bytes
     z_shape: tuple[int, int]
     y_hat: Tensor | None = None  # the decoded latents (gained), exactly what the decoder will rebuild
+    checks: list[bytes] = field(default_factory=list)  # tile checks at each checkpoint (container v2)
+
+
+class _TileHasher:
+    """Feeds the image-wide latent hasher and the tile's own running hash; ``check()`` is the
+    tile check at the current checkpoint."""
+
+    def __init__(self, image: "hashlib._Hash") -> None:
+        self.image = image
+        self.tile = hashlib.sha256()
+
+    def update(self, data: bytes) -> None:
+        self.image.update(data)
+        self.tile.update(data)
+
+    def check(self) -> bytes:
+        return self.tile.copy().digest()[:CHECK_BYTES]
 
 
 def _symbols_bytes(t: Tensor) -> bytes:
@@ -67,11 +91,14 @@ class TileCoder:
         decoded latents (``y_hat``), for the quality search. Keeps no state between calls, so
         several threads may code with one model (``workers.codec_slots``)."""
         m = self.model
+        th = _TileHasher(hasher)
+        checks: list[bytes] = []
         z = m.h_a(y_g)
         med = self.medians.to(z.device)
         zs = torch.clamp(round_half_up(z.double() - med), -SYMBOL_LIMIT, SYMBOL_LIMIT)
         if code:
-            hasher.update(_symbols_bytes(zs))
+            th.update(_symbols_bytes(zs))
+            checks.append(th.check())
         z_bytes = b""
         if code:
             z_bytes = RansEncoder().encode_with_indexes(
@@ -100,28 +127,58 @@ class TileCoder:
                     self._code(enc, sym2[rest], m.scale_indexes(scale2)[rest])
                 sym, mu = torch.where(anchors, sym, sym2), torch.where(anchors, mu, mu2)
             if code:
-                hasher.update(_symbols_bytes(sym))
+                th.update(_symbols_bytes(sym))
+                checks.append(th.check())
             y_hat_i = sym + mu
             decoded.append(y_hat_i + m.lrp(i, mean_sup, y_hat_i))
         return CodedTile(z=z_bytes, y=enc.flush() if code else b"", z_shape=(int(z.shape[2]), int(z.shape[3])),
-                         y_hat=torch.cat(decoded, dim=1))
+                         y_hat=torch.cat(decoded, dim=1), checks=checks)
+
+    def n_checks(self) -> int:
+        """Checkpoints per tile (container v2): after z, then after each y slice."""
+        return 1 + self.model.preset.slices
 
     @torch.no_grad()
     def decode(self, z_bytes: bytes, y_bytes: bytes, z_shape: tuple[int, int], device: torch.device,
-               hasher: "hashlib._Hash") -> Tensor:
-        """Decode one tile to its gained latent y_hat (1, M, 4*hz, 4*wz), float64."""
+               hasher: "hashlib._Hash", checks: list[bytes] | None = None,
+               tick: Callable[[], None] | None = None, where: str = "tile") -> Tensor:
+        """Decode one tile to its gained latent y_hat (1, M, 4*hz, 4*wz), float64.
+
+        ``checks`` (container v2): the tile checks, compared at each checkpoint, so that a forged
+        stream costs at most one slice's work; ``tick`` is called between slices (the caller's
+        time budget raises from it)."""
         m = self.model
+        if checks is not None and len(checks) != self.n_checks():
+            raise ContainerError(f"{where} has {len(checks)} tile checks; this model codes {self.n_checks()} "
+                                 "checkpoints per tile", code="bad_section")
+        th = _TileHasher(hasher)
+
+        def checkpoint(k: int, what: str) -> None:
+            if checks is not None and th.check() != checks[k]:
+                raise ContainerError(f"{where}: decoded symbols do not match the tile check after {what}: the "
+                                     "entropy-coded data is corrupt or forged", code="latent_mismatch")
+            if tick is not None:
+                tick()
+
         hz, wz = z_shape
         c = m.preset.z_channels
         n_z = c * hz * wz
         # rANS reads without bounds checks: _padded gives a forged stream zeros to read, never
         # memory beyond the buffer (the bound is derived in _padded).
-        zs = RansDecoder().decode_with_indexes(
-            _padded(z_bytes, n_z), self._z_indexes((1, c, hz, wz)), self.eb_cdf, self.eb_len, self.eb_off
-        )
+        z_idx = self._z_indexes((1, c, hz, wz))
+        zs = RansDecoder().decode_with_indexes(_padded(z_bytes, n_z), z_idx, self.eb_cdf, self.eb_len, self.eb_off)
+        # An honest stream is read exactly to its end; one too short for its symbols (the issue-16
+        # forgery: 8 bytes for a whole tile) makes the decoder read the padding. Decoding z again
+        # over other padding tells the two apart for 1/25 of the tile's symbols and before any
+        # layer runs, in every container version.
+        if zs != RansDecoder().decode_with_indexes(_padded(z_bytes, n_z, fill=_ALT_FILL), z_idx, self.eb_cdf,
+                                                   self.eb_len, self.eb_off):
+            raise ContainerError(f"{where}: the z stream of {len(z_bytes):,} bytes ends before its {n_z:,} symbols "
+                                 "do (truncated or forged)", code="bad_section")
         zs_t = torch.tensor(zs, dtype=torch.float64, device=device).reshape(1, c, hz, wz)
         zs_t = torch.clamp(zs_t, -SYMBOL_LIMIT, SYMBOL_LIMIT)
-        hasher.update(_symbols_bytes(zs_t))
+        th.update(_symbols_bytes(zs_t))
+        checkpoint(0, "z")
         z_hat = zs_t + self.medians.to(device)
         means_h, scales_h = m.hyper(z_hat, exact=True)
         h, w = 4 * hz, 4 * wz
@@ -142,7 +199,8 @@ class TileCoder:
                 rest = ~anchors
                 sym[rest] = self._decode(dec, m.scale_indexes(scale2)[rest], device)
                 mu = torch.where(anchors, mu, mu2)
-            hasher.update(_symbols_bytes(sym))
+            th.update(_symbols_bytes(sym))
+            checkpoint(i + 1, f"y slice {i}")
             y_hat_i = sym + mu
             decoded.append(y_hat_i + m.lrp(i, mean_sup, y_hat_i))
         return torch.cat(decoded, dim=1)
@@ -153,7 +211,12 @@ class TileCoder:
 MAX_STREAM_BYTES_PER_SYMBOL = 8
 
 
-def _padded(data: bytes, n_symbols: int) -> bytes:
+#: the second padding of the z stream (see TileCoder.decode): 4-bit groups of 1, never the 0xF that
+#: extends a bypass run, so the bound below holds for it as for zeros
+_ALT_FILL = 0x11
+
+
+def _padded(data: bytes, n_symbols: int, fill: int = 0) -> bytes:
     """The stream followed by enough zeros that CompressAI's decoder never reads past them.
 
     Its rANS decoder (64-bit state, 32-bit refills, no bounds checks) refills at most once per
@@ -174,4 +237,5 @@ def _padded(data: bytes, n_symbols: int) -> bytes:
     if len(data) > MAX_STREAM_BYTES_PER_SYMBOL * n_symbols + 64:
         raise ContainerError(f"entropy-coded stream of {len(data):,} bytes for {n_symbols:,} symbols is longer than "
                              "the encoder can produce", code="bad_section")
-    return data + bytes(4 * n_symbols + 16 * len(data) + 65536)
+    n = 4 * n_symbols + 16 * len(data) + 65536
+    return data + (bytes(n) if fill == 0 else bytes([fill]) * n)

@@ -1,0 +1,253 @@
+"""Decoding at bounded cost (issue 16, part 2): a small forged container may not cost gigabytes
+or minutes, and no decode failure may reach a front door as a traceback.
+
+Forged containers come from ``tests/forged.py``; each costly case is decoded in a fresh process
+whose peak RSS growth across the decode call is measured (torch allocates outside Python's heap,
+where tracemalloc does not look). Before this work the issue measured +0.8 GB and 7.4 s for one
+forged 1024² tile with 8-byte streams, and 32 s / 3.7 GB for a 2048² tile.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import forged
+from archiver.codec import Codec
+from archiver.codec import container as cx
+from archiver.codec import registry
+from archiver.errors import ContainerError
+from archiver.restore import decode_container
+
+from shared_paths import KODAK
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_GROWTH_MIB = 300
+MAX_SECONDS = 2.0
+
+
+@pytest.fixture(scope="module")
+def codec() -> Codec:
+    return Codec.load(registry.DEFAULT_MODEL, "cpu")
+
+
+@pytest.fixture(scope="module")
+def honest_1024(codec: Codec) -> bytes:
+    """An honest one-tile 1024x1024 container (kodim01 enlarged), for real z streams and checks."""
+    img = Image.open(KODAK / "kodim01.png").convert("RGB").resize((1024, 1024), Image.BICUBIC)
+    return codec.encode(img, quality=40)
+
+
+def _first_tile(data: bytes) -> cx.TilePayload:
+    return cx.unpack(data).tiles[0]
+
+
+def _assert_cheap(r: dict, code: str) -> None:
+    """Error code, peak RSS growth, and CPU time of the decode call (one torch thread: on an idle
+    machine that is its wall time; on the shared test machine wall time also counts other
+    processes' turns)."""
+    assert r["code"] == code, r
+    assert r["peak_growth_mib"] < MAX_GROWTH_MIB, r
+    assert r["cpu_seconds"] < MAX_SECONDS, r
+
+
+# --- forged containers, in a fresh process: error code, memory, time ------------------------------
+@pytest.mark.parametrize("version", [1, 2])
+def test_tiny_streams_for_a_whole_tile_cost_next_to_nothing(codec: Codec, tmp_path: Path, version: int) -> None:
+    """The issue's 503-byte container: one 1024² tile, 8 bytes of z and 8 of y. Refused after
+    decoding z twice (the stream ends before its symbols do), before any layer runs."""
+    data = forged.tiny_streams(codec.model_id, codec.weights_sha256, 1024, version=version)
+    assert len(data) < 600
+    r = forged.measure(data, codec.model_id, tmp_path, threads=1)
+    _assert_cheap(r, "bad_section")
+
+
+@pytest.mark.parametrize("side", [2048, 4096])
+def test_a_declared_huge_tile_is_refused_before_allocation(codec: Codec, tmp_path: Path, side: int) -> None:
+    """A 4096² tile is valid in the format's byte layout and asked the old decoder for > 10 GB."""
+    for version in (1, 2):
+        data = forged.tiny_streams(codec.model_id, codec.weights_sha256, side, version=version)
+        r = forged.measure(data, codec.model_id, tmp_path, threads=1)
+        _assert_cheap(r, "tile_too_large")
+        assert r["peak_growth_mib"] < 20 and r["cpu_seconds"] < 0.5, r
+
+
+def test_many_huge_declared_tiles_are_refused_as_well(codec: Codec) -> None:
+    data = forged.tiny_streams(codec.model_id, codec.weights_sha256, 8192, tile=4096, version=2)
+    with pytest.raises(ContainerError) as e:
+        codec.decode(data)
+    assert e.value.code == "tile_too_large"
+
+
+def test_garbage_after_a_real_tile_header_fails_in_the_first_slice(codec: Codec, honest_1024: bytes,
+                                                                   tmp_path: Path) -> None:
+    """Version 2: a real tile's z stream and checks, then garbage y bytes of an honest length.
+    The z check passes; the first y slice's check fails: one slice's work, no synthesis."""
+    t = _first_tile(honest_1024)
+    data = forged.garbage_after_header(codec.model_id, codec.weights_sha256, 1024, t.z, len(t.y[0]), version=2,
+                                       checks=t.checks)
+    with pytest.raises(ContainerError, match="after y slice 0") as e:
+        codec.decode(data)
+    assert e.value.code == "latent_mismatch"
+    r = forged.measure(data, codec.model_id, tmp_path, threads=1)
+    _assert_cheap(r, "latent_mismatch")
+
+
+def test_random_tile_checks_fail_right_after_z(codec: Codec, honest_1024: bytes) -> None:
+    t = _first_tile(honest_1024)
+    data = forged.garbage_after_header(codec.model_id, codec.weights_sha256, 1024, t.z, len(t.y[0]), version=2)
+    with pytest.raises(ContainerError, match="after z") as e:
+        codec.decode(data)
+    assert e.value.code == "latent_mismatch"
+
+
+def test_version_1_garbage_fails_within_its_one_tile(codec: Codec, honest_1024: bytes, tmp_path: Path) -> None:
+    """Version 1 has no tile checks: garbage behind a real z costs that tile's entropy decoding,
+    and the whole-image checksum refuses it before the synthesis (the step that needs memory)."""
+    t = _first_tile(honest_1024)
+    data = forged.garbage_after_header(codec.model_id, codec.weights_sha256, 1024, t.z, len(t.y[0]), version=1)
+    r = forged.measure(data, codec.model_id, tmp_path, threads=1)
+    assert r["code"] == "latent_mismatch", r
+    assert r["peak_growth_mib"] < MAX_GROWTH_MIB, r
+
+
+def test_wrong_number_of_tile_checks_is_refused(codec: Codec, honest_1024: bytes) -> None:
+    t = _first_tile(honest_1024)
+    for checks in ([], t.checks[:-1], t.checks + [b"abcd"]):
+        data = forged.garbage_after_header(codec.model_id, codec.weights_sha256, 1024, t.z, len(t.y[0]), version=2,
+                                           checks=checks)
+        with pytest.raises(ContainerError, match="tile checks") as e:
+            codec.decode(data)
+        assert e.value.code == "bad_section"
+
+
+# --- honest containers: both versions decode, new ones carry checks -------------------------------
+def test_new_containers_are_version_2_and_decode_like_version_1(codec: Codec) -> None:
+    img = Image.open(KODAK / "kodim05.png").convert("RGB").crop((0, 0, 160, 96))
+    data = codec.encode(img, quality=50)
+    c = cx.unpack(data)
+    assert c.version == 2 and [len(t.checks) for t in c.tiles] == [codec.coder.n_checks()]
+    old = cx.pack(cx.Container(meta=c.meta, tiles=[cx.TilePayload(t.row, t.col, t.z, t.y) for t in c.tiles],
+                               version=1))
+    assert len(old) == len(data) - 2 - 4 * codec.coder.n_checks()
+    assert np.array_equal(codec.decode(old).rgb, codec.decode(data).rgb)
+
+
+# --- limits every front door passes -----------------------------------------------------------------
+def test_max_pixels_and_time_budget_through_the_library(codec: Codec, honest_1024: bytes) -> None:
+    with pytest.raises(ContainerError) as e:
+        decode_container(honest_1024, "cpu", max_pixels=1024 * 1024 - 1)
+    assert e.value.code == "absurd_dimensions"
+    with pytest.raises(ContainerError) as e:
+        codec.decode(honest_1024, max_pixels=1000)
+    assert e.value.code == "absurd_dimensions"
+    with pytest.raises(ContainerError) as e:
+        decode_container(honest_1024, "cpu", time_budget_s=0.0)
+    assert e.value.code == "decode_timeout"
+    t = time.process_time()
+    with pytest.raises(ContainerError) as e:
+        codec.decode(honest_1024, time_budget_s=0.0)
+    assert e.value.code == "decode_timeout" and time.process_time() - t < 0.5
+    with pytest.raises(ContainerError) as e:
+        codec.decode(honest_1024, deadline=time.monotonic() - 1)
+    assert e.value.code == "decode_timeout"
+    img = Image.open(KODAK / "kodim05.png").convert("RGB").crop((0, 0, 64, 64))
+    small = codec.encode(img, quality=50)
+    assert decode_container(small, "cpu", max_pixels=64 * 64, time_budget_s=600).image.size == (64, 64)
+
+
+def test_a_budget_stops_a_decode_between_slices(codec: Codec, honest_1024: bytes) -> None:
+    """A budget shorter than one tile stops inside the tile, not after it."""
+    t0 = time.perf_counter()
+    codec.decode(honest_1024)
+    full = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with pytest.raises(ContainerError, match="time budget") as e:
+        codec.decode(honest_1024, time_budget_s=full / 20)
+    assert e.value.code == "decode_timeout"
+    assert time.perf_counter() - t0 < full * 0.6
+
+
+def _cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "archiver", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def test_cli_decode_honours_max_pixels_in_one_line(honest_1024: bytes, tmp_path: Path) -> None:
+    src = tmp_path / "a.cxa"
+    src.write_bytes(honest_1024)
+    r = _cli(["decode", str(src), str(tmp_path / "a.png")], {"ARCHIVER_MAX_PIXELS": str(1024 * 1024 - 1)})
+    assert r.returncode == 2, r.stderr
+    assert "error (absurd_dimensions)" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_cli_decode_of_a_forged_container_is_one_line(codec: Codec, tmp_path: Path) -> None:
+    src = tmp_path / "f.cxa"
+    src.write_bytes(forged.tiny_streams(codec.model_id, codec.weights_sha256, 4096, version=1))
+    r = _cli(["decode", str(src), str(tmp_path / "f.png")])
+    assert r.returncode == 2 and "error (tile_too_large)" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cli_decode_under_a_memory_cap_reports_out_of_memory(honest_1024: bytes, tmp_path: Path) -> None:
+    """The issue: under a memory cap ``archiver decode`` printed a RuntimeError traceback. Here the
+    address space is capped just above what the process has mapped once the model is loaded, so
+    the decode's own allocations fail, for real, inside torch."""
+    src = tmp_path / "a.cxa"
+    src.write_bytes(honest_1024)
+    script = textwrap.dedent(f"""
+        import resource, sys
+        import torch
+        from archiver.codec import Codec
+        from archiver.cli import main
+        torch.set_num_threads(1)
+        Codec.load({registry.DEFAULT_MODEL!r}, "cpu")  # imports and one model load, then the cap
+        vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + 160 * 2**20, resource.RLIM_INFINITY))
+        sys.argv = ["archiver", "decode", {str(src)!r}, {str(tmp_path / "a.png")!r}, "--device", "cpu"]
+        main()
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "error (out_of_memory)" in r.stderr, r.stderr[-3000:]
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_torch_and_other_errors_inside_decoding_become_container_errors(codec: Codec,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    img = Image.open(KODAK / "kodim05.png").convert("RGB").crop((0, 0, 64, 64))
+    data = codec.encode(img, quality=50)
+    for exc, code in [(MemoryError(), "out_of_memory"),
+                      (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+                       "out_of_memory"),
+                      (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out_of_memory"),
+                      (RuntimeError("expected scalar type Double"), "decode_failed"),
+                      (ValueError("bad value"), "decode_failed")]:
+        def boom(*a, _exc=exc, **k):
+            raise _exc
+        monkeypatch.setattr(codec, "_synth", boom)
+        with pytest.raises(ContainerError) as e:
+            codec.decode(data)
+        assert e.value.code == code, (exc, e.value)
+        assert "\n" not in str(e.value)
+    monkeypatch.undo()
+    assert codec.decode(data).image.size == (64, 64)
+
+
+def test_decode_keeps_the_old_positional_signature(codec: Codec) -> None:
+    img = Image.open(KODAK / "kodim05.png").convert("RGB").crop((0, 0, 64, 64))
+    data = codec.encode(img, quality=50)
+    assert codec.decode(data, 64 * 64).image.size == (64, 64)
+    assert decode_container(data, "cpu", 64 * 64).image.size == (64, 64)
+    header = data[:14]
+    assert struct.unpack(">H", header[8:10])[0] == cx.VERSION == 2
