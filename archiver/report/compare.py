@@ -194,11 +194,12 @@ def summarise(rows: list[Any], stored: dict[str, Any], *, population_objects: in
     x = [int(r.original_bytes or 0) for r in rows]
     ours_y = [int(r.original_bytes - r.compressed_bytes) if r.status == "accepted" and r.compressed_bytes is not None
               else 0 for r in rows]
-    ours_label = f"{OURS_LABEL} ({model_id})"
+    ours_label = OURS_LABEL
     ours_reached = sum(1 for r in rows if r.psnr is not None and r.psnr >= min_psnr)
     ours_acc = sum(1 for r in rows if r.status == "accepted")
     ours = _codec_summary(ours_label, x, ours_y, ours_reached, ours_acc, ours_seconds, ours_cost,
                           population_objects, population_bytes, pricing)
+    ours["model_id"] = model_id
     sx = sum(x)
     scale = population_bytes / sx if sx else 0.0
 
