@@ -43,6 +43,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..db.models import Job, Result, utcnow
+from ..identity import Scope
 from ..storage import ObjectInfo, ObjectStore
 from .compare import TaskCheck, measure_image, summarise
 from .core import Pricing, ReportError, assumptions, compute_basis, distribution, money, pct
@@ -226,6 +227,7 @@ def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOp
         job_id = job.id
     lock = threading.Lock()
     measured_lock = threading.Lock()
+    scope = Scope.of(src)
 
     def one(info: ObjectInfo) -> Outcome:
         pixels: dict[str, Any] | None = {} if compare else None
@@ -236,7 +238,7 @@ def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOp
                                 on_codec=(lambda name: on_baseline(info.key, name)) if on_baseline else None)
             pixels.clear()  # the pixels are not kept beyond this object
             with measured_lock:
-                measured[info.key] = rec
+                measured[scope.key(info.key)] = rec  # keyed as the results rows are: by full key
         if on_outcome:
             on_outcome(out)
         return out
