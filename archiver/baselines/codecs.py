@@ -17,8 +17,8 @@ property of the format), and libaom tuned for PSNR (``tune=psnr``). Two presets 
 * ``all``: the settings we recommend for archival use: AVIF speed 6, JPEG XL effort 7
   (libjxl's default), WebP method 6, JPEG with optimised Huffman tables.
 
-Both presets run all four codecs, so every report has the same four rows; ``fast`` is roughly 3-5x
-quicker on CPU and its files a few per cent larger (measured in docs/BENCHMARKS.md).
+Both presets run all four codecs, so every report has the same four rows; ``fast`` is about 5x
+quicker on CPU and its files 3-12% larger (benchmarks/pilot_baselines.py, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
