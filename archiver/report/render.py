@@ -347,7 +347,9 @@ def versions_text(p: dict[str, Any]) -> str:
     v = ", ".join(f"{k} {x}" for k, x in (run.get("versions") or {}).items() if x)
     codecs = "; ".join(f"{c['label']}: " + ", ".join(f"{k}={x}" for k, x in c["settings"].items())
                        for c in (run.get("codecs") or {}).values())
-    return f"Baselines preset {run.get('mode')}. Settings: {codecs}. Libraries: {v}."
+    fast = (" The fast preset's classical files run 3-12% larger than with --baselines all (docs/BENCHMARKS.md), "
+            "so it slightly flatters ConvNeXt-ChARM." if run.get("mode") == "fast" else "")
+    return f"Baselines preset {run.get('mode')}.{fast} Settings: {codecs}. Libraries: {v}."
 
 
 COMPARISON_NOTE = ("Each classical codec: the smallest file (quality searched by bisection, PSNR near-monotone in "
