@@ -196,8 +196,14 @@ def _verify_stored(dst: ObjectStore, key: str, data_len: int, sha: str, max_byte
 
 
 def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: Codec, opts: PipelineOptions,
-                   codec_lock: AbstractContextManager | None = None, archived_bytes: int | None = None) -> Outcome:
+                   codec_lock: AbstractContextManager | None = None, archived_bytes: int | None = None,
+                   pixels: dict[str, np.ndarray] | None = None) -> Outcome:
     """Recompress and verify one object, and (unless dry-run) write and re-read its container.
+
+    ``pixels``: when given, filled with what the verify step compared, ``"original"`` (the RGB a
+    user gets back, as loaded) and ``"decoded"`` (the real bitstream's decode), as far as the
+    object got. The pilot uses it to run the classical baselines and a task check on the same
+    pixels without fetching or decoding the object twice.
 
     ``archived_bytes``: the size of a verified archive of this version made with another model
     (an upgrade run). A new container that is not smaller is not written: the outcome is
@@ -224,6 +230,8 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
         out.content_type = sniff(data)
         img = load_image(data, max_pixels=opts.max_pixels)
         out.width, out.height = img.width, img.height
+        if pixels is not None:
+            pixels["original"] = delivered(img.rgb, img.mode)
         lock = codec_lock or _NULL_LOCK
         t1 = time.perf_counter()
         with lock:
@@ -240,6 +248,8 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
         # gray replicated to three channels, i.e. already in that form.
         p = psnr(delivered(img.rgb, img.mode), dec.rgb)
         out.psnr = p
+        if pixels is not None:
+            pixels["decoded"] = dec.rgb
         out.ms_ssim = ms_ssim(delivered(img.rgb, img.mode), dec.rgb)
         out.timings["verify"] = time.perf_counter() - t2
         out.quality = enc.quality
@@ -559,7 +569,7 @@ def refusal_of(info: ObjectInfo, scope: Scope, opts: PipelineOptions) -> tuple[s
 
 def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: ObjectStore, codec: Codec,
                   opts: PipelineOptions, session_factory: sessionmaker, codec_lock: AbstractContextManager | None = None,
-                  worker: str | None = None) -> Outcome:
+                  worker: str | None = None, pixels: dict[str, np.ndarray] | None = None) -> Outcome:
     """The full per-object step shared by the CLI loop and the Celery task: skip-or-process,
     record, then (with replace) delete the original.
 
@@ -571,13 +581,14 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
       A ledger entry whose container is gone or differs is not trusted: the object is recompressed.
     * Otherwise process, and record the outcome (and the ledger row) in one transaction.
     * Only then, with ``replace``, delete the original (after re-verifying the container).
-
     * Before all that, an entry the listing could not serve (:attr:`ObjectInfo.refused`) or an
       object whose key could not be restored to a directory (``unsafe_key``) is recorded
       ``rejected`` and left alone: never encoded, never deleted, whatever the ledger says.
 
     The choice among these is :func:`archiver.decision.decide` (pure, tested case by case); this
     function gathers its facts and does the I/O it asks for.
+
+    ``pixels`` is passed to :func:`process_object` (filled only when the object is processed).
 
     Raises only for database errors; storage and image problems become the outcome.
     """
@@ -635,7 +646,7 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
     else:
         older = _intact(found, info, dst, opts) if decision.upgrade_over_archive else None
         out = process_object(info, src, dst, codec, opts, codec_lock,
-                             archived_bytes=older.compressed_bytes if older else None)
+                             archived_bytes=older.compressed_bytes if older else None, pixels=pixels)
         if out.reason_code == "archive_smaller" and older is not None:
             out.dest_url, out.compressed_sha256, led = older.dest_url, older.compressed_sha256, older
         prior_id = _record(session_factory, job_id, scope, led.model_id if led else codec.model_id, out, worker)

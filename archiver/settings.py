@@ -234,6 +234,10 @@ class Settings(BaseSettings):
     price_per_gb_month: float = Field(default=0.023, ge=0)
     gpu_price_per_hour: float = Field(default=2.5, ge=0)
     cpu_price_per_hour: float = Field(default=0.10, ge=0)
+    # --- pilot --------------------------------------------------------------------------------
+    # classical codecs searched beside ours in `archiver pilot` (archiver.baselines.codecs):
+    # none, fast (all four codecs at fast encoder settings) or all (recommended settings, slower)
+    pilot_baselines: Literal["none", "fast", "all"] = "fast"
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Seconds between plain progress lines of long CLI commands when stderr is not a terminal (cron,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import datetime as dt
 import io
 import json
@@ -719,3 +720,223 @@ def test_pilot_projection_contains_the_real_saving(corpus: Any, tmp_path: Path,
         assert _not_blank(_data_png(text, ident))
     for ident in ("kpi-projected-saved", "kpi-projected-pct", "kpi-per-year", "kpi-payback", "table-pilot"):
         assert f'id="{ident}"' in text
+
+
+# ---------------------------------------------------------------------------------- pilot: classical baselines
+BASELINE_FLOOR = 36.0  # a real floor: every codec must search its quality to meet it
+BASELINE_KEYS = ("reached", "bytes_after", "saved_bytes", "saving_pct", "seconds")
+PILOT_KEYS_WITHOUT_BASELINES = {
+    "generated_at", "job_id", "source", "model_id", "min_psnr", "min_saving", "seed", "sample_requested", "sample_size",
+    "population_objects", "population_bytes", "sample_bytes", "sample_saved", "ratio", "projected_saved",
+    "standard_error", "ci_low", "ci_high", "confidence", "projected_saved_pct", "ci_low_pct", "ci_high_pct", "method",
+    "sample_counts", "sample_reasons", "sample_keys", "compute_basis", "sample_compute_seconds",
+    "projected_compute_seconds", "projected_money", "money_low", "money_high", "psnr", "saving_pct_distribution",
+    "assumptions"}
+
+
+def _run_pilot(corpus: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefix: str, *args: str,
+               fmt: str = "json") -> dict[str, Any]:
+    from archiver.cli.report_cmds import pilot
+
+    monkeypatch.setenv("ARCHIVER_S3__ENDPOINT_URL", corpus.settings.s3.endpoint_url)
+    monkeypatch.setenv("ARCHIVER_S3__PATH_STYLE", "true")
+    out = tmp_path / f"pilot-{uuid.uuid4().hex[:6]}.json"
+    res = CliRunner().invoke(pilot, [f"s3://{corpus.bucket}/{prefix}", "--device", "cpu", "--model", MODEL,
+                                     "--db", corpus.db_url, "--workers", "2", "--min-saving", str(MIN_SAVING),
+                                     *args, "--format", fmt, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return json.loads(out.read_text())
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_pilot_baselines_side_by_side(corpus: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The classical codecs on the 8 sampled photos: every chosen file is real (the library makes
+    exactly those bytes at the recorded setting and decodes them at or above the floor), the
+    totals and projections follow from the per-image results, the projection of every codec is
+    what that codec really saves on all 12 photos (balanced sample, see ``_photo_groups``), and
+    the task check's values are the function's on the real decodes. Then the HTML renders."""
+    from archiver.baselines import CODEC_NAMES, baseline_codecs, smallest_at_floor
+    from archiver.metrics import psnr
+    from archiver.report import ratio_projection
+    from task_checks import edge_f1
+
+    p = _run_pilot(corpus, tmp_path, monkeypatch, "photos", "--sample", str(PILOT_SAMPLE), "--seed", str(PILOT_SEED),
+                   "--min-psnr", str(BASELINE_FLOOR), "--baselines", "fast", "--task-check", "task_checks:edge_f1")
+    assert set(p["baselines"]) == set(CODEC_NAMES)
+    for name in CODEC_NAMES:
+        for k in BASELINE_KEYS:
+            assert k in p["baselines"][name], (name, k)
+    assert p["baseline_run"]["mode"] == "fast" and p["baseline_run"]["versions"]["pillow"]
+    assert p["baseline_run"]["versions"]["libjxl"] and "aom" in p["baseline_run"]["versions"]["avif_codecs"]
+    assert p["baseline_run"]["codecs"]["avif"]["settings"]["subsampling"] == "4:4:4"
+    assert p["baseline_run"]["codecs"]["jpeg"]["settings"]["subsampling"] == "4:4:4"
+
+    codecs = {c.name: c for c in baseline_codecs("fast")}
+    stored = {}
+    with corpus.factory() as s:
+        from archiver.db import Job
+
+        stored = s.get(Job, p["job_id"]).settings["pilot"]["comparison"]["images"]
+    assert sorted(stored) == sorted(p["sample_keys"])
+    by_key = {i["key"]: i for i in p["per_image"]}
+    for key in p["sample_keys"]:
+        original = _pixels(corpus.objects[key][0])
+        item = by_key[key]
+        for name, codec in codecs.items():
+            rec = stored[key]["codecs"][name]
+            assert rec["reached"], (key, name, rec)  # small photo crops: every codec reaches 36 dB
+            data = codec.encode(original, rec["quality"])
+            assert len(data) == rec["bytes"] == item["bytes"][name]
+            assert hashlib.sha256(data).hexdigest() == rec["sha256"]
+            decoded = codec.decode(data)
+            assert psnr(original, decoded) == pytest.approx(rec["psnr"]) and rec["psnr"] >= BASELINE_FLOOR
+            assert item["saved"][name] == len(corpus.objects[key][0]) - len(data)  # min saving 0: every one counts
+            assert item["task"][name] == pytest.approx(edge_f1(original, decoded))
+        best = max(CODEC_NAMES, key=lambda n: item["saved"][n])
+        assert item["saved"][best] == max(item["saved"][n] for n in CODEC_NAMES)
+        assert item["advantage_bytes"] == item["saved"]["ours"] - item["saved"][best]
+
+    # totals, projections and the advantage follow from the per-image results
+    x = [i["original_bytes"] for i in p["per_image"]]
+    assert sum(x) == p["sample_bytes"]
+    ys: dict[str, list[int]] = {}
+    for name in ("ours", *CODEC_NAMES):
+        c = p["ours"] if name == "ours" else p["baselines"][name]
+        y = ys[name] = [i["saved"][name] for i in p["per_image"]]
+        assert c["saved_bytes"] == sum(y) and c["bytes_after"] == sum(x) - sum(y) and c["bytes_before"] == sum(x)
+        assert c["saving_pct"] == pytest.approx(100 * sum(y) / sum(x))
+        proj = ratio_projection(x, y, p["population_objects"], p["population_bytes"])
+        assert (c["projected_saved"], c["ci_low"], c["ci_high"]) == pytest.approx(
+            (proj["projected_saved"], proj["ci_low"], proj["ci_high"]))
+        assert c["ci_low"] < c["ci_high"]
+        assert c["seconds"] > 0 and c["projected_compute_cost"] > 0
+    assert p["ours"]["saved_bytes"] == p["sample_saved"] and p["ours"]["ci_low"] == pytest.approx(p["ci_low"])
+    best_codec = max(CODEC_NAMES, key=lambda n: sum(ys[n]))
+    adv = p["advantage"]["vs_best_codec"]
+    assert adv["versus"] == best_codec
+    assert adv["saved_bytes"] == sum(ys["ours"]) - sum(ys[best_codec])
+    assert adv["ci_low"] <= adv["projected"] <= adv["ci_high"]
+    per_image_best = sum(max(ys[n][i] for n in CODEC_NAMES) for i in range(len(x)))
+    assert p["advantage"]["vs_best_per_image"]["saved_bytes"] == sum(ys["ours"]) - per_image_best
+
+    # every classical projection is what that codec really saves on all 12 photos (inside its interval)
+    crops = {corpus.objects[_photo_key(pos)][0] for pos in range(N_PHOTOS)}
+    assert len(crops) == N_PHOTOS // 3
+    for name, codec in codecs.items():
+        real = 0
+        for pos in range(N_PHOTOS):
+            data = corpus.objects[_photo_key(pos)][0]
+            r = smallest_at_floor(codec, _pixels(data), BASELINE_FLOOR)
+            real += len(data) - r.bytes
+        c = p["baselines"][name]
+        assert c["ci_low"] <= real <= c["ci_high"], (name, c["ci_low"], real, c["ci_high"])
+        assert c["projected_saved"] == pytest.approx(real)
+
+    # the task check's distribution per codec
+    tc = p["task_check"]
+    assert tc["function"] == "task_checks:edge_f1" and not tc["errors"]
+    for name in ("ours", *CODEC_NAMES):
+        vals = [i["task"][name] for i in p["per_image"] if i["task"][name] is not None]
+        assert tc["by_codec"][name]["count"] == len(vals) == PILOT_SAMPLE
+        assert tc["by_codec"][name]["mean"] == pytest.approx(float(np.mean(vals)))
+        assert tc["by_codec"][name]["median"] == pytest.approx(float(np.median(vals)))
+        assert 0.0 <= tc["by_codec"][name]["min"] <= tc["by_codec"][name]["max"] <= 1.0
+
+    # the same comparison in every format (re-rendered from the recorded job)
+    from archiver.cli.report_cmds import pilot
+
+    table = CliRunner().invoke(pilot, ["--job", str(p["job_id"]), "--db", corpus.db_url, "--format", "table",
+                                       "--out", str(tmp_path / "pilot.txt")])
+    assert table.exit_code == 0, table.output
+    text = (tmp_path / "pilot.txt").read_text()
+    for label in ("ConvNeXt-ChARM", "AVIF", "JPEG XL", "WebP", "JPEG", "advantage", "Task check"):
+        assert label in text, label
+    res = CliRunner().invoke(pilot, ["--job", str(p["job_id"]), "--db", corpus.db_url, "--format", "csv",
+                                     "--out", str(tmp_path / "pilot.csv")])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "pilot.csv").open()))
+    got = {(r["section"], r["item"], r["metric"]): r["value"] for r in rows}
+    for name in CODEC_NAMES:
+        assert int(got[("baselines", name, "saved_bytes")]) == p["baselines"][name]["saved_bytes"]
+        assert float(got[("baselines", name, "ci_high")]) == pytest.approx(p["baselines"][name]["ci_high"])
+    assert float(got[("advantage", "vs_best_codec", "projected")]) == pytest.approx(adv["projected"])
+
+    html_out = tmp_path / "pilot.html"
+    res = CliRunner().invoke(pilot, ["--job", str(p["job_id"]), "--db", corpus.db_url, "--format", "html",
+                                     "--out", str(html_out)])
+    assert res.exit_code == 0, res.output
+    page_text = html_out.read_text()
+    _no_external_refs(page_text)
+    ids = ("chart-pilot-projection", "chart-pilot-savings", "chart-codec-savings", "chart-rd-points")
+    for ident in ids:
+        img = _data_png(page_text, ident)
+        assert _not_blank(img), ident
+    for ident in ("chart-codec-savings", "chart-rd-points"):  # ours' blue and AVIF's orange are plotted
+        px = np.asarray(_data_png(page_text, ident)).reshape(-1, 3).astype(int)
+        assert np.all(np.abs(px - (37, 99, 235)) < 30, axis=1).sum() > 30, ident
+        assert np.all(np.abs(px - (217, 119, 6)) < 30, axis=1).sum() > 30, ident
+    dom = _chromium("--dump-dom", html_out.resolve().as_uri(), profile=tmp_path / "profile-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for ident in (*ids, "table-codecs", "table-advantage", "table-per-image", "table-task-check"):
+        assert f'id="{ident}"' in dom.stdout, ident
+    shot = tmp_path / "pilot.png"
+    res2 = _chromium(f"--screenshot={shot}", "--window-size=1280,2400", html_out.resolve().as_uri(),
+                     profile=tmp_path / "profile-shot")
+    assert res2.returncode == 0 and shot.is_file(), res2.stderr[-2000:]
+    page = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
+    assert np.all(np.abs(page - (217, 119, 6)) < 30, axis=1).sum() > 100, "the codec charts did not render"
+
+
+def test_pilot_baselines_corrupt_objects_and_a_failing_task_check(corpus: Any, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """misc/ holds two JPEGs, a flat PNG, a text file named .png and a truncated PNG. The bad
+    objects end as rejected rows that no codec reaches; the flat image reaches the floor for
+    every codec; a task check that raises on it is recorded as errors, and the pilot finishes."""
+    from archiver.baselines import CODEC_NAMES
+
+    p = _run_pilot(corpus, tmp_path, monkeypatch, "misc", "--sample", "50", "--min-psnr", str(BASELINE_FLOOR),
+                   "--baselines", "fast", "--task-check", "task_checks:edge_f1_strict")
+    misc = sorted(k for k in corpus.objects if k.startswith("misc/"))
+    assert sorted(p["sample_keys"]) == misc and p["sample_size"] == len(misc)
+    items = {i["key"]: i for i in p["per_image"]}
+    for bad in ("misc/not-an-image.png", "misc/truncated.png"):
+        assert items[bad]["status"] == "rejected"
+        assert all(items[bad]["bytes"][n] is None and items[bad]["saved"][n] == 0 for n in ("ours", *CODEC_NAMES))
+    assert p["sample_counts"]["rejected"] >= 2
+    for name in CODEC_NAMES:
+        assert p["baselines"][name]["reached"] == len(misc) - 2, name  # 2 JPEGs and the flat PNG
+    errors = p["task_check"]["errors"]
+    assert errors and {e["key"] for e in errors} == {"misc/flat.png"}
+    assert {e["codec"] for e in errors} == {"ours", *CODEC_NAMES}
+    assert all("no edges" in e["error"] for e in errors)
+    for name in ("ours", *CODEC_NAMES):
+        assert p["task_check"]["by_codec"][name]["errors"] == 1
+        assert p["task_check"]["by_codec"][name]["count"] == 2  # the two JPEG photos
+
+
+def test_pilot_baselines_none_adds_nothing(corpus: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from archiver.db import Job
+
+    p = _run_pilot(corpus, tmp_path, monkeypatch, "photos", "--sample", "2", "--min-psnr", str(MIN_PSNR),
+                   "--baselines", "none")
+    assert set(p) == PILOT_KEYS_WITHOUT_BASELINES
+    with corpus.factory() as s:
+        assert "comparison" not in s.get(Job, p["job_id"]).settings["pilot"]
+
+
+def test_task_check_loading_and_errors() -> None:
+    from archiver.report import ReportError
+    from archiver.report.compare import TaskCheck
+
+    check = TaskCheck.load("task_checks:edge_f1")
+    img = np.asarray(_kodak(3).crop((0, 0, 64, 64)))
+    assert check(img, img) == {"value": 1.0}
+    bad = TaskCheck("x:y", lambda a, b: 1 / 0)
+    assert bad(img, img)["error"].startswith("ZeroDivisionError")
+    assert "non-finite" in TaskCheck("x:nan", lambda a, b: float("nan"))(img, img)["error"]
+    for spec in ("no_colon", "task_checks:missing", "no_such_module_xyz:f"):
+        with pytest.raises(ReportError):
+            TaskCheck.load(spec)

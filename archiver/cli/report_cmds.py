@@ -111,9 +111,16 @@ def report(job_ids, since, until, bucket, prefix, model, prefix_depth, price_per
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="I/O threads")
 @click.option("--job", "job_id", type=int, default=None, help="re-render the projection of a recorded pilot job "
               "instead of running a new one (no SOURCE)")
+@click.option("--baselines", type=click.Choice(("none", "fast", "all")), default=None,
+              help="classical codecs (AVIF, JPEG XL, WebP, JPEG) searched at the same PSNR floor on every sampled "
+                   "image: none; fast (fast encoder settings); all (recommended settings, ~3-5x slower) "
+                   "[settings: fast]")
+@click.option("--task-check", "task_check", default=None, metavar="MODULE:FUNCTION",
+              help="a function f(original_rgb, decoded_rgb) -> float called on every image for every codec; "
+                   "the report shows its distribution per codec")
 @_with_options(_price_options)
-def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, job_id, price_per_gb_month,
-          gpu_price_per_hour, cpu_price_per_hour, fmt, out, db_url) -> None:
+def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, job_id, baselines, task_check,
+          price_per_gb_month, gpu_price_per_hour, cpu_price_per_hour, fmt, out, db_url) -> None:
     """Recompress a random sample of SOURCE in memory and project the saving onto all of it.
 
     One streaming pass over the listing counts objects and bytes and keeps a seeded uniform
@@ -121,13 +128,31 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
     by `recompress`, but nothing is written to storage; the outcomes are recorded as a job of
     kind "pilot". Projection: ratio estimator with a 95% confidence interval (Student t, finite
     population correction).
+
+    Side by side, the classical codecs a buyer could use instead (--baselines): for every sampled
+    image, the smallest AVIF, JPEG XL, WebP and JPEG file that decodes at the same PSNR floor,
+    with the same projection, compute time and cost, and ConvNeXt-ChARM's advantage over the best
+    of them. Recompress itself always uses ConvNeXt-ChARM.
     """
     from ..report import Pricing, load_pilot, print_pilot, render, run_pilot
+    from ..report.compare import TaskCheck
     from ..settings import load_settings
 
     _check_html_out(fmt, out)
     if (source is None) == (job_id is None):
         raise click.UsageError("give SOURCE to run a pilot, or --job ID to show a recorded one")
+    if job_id is not None and (baselines is not None or task_check is not None):
+        raise click.UsageError("--baselines and --task-check run with a new pilot; --job shows what was recorded")
+    check = None
+    if task_check is not None:
+        import sys
+
+        if "" not in sys.path and str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))  # a module next to where the command is run
+        try:
+            check = TaskCheck.load(task_check)
+        except Exception as e:  # ReportError
+            raise click.BadParameter(str(e), param_hint="--task-check") from None
     st = load_settings()
     pricing = Pricing.from_settings(st, price_per_gb_month, gpu_price_per_hour, cpu_price_per_hour)
     if job_id is not None:
@@ -153,20 +178,33 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
         with console.status("loading model"):
             apply_torch_threads(st.torch_threads)
             codec = Codec.cached(model or st.model_id, device or st.device, settings=st)
+        mode = baselines or st.pilot_baselines
+        from ..baselines import CODEC_NAMES, LABELS
+
+        n_codecs = 0 if mode == "none" else len(CODEC_NAMES)
         console.print(f"pilot: model {codec.model_id} on {codec.device_name}; PSNR >= {opts.min_psnr} dB, "
                       f"saving >= {opts.min_saving:.0%}; sample {sample} (seed {seed}); nothing is written to storage")
-        progress = Progress(TextColumn("[bold]pilot"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=console)
+        if n_codecs:
+            console.print(f"baselines ({mode}): {', '.join(LABELS[n] for n in CODEC_NAMES)} at the same PSNR floor"
+                          + (f"; task check {check.spec}" if check else ""))
+        progress = Progress(TextColumn("[bold]{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console)
         with progress:
-            task = progress.add_task("listing", total=None)
+            task = progress.add_task(f"pilot ({codec.model_id})", total=None)
+            btask = progress.add_task("classical codecs", total=None, visible=bool(n_codecs))
 
             def listed(n: int, nbytes: int, k: int) -> None:
                 console.print(f"listed {n:,} objects ({nbytes:,} bytes); sampled {k:,}")
                 progress.update(task, total=k)
+                progress.update(btask, total=k * n_codecs)
+
+            def baseline_done(key: str, name: str) -> None:
+                progress.update(btask, advance=1, description=f"classical: {LABELS[name]}")
 
             data = run_pilot(src=src, source_url=source, codec=codec, opts=opts, session_factory=factory,
                              sample=sample, seed=seed, pricing=pricing, workers=workers,
-                             on_outcome=lambda _o: progress.advance(task), on_listed=listed)
+                             on_outcome=lambda _o: progress.advance(task), on_listed=listed,
+                             baselines=mode, task_check=check, on_baseline=baseline_done)
     if fmt == "table" and not out:
         print_pilot(data, table_console())
     else:

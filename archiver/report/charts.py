@@ -193,3 +193,76 @@ def pilot_projection(pilot: dict[str, Any]) -> bytes:
 def pilot_saving_histogram(pilot: dict[str, Any]) -> bytes:
     return histogram(pilot["saving_pct_distribution"], "Saving per sampled object", "saving (% of original bytes)",
                      color=SAVED)
+
+
+# ---- pilot: ConvNeXt-ChARM beside the classical codecs ---------------------------------------------
+
+CODEC_COLORS = {"ours": AFTER, "avif": "#d97706", "jpegxl": "#7c3aed", "webp": "#0891b2", "jpeg": "#6b7280"}
+CODEC_MARKERS = {"ours": "o", "avif": "s", "jpegxl": "D", "webp": "^", "jpeg": "v"}
+
+
+def _codec_order(pilot: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, label) of ours and the classical codecs, in report order."""
+    return [("ours", "ConvNeXt-ChARM"), *((k, b["label"]) for k, b in (pilot.get("baselines") or {}).items())]
+
+
+def codec_savings(pilot: dict[str, Any]) -> bytes:
+    """Per-image saving (% of the original bytes; 0 where a codec missed the floor or the minimum
+    saving) of each codec, as jittered dots with the sample's total saving as a bar behind them."""
+    fig, ax = _figure()
+    title = "Saving per sampled image, by codec"
+    items = [i for i in pilot.get("per_image", []) if i.get("original_bytes")]
+    if not items:
+        _empty(ax, title, "no sampled images")
+        return _png(fig)
+    import random
+
+    rng = random.Random(0)  # same jitter every render
+    codecs = _codec_order(pilot)
+    for pos, (key, _label) in enumerate(codecs):
+        vals = [100.0 * i["saved"].get(key, 0) / i["original_bytes"] for i in items]
+        summary = pilot["ours"] if key == "ours" else pilot["baselines"][key]
+        total = summary.get("saving_pct") or 0.0
+        ax.bar(pos, total, width=0.7, color=CODEC_COLORS.get(key, INK), alpha=0.18)
+        ax.hlines(total, pos - 0.35, pos + 0.35, color=CODEC_COLORS.get(key, INK), linewidth=2)
+        ax.text(pos, total, f"{total:.1f}%\n", ha="center", va="bottom", fontsize=8, color=INK)
+        xs = [pos + rng.uniform(-0.22, 0.22) for _ in vals]
+        ax.scatter(xs, vals, s=14, color=CODEC_COLORS.get(key, INK), marker=CODEC_MARKERS.get(key, "o"),
+                   edgecolors="white", linewidths=0.4, zorder=3)
+    ax.set_xticks(range(len(codecs)), [label for _k, label in codecs])
+    ax.set_ylabel("saving (% of original bytes)")
+    ax.set_ylim(min(0.0, ax.get_ylim()[0]), 105)
+    ax.grid(axis="x", visible=False)
+    ax.set_title(f"{title} (n = {len(items):,}; bar: sample total)", loc="left")
+    return _png(fig)
+
+
+def rd_points(pilot: dict[str, Any]) -> bytes:
+    """Rate-distortion points of the sample: bits per pixel vs decoded PSNR of each codec's chosen
+    file, with the PSNR floor."""
+    fig, ax = _figure()
+    title = "RD points of the sample (smallest file at the floor)"
+    drawn = 0
+    for key, label in _codec_order(pilot):
+        pts = []
+        for i in pilot.get("per_image", []):
+            b, p, w, h = i["bytes"].get(key), i["psnr"].get(key), i.get("width"), i.get("height")
+            if b and p is not None and w and h:
+                pts.append((8.0 * b / (w * h), p))
+        if pts:
+            drawn += len(pts)
+            ax.scatter([x for x, _ in pts], [y for _, y in pts], s=18, color=CODEC_COLORS.get(key, INK),
+                       marker=CODEC_MARKERS.get(key, "o"), label=label, alpha=0.85, edgecolors="white",
+                       linewidths=0.4, zorder=3)
+    if not drawn:
+        _empty(ax, title, "no image reached the floor")
+        return _png(fig)
+    floor = pilot.get("min_psnr")
+    if floor is not None:
+        ax.axhline(floor, color="#dc2626", linewidth=1)
+        ax.text(ax.get_xlim()[1], floor, f"floor {floor:g} dB ", color="#dc2626", fontsize=8, ha="right", va="bottom")
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel("PSNR (dB, RGB)")
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    ax.set_title(title, loc="left")
+    return _png(fig)

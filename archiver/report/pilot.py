@@ -43,7 +43,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..db.models import Job, Result, utcnow
+from ..identity import Scope
 from ..storage import ObjectInfo, ObjectStore
+from ..vocabulary import DONE, PROCESSED
+from .compare import TaskCheck, measure_image, summarise
 from .core import Pricing, ReportError, assumptions, compute_basis, distribution, money, pct
 
 if TYPE_CHECKING:  # the pipeline imports torch; only run_pilot needs it, so the report stays light
@@ -89,8 +92,13 @@ def _t975(df: int) -> float:
     return float(t.ppf(0.5 + CONFIDENCE / 2, df))
 
 
-def ratio_projection(x: list[int], y: list[int], population_objects: int, population_bytes: int) -> dict[str, Any]:
-    """Ratio estimate of the population total of ``y`` from a simple random sample (see module doc)."""
+def ratio_projection(x: list[int], y: list[int], population_objects: int, population_bytes: int, *,
+                     lower: float = 0.0) -> dict[str, Any]:
+    """Ratio estimate of the population total of ``y`` from a simple random sample (see module doc).
+
+    The interval is clipped to ``[lower, X]``: a saving is never below 0, but a *difference* of
+    savings (ours minus a classical codec's) may be, down to ``-X``.
+    """
     n, N, X = len(x), population_objects, population_bytes
     sx, sy = sum(x), sum(y)
     r = sy / sx if sx else 0.0
@@ -98,12 +106,12 @@ def ratio_projection(x: list[int], y: list[int], population_objects: int, popula
     if n >= N and n > 0:  # census
         se, lo, hi = 0.0, est, est
     elif n < 2:
-        se, lo, hi = math.nan, 0.0, float(X)
+        se, lo, hi = math.nan, lower, float(X)
     else:
         s2 = sum((yi - r * xi) ** 2 for xi, yi in zip(x, y)) / (n - 1)
         se = N * math.sqrt(max(0.0, 1 - n / N) / n * s2)
         q = _t975(n - 1)
-        lo, hi = max(0.0, est - q * se), min(float(X), est + q * se)
+        lo, hi = max(lower, est - q * se), min(float(X), est + q * se)
     return {"ratio": r, "projected_saved": est, "standard_error": se, "ci_low": lo, "ci_high": hi,
             "confidence": CONFIDENCE}
 
@@ -121,7 +129,7 @@ def load_pilot(session: Session, job_id: int, pricing: Pricing | None = None) ->
     proj = ratio_projection(x, y, int(job.objects_listed or 0), int(job.bytes_listed or 0))
     X = int(job.bytes_listed or 0)
     # compute time, as in the ROI report: gpu_seconds on GPU rows, t_total on CPU rows
-    processed = [r for r in rows if r.status in ("accepted", "rejected", "failed")]
+    processed = [r for r in rows if r.status in PROCESSED]
     gpu = [r for r in processed if (r.device or "").startswith("cuda")]
     cpu = [r for r in processed if not (r.device or "").startswith("cuda")]
     sample_gpu = sum(r.gpu_seconds or 0.0 for r in gpu)
@@ -132,14 +140,14 @@ def load_pilot(session: Session, job_id: int, pricing: Pricing | None = None) ->
     projected_compute = sample_compute * scale
     compute_cost = pricing.compute_cost(sample_gpu * scale, sample_cpu * scale)
     basis = compute_basis(len(gpu), len(cpu))
-    counts = {s: 0 for s in ("accepted", "rejected", "failed", "skipped")}
+    counts = {str(s): 0 for s in DONE}
     reasons: dict[str, int] = {}
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
         if r.status in ("rejected", "failed") and r.reason_code:
             reasons[r.reason_code] = reasons.get(r.reason_code, 0) + 1
     opts = (job.settings or {}).get("options") or {}
-    return {
+    out: dict[str, Any] = {
         "generated_at": utcnow().isoformat(),
         "job_id": job.id,
         "source": job.source,
@@ -171,17 +179,38 @@ def load_pilot(session: Session, job_id: int, pricing: Pricing | None = None) ->
         "saving_pct_distribution": distribution([100.0 * yi / xi for xi, yi in zip(x, y) if xi], bins=12),
         "assumptions": assumptions(pricing, basis),
     }
+    stored = ((job.settings or {}).get("pilot") or {}).get("comparison")
+    if stored:
+        out.update(summarise(rows, stored, population_objects=int(job.objects_listed or 0), population_bytes=X,
+                             ours_seconds=sample_compute, ours_cost=compute_cost,
+                             min_psnr=float(opts.get("min_psnr") or 0.0), min_saving=float(opts.get("min_saving") or 0.0),
+                             model_id=job.model_id, pricing=pricing))
+    return out
 
 
 def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOptions,
               session_factory: sessionmaker, sample: int = 300, seed: int = 0, pricing: Pricing | None = None,
               workers: int = 1, on_outcome: Callable[[Outcome], None] | None = None,
-              on_listed: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
-    """Sample, recompress and verify in memory, record as a ``pilot`` job, return the projection."""
+              on_listed: Callable[[int, int, int], None] | None = None, baselines: str = "none",
+              task_check: TaskCheck | None = None, on_baseline: Callable[[str, str], None] | None = None,
+              ) -> dict[str, Any]:
+    """Sample, recompress and verify in memory, record as a ``pilot`` job, return the projection.
+
+    ``baselines`` (``none``, ``fast`` or ``all``, see :mod:`archiver.baselines.codecs`) also
+    searches each classical codec's smallest file at the same PSNR floor on every sampled image,
+    and ``task_check`` runs a user function on every codec's output (:mod:`.compare`); both are
+    stored with the job and shown side by side. ``on_baseline(key, codec)`` is called after each
+    codec's search on each image (progress). The decision of whole-archive runs is unaffected:
+    recompress uses ConvNeXt-ChARM only.
+    """
+    from ..baselines import baseline_codecs, library_versions
     from ..pipeline import create_job, finish_job, handle_object, iter_source
 
     if sample < 1:
         raise ReportError("the pilot sample must have at least 1 object")
+    codecs = baseline_codecs(baselines)
+    compare = bool(codecs) or task_check is not None
+    measured: dict[str, Any] = {}
     opts = replace(opts, dry_run=True, replace=False)  # a pilot never writes or deletes anything
     chosen, n_listed, bytes_listed = reservoir_sample(iter_source(src, opts), sample, seed)
     chosen.sort(key=lambda o: o.key)
@@ -198,10 +227,19 @@ def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOp
         s.commit()
         job_id = job.id
     lock = threading.Lock()
+    measured_lock = threading.Lock()
+    scope = Scope.of(src)
 
     def one(info: ObjectInfo) -> Outcome:
+        pixels: dict[str, Any] | None = {} if compare else None
         out = handle_object(info, job_id=job_id, src=src, dst=src, codec=codec, opts=opts,
-                            session_factory=session_factory, codec_lock=lock)
+                            session_factory=session_factory, codec_lock=lock, pixels=pixels)
+        if pixels is not None:
+            rec = measure_image(pixels, codecs=codecs, floor=opts.min_psnr, task=task_check,
+                                on_codec=(lambda name: on_baseline(info.key, name)) if on_baseline else None)
+            pixels.clear()  # the pixels are not kept beyond this object
+            with measured_lock:
+                measured[scope.key(info.key)] = rec  # keyed as the results rows are: by full key
         if on_outcome:
             on_outcome(out)
         return out
@@ -212,6 +250,16 @@ def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOp
     except BaseException as e:
         finish_job(session_factory, job_id, "failed", f"{type(e).__name__}: {e}")
         raise
+    if compare:
+        with session_factory() as s:
+            job = s.get(Job, job_id)
+            settings = dict(job.settings or {})
+            settings["pilot"] = {**settings.get("pilot", {}), "comparison": {
+                "mode": baselines, "versions": library_versions() if codecs else {},
+                "codecs": {c.name: c.describe() for c in codecs},
+                "task_check": task_check.spec if task_check else None, "images": measured}}
+            job.settings = settings  # a new dict: the JSON column sees the change
+            s.commit()
     finish_job(session_factory, job_id)
     with session_factory() as s:
         return load_pilot(s, job_id, pricing)

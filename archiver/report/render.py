@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .charts import human_bytes
 
@@ -260,10 +261,137 @@ def pilot_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+# ---- pilot: ConvNeXt-ChARM beside the classical codecs (shared by the table and the HTML) ---------
+
+CODEC_HEADERS = ["codec", "reached floor", "saved on", "bytes before -> after", "saved %",
+                 "projected saving (95% CI)", "projected % (95% CI)", "compute (sample)", "projected compute $",
+                 "storage $/year"]
+TASK_HEADERS = ["codec", "images", "min", "median", "mean", "max", "errors"]
+
+
+def _codecs(p: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [("ours", p["ours"]), *p.get("baselines", {}).items()]
+
+
+def codec_rows(p: dict[str, Any]) -> list[list[str]]:
+    """One row per codec (ours first): reach, bytes, saving, projection with its interval, time, cost."""
+    rows = []
+    for _key, c in _codecs(p):
+        n = c["images"]
+        rows.append([c["label"], f"{c['reached']:,} / {n:,}", f"{c['accepted']:,}",
+                     f"{fmt_bytes(c['bytes_before'])} -> {fmt_bytes(c['bytes_after'])}", fmt_pct(c["saving_pct"]),
+                     f"{fmt_bytes(c['projected_saved'])} ({fmt_bytes(c['ci_low'])} - {fmt_bytes(c['ci_high'])})",
+                     f"{fmt_pct(c['projected_saved_pct'])} ({fmt_pct(c['ci_low_pct'])} - {fmt_pct(c['ci_high_pct'])})",
+                     fmt_duration(c["seconds"]), fmt_money(c["projected_compute_cost"]),
+                     fmt_money(c["projected_money"]["storage_saving_per_year"])])
+    return rows
+
+
+def _signed_bytes(n: float) -> str:
+    return ("+" if n > 0 else "-" if n < 0 else "") + fmt_bytes(abs(n))
+
+
+def _signed_pp(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.1f} pp"
+
+
+def advantage_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
+    """ConvNeXt-ChARM's saving minus the best classical codec's, in total with its interval."""
+    rows = []
+    for a in p["advantage"].values():
+        who = f"{a['label']} (best single codec)" if a["versus"] != "per_image_best" else a["label"]
+        rows.append((f"vs {who}: sample",
+                     f"{_signed_bytes(a['saved_bytes'])} saved ({_signed_pp(a['saving_pct_points'])} of the bytes); "
+                     f"archive {fmt_pct(a['smaller_than_theirs_pct'])} smaller"))
+        rows.append((f"vs {who}: projected (95% CI)",
+                     f"{_signed_bytes(a['projected'])} ({_signed_bytes(a['ci_low'])} - {_signed_bytes(a['ci_high'])}); "
+                     f"{_signed_pp(a['projected_pct_points'])} ({_signed_pp(a['ci_low_pct_points'])} - "
+                     f"{_signed_pp(a['ci_high_pct_points'])})"))
+    return rows
+
+
+def per_image_headers(p: dict[str, Any]) -> list[str]:
+    return ["key", "original", *(c["label"] for _k, c in _codecs(p)), "best classical", "advantage"]
+
+
+def per_image_rows(p: dict[str, Any], limit: int | None = None) -> list[list[str]]:
+    """Per image: each codec's saving (or why none), the best classical codec and our advantage."""
+    names = [k for k, _c in _codecs(p)]
+    labels = {k: c["label"] for k, c in _codecs(p)}
+    rows = []
+    for i in p["per_image"][:limit]:
+        cells = [i["key"], fmt_bytes(i["original_bytes"])]
+        for k in names:
+            if i["bytes"].get(k) is None or (k == "ours" and i["status"] == "failed"):
+                cells.append("not reached" if i.get("width") or k != "ours" else i["status"])
+            else:
+                cells.append(fmt_pct(pct_of(i["saved"][k], i["original_bytes"])) if i["saved"][k] else "kept (no saving)")
+        best = i.get("best_classical")
+        cells += [labels.get(best, "none") if best else "none", _signed_pp(i.get("advantage_pct_points"))]
+        rows.append(cells)
+    return rows
+
+
+def pct_of(part: float, whole: float) -> float | None:
+    return 100.0 * part / whole if whole else None
+
+
+def task_rows(p: dict[str, Any]) -> list[list[str]]:
+    labels = {k: c["label"] for k, c in _codecs(p)}
+    return [[labels.get(k, k), f"{d['count']:,}", fmt_num(d["min"], 4), fmt_num(d["median"], 4), fmt_num(d["mean"], 4),
+             fmt_num(d["max"], 4), f"{d['errors']:,}"] for k, d in p["task_check"]["by_codec"].items()]
+
+
+def versions_text(p: dict[str, Any]) -> str:
+    run = p.get("baseline_run") or {}
+    v = ", ".join(f"{k} {x}" for k, x in (run.get("versions") or {}).items() if x)
+    codecs = "; ".join(f"{c['label']}: " + ", ".join(f"{k}={x}" for k, x in c["settings"].items())
+                       for c in (run.get("codecs") or {}).values())
+    fast = (" The fast preset's classical files run 3-12% larger than with --baselines all (docs/BENCHMARKS.md), "
+            "so it slightly flatters ConvNeXt-ChARM." if run.get("mode") == "fast" else "")
+    return f"Baselines preset {run.get('mode')}.{fast} Settings: {codecs}. Libraries: {v}."
+
+
+COMPARISON_NOTE = ("Each classical codec: the smallest file (quality searched by bisection, PSNR near-monotone in "
+                   "quality; the smallest passing file among all settings tried) whose decoded PSNR, by the same "
+                   "function the archive verifies with, meets the floor. An image counts as saved for a codec when it "
+                   "reaches the floor and saves at least the pilot's minimum saving, exactly as for ours; otherwise "
+                   "it counts 0 (the original is kept). Classical compute is every encode, decode and PSNR of the "
+                   "search, priced at the CPU price. Advantage = ConvNeXt-ChARM's saving minus the classical one "
+                   "(pp = percentage points of the bytes); projected with the same ratio estimator and 95% interval. "
+                   "Recompress itself always uses ConvNeXt-ChARM.")
+
+
+def _rich_table(title: str, headers: list[str], rows: list[list[str]], caption: str | None = None) -> Table:
+    t = Table(title=title, title_justify="left", title_style="bold", caption=caption)
+    for i, h in enumerate(headers):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
 def print_pilot(p: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     console.print(_kv_table("Pilot projection", pilot_rows(p)))
+    if p.get("baselines"):
+        console.print(_rich_table(f"ConvNeXt-ChARM and the classical codecs at PSNR >= {p['min_psnr']:g} dB",
+                                  CODEC_HEADERS, codec_rows(p)))
+        console.print(_kv_table("ConvNeXt-ChARM's advantage over the best classical codec", advantage_rows(p)))
+        limit = 30
+        more = len(p["per_image"]) - limit
+        console.print(_rich_table("Per image: saving by codec", per_image_headers(p), per_image_rows(p, limit),
+                                  caption=f"{more} more not shown (see --format csv/json)" if more > 0 else None))
+    if p.get("task_check"):
+        console.print(_rich_table(f"Task check {p['task_check']['function']} (images each codec brought to the floor)",
+                                  TASK_HEADERS, task_rows(p)))
+        for e in p["task_check"]["errors"][:5]:
+            console.print(Text(f"task check error: {e['key']} ({e['codec']}): {e['error']}", style="dim"),
+                          highlight=False)
     console.print(f"[dim]* {p['method']}[/dim]", highlight=False)
+    if p.get("baselines"):
+        console.print(f"[dim]* {COMPARISON_NOTE}[/dim]", highlight=False)
+        console.print(Text(f"* {versions_text(p)}", style="dim"), highlight=False)
     for note in p["assumptions"]["notes"][:2]:
         console.print(f"[dim]* {note}[/dim]", highlight=False)
 
@@ -309,6 +437,7 @@ tr:last-child td { border-bottom:none; }
 .notes { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:10px 18px; color:#374151; }
 .notes li { margin:4px 0; }
 footer { color:var(--muted); font-size:12px; margin-top:28px; }
+#table-codecs th, #table-codecs td, #table-per-image th { white-space:normal; }
 """
 
 
@@ -458,11 +587,34 @@ def pilot_html(p: dict[str, Any]) -> str:
         _img(charts.pilot_saving_histogram(p), "chart-pilot-savings", "Histogram of per-object saving in the sample",
              "Per sampled object: saved bytes / original bytes (0 for rejected or failed objects)."),
     ])
+    compare = ""
+    if p.get("baselines"):
+        chart_html += "".join([
+            _img(charts.codec_savings(p), "chart-codec-savings", "Saving per sampled image, by codec",
+                 "Per image: saved bytes / original bytes for each codec at the same PSNR floor (0 when the codec "
+                 "missed the floor or the minimum saving); bar: the sample's total."),
+            _img(charts.rd_points(p), "chart-rd-points", "RD points of the sample: bits per pixel vs PSNR",
+                 "Each codec's chosen file per image: bits per pixel and decoded PSNR; red line: the floor."),
+        ])
+        compare = (f'<h2>ConvNeXt-ChARM and the classical codecs at PSNR &ge; {p["min_psnr"]:g} dB</h2>'
+                   f'{_html_table("table-codecs", CODEC_HEADERS, codec_rows(p))}'
+                   f'<h2>Advantage over the best classical codec</h2>'
+                   f'{_html_table("table-advantage", ["item", "value"], [list(r) for r in advantage_rows(p)], wrap=(1,))}'
+                   f'<h2>Per image</h2>{_html_table("table-per-image", per_image_headers(p), per_image_rows(p), wrap=(0,))}')
+    if p.get("task_check"):
+        errs = "".join(f"<li>{_e(e['key'])} ({_e(e['codec'])}): {_e(e['error'])}</li>" for e in p["task_check"]["errors"])
+        compare += (f'<h2>Task check {_e(p["task_check"]["function"])}</h2>'
+                    f'<p class="subtitle">{_e(p["task_check"]["note"])}</p>'
+                    f'{_html_table("table-task-check", TASK_HEADERS, task_rows(p))}'
+                    + (f'<ul class="notes" id="task-check-errors">{errs}</ul>' if errs else ""))
+    notes = [p["method"], *((COMPARISON_NOTE, versions_text(p)) if p.get("baselines") else ()),
+             *p["assumptions"]["notes"][:3]]
     body = (f'<section class="kpis">{kpis}</section>'
             f'<h2>Charts</h2><section class="charts">{chart_html}</section>'
             f'<h2>Projection</h2>{_html_table("table-pilot", ["item", "value"], [list(r) for r in pilot_rows(p)], wrap=(1,))}'
-            f'<h2>Method and assumptions</h2><ul class="notes" id="assumptions"><li>{_e(p["method"])}</li>'
-            + "".join(f"<li>{_e(n)}</li>" for n in p["assumptions"]["notes"][:3]) + "</ul>")
+            f'{compare}'
+            f'<h2>Method and assumptions</h2><ul class="notes" id="assumptions">'
+            + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
     return _page("Archive pilot: projected savings", f"Random sample of {p['sample_size']:,} objects from {p['source']}",
                  meta, body)
 
