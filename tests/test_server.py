@@ -443,13 +443,13 @@ class Gate:
         self.started, self.release = threading.Event(), threading.Event()
         self.calls: list[tuple[str, int]] = []  # (container sha256, max_pixels) per decode
 
-    def __call__(self, data: bytes, device: str = "auto", max_pixels: int = 400_000_000) -> Any:
+    def __call__(self, data: bytes, device: str = "auto", max_pixels: int = 400_000_000, **kw: Any) -> Any:
         sha = hashlib.sha256(data).hexdigest()
         self.calls.append((sha, max_pixels))
         if sha == self.hold_sha:
             self.started.set()
             assert self.release.wait(120), "the test never released the gate"
-        return self.real(data, device, max_pixels=max_pixels)
+        return self.real(data, device, max_pixels=max_pixels, **kw)
 
 
 @pytest.fixture
