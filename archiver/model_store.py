@@ -218,6 +218,10 @@ class ModelStore:
         if self.holds(model_id):
             raise UnknownModelError(f"model id {model_id!r} already exists in the model store {self.url}; ids are "
                                     "never reused or overwritten - choose a new one", code="model_id_taken")
+        # the first model published to a local store makes its directory (an S3 bucket is never created)
+        if self._store is not None:
+            self._store.close()
+        self._store = open_store(self.url, self._settings, create=True)
         digest = hashlib.sha256(weights).hexdigest()
         rec = {**record, "format": RECORD_FORMAT, "model_id": model_id, "sha256": digest, "bytes": len(weights),
                "created": record.get("created") or datetime.now(UTC).isoformat(timespec="seconds")}
