@@ -551,3 +551,11 @@ def save_image(img: Image.Image, fmt: Literal["png", "jpeg", "webp"], icc: bytes
         else:
             img.save(buf, "WEBP", quality=int(quality), method=4, **kwargs)
     return buf.getvalue()
+
+
+def delivered(rgb: np.ndarray, mode: str) -> np.ndarray:
+    """What a user gets back: gray modes come back as gray, so PSNR is measured on that."""
+    if mode in ("L", "LA", "1"):
+        g = np.floor(rgb.astype(np.float32).mean(axis=2) + 0.5).clip(0, 255).astype(np.uint8)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    return rgb

@@ -720,23 +720,6 @@ def fail_unfinished(job_id: int, source_url: str, items: Iterable[Item], code: s
     return n
 
 
-def split_object_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/a/b.cxa`` -> (``s3://bucket``, ``a/b.cxa``); ``file:///d/b.cxa`` -> (``file:///d``, ``b.cxa``)."""
-    from urllib.parse import unquote, urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme == "s3":
-        key = parts.path.lstrip("/")
-        if not parts.netloc or not key:
-            raise StorageError(f"not an object URL: {url!r}", code="bad_url")
-        return f"s3://{parts.netloc}", key
-    path = unquote(parts.path) if parts.scheme == "file" else url
-    head, _, name = path.rstrip("/").rpartition("/")
-    if not name:
-        raise StorageError(f"not an object URL: {url!r}", code="bad_url")
-    return (head or "/"), name
-
-
 def _poisoned(sf: sessionmaker[Session], job_id: int, scope: Scope, info: ObjectInfo, starts: int, codec: Codec,
               worker: str | None) -> Outcome:
     from .pipeline import Outcome

@@ -27,27 +27,27 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .codec.api import Codec, QualityHints, delivered
+from .codec.api import Codec, QualityHints
 from .db.models import ArchivedObject, Job, Result, utcnow
 from .decision import Container, Facts, Recorded, Step, decide, deletes_original
 from .errors import ArchiverError, ContainerError, ImageRejected, StorageError
 from .identity import Scope
-from .images import load_image, sniff
+from .images import delivered, load_image, sniff
 from .metrics import ms_ssim, psnr
 from .restore import prepare_destination, unrestorable_reason
 from .storage import PROBE_PREFIX, ObjectInfo, ObjectStore
+from .storage.retries import GaveUp, with_retries  # noqa: F401 - GaveUp is part of this module's contract
 from .vocabulary import ARCHIVED, RESUMABLE_JOBS, SETTLED
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 PSNR_MARGIN = 0.05  # aim a hair above the threshold; the verification decode is the judge
 
@@ -144,49 +144,9 @@ def _refuse_foreign(dst: ObjectStore, key: str, source_id: str, source_etag: str
     )
 
 
-#: Transient storage errors (throttling, 5xx, dropped connections) on one step of one object
-#: are retried this many times in all, with exponential backoff, before the object is recorded
-#: as ``failed``. Module-level so that deployments (and tests) can tune them.
-RETRY_ATTEMPTS = 4
-RETRY_WAIT_MULTIPLIER = 0.5  # seconds; waits 0.5, 1, 2, ... between attempts
-RETRY_WAIT_MAX = 8.0
-
 #: ``ArchiverError`` codes that mean "this object cannot be archived under the policy"
 #: (status ``rejected``); any other error is a ``failed`` object that a rerun may fix.
 _REJECT_CODES = frozenset({"psnr_unreachable", "too_large"})
-
-
-class GaveUp(StorageError):
-    """A transient storage error that persisted through every retry."""
-
-
-def with_retries(fn: Callable[[], T], what: str, attempts: int | None = None) -> T:
-    """Run one storage step, retrying transient :class:`StorageError` with exponential backoff.
-
-    Only the storage step is retried, never the encode: a flaky bucket must not cost GPU time.
-    Past the cap a :class:`GaveUp` (not transient, same ``code``) is raised.
-    """
-    from tenacity import (
-        RetryError,
-        Retrying,
-        retry_if_exception,
-        stop_after_attempt,
-        wait_exponential,
-    )
-
-    n = RETRY_ATTEMPTS if attempts is None else attempts
-    try:
-        for attempt in Retrying(stop=stop_after_attempt(max(1, n)),
-                                wait=wait_exponential(multiplier=RETRY_WAIT_MULTIPLIER, max=RETRY_WAIT_MAX),
-                                retry=retry_if_exception(lambda e: isinstance(e, StorageError) and e.transient),
-                                reraise=False):
-            with attempt:
-                return fn()
-    except RetryError as e:
-        err = e.last_attempt.exception()
-        raise GaveUp(f"{what}: gave up after {n} attempts: {err}", code=getattr(err, "code", "storage_error"),
-                     transient=False) from err
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _verify_stored(dst: ObjectStore, key: str, data_len: int, sha: str, max_bytes: int) -> None:

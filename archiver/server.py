@@ -185,7 +185,8 @@ def locate(st: Settings, sf: Any, bucket: str, key: str) -> Located | None:
 
 def fetch_decode_render(st: Settings, loc: Located, fmt: str) -> tuple[bytes, str, str]:
     """Fetch, check, decode and encode for delivery; returns (body, format used, container sha256)."""
-    from .jobs import get_store, split_object_url
+    from .jobs import get_store
+    from .storage import split_object_url
     from .restore import decode_container, render
 
     store_url, ckey = split_object_url(loc.url)

@@ -44,6 +44,7 @@ from archiver.pipeline import PipelineOptions, run_job
 from archiver.restore import decode_container, restore_all
 from archiver.settings import S3Settings
 from archiver.storage import LocalStore, ObjectStore
+from archiver.storage import retries
 from archiver.storage.s3 import S3Store
 
 from shared_paths import KODAK  # noqa: E402
@@ -559,8 +560,8 @@ def _dead_endpoint() -> str:
 
 def test_unreachable_destination_fails_objects_after_bounded_retries(
         tmp_path: Path, sqlite_sf: Any, codec: Codec, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "RETRY_ATTEMPTS", 2)
-    monkeypatch.setattr(pipeline, "RETRY_WAIT_MULTIPLIER", 0.01)
+    monkeypatch.setattr(retries, "RETRY_ATTEMPTS", 2)
+    monkeypatch.setattr(retries, "RETRY_WAIT_MULTIPLIER", 0.01)
     st = LocalStore(tmp_path / "bucket", create=True)
     objects = {"photos/k01.png": GOOD["photos/k01.png"], "gray/k03-gray.png": GOOD["gray/k03-gray.png"],
                "bad/notes.jpg": ALL["bad/notes.jpg"]}
@@ -599,8 +600,8 @@ def test_replace_keeps_original_whose_container_does_not_verify(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A container altered behind our back (same size, same sha256 metadata, other bytes) passes
     the cheap HEAD check, but the full read-back before a delete catches it: the original stays."""
-    monkeypatch.setattr(pipeline, "RETRY_ATTEMPTS", 2)
-    monkeypatch.setattr(pipeline, "RETRY_WAIT_MULTIPLIER", 0.01)
+    monkeypatch.setattr(retries, "RETRY_ATTEMPTS", 2)
+    monkeypatch.setattr(retries, "RETRY_WAIT_MULTIPLIER", 0.01)
     st = S3Store(s3_bucket, s3_settings.s3)
     objects = {k: GOOD[k] for k in ("photos/k01.png", "photos/k02.jpg")}
     populate(st, objects)

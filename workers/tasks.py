@@ -117,14 +117,15 @@ def retrieve(url_of_container: str, fmt: str = "png", dest: str | None = None) -
     (an object URL such as ``s3://bucket/out/key.png``) writes it there and returns its URL."""
     from archiver import jobs
     from archiver.restore import MEDIA_TYPES, decode_container, render
+    from archiver.storage import split_object_url
 
     st = settings()
-    store_url, key = jobs.split_object_url(url_of_container)
+    store_url, key = split_object_url(url_of_container)
     data = jobs.get_store(store_url, st).get(key, max_bytes=int(st.max_object_bytes))
     image, used = render(decode_container(data, st.device, max_pixels=st.max_pixels, settings=st), fmt)
     out: dict[str, Any] = {"format": used, "media_type": MEDIA_TYPES[used], "bytes": len(image)}
     if dest:
-        dest_store, dest_key = jobs.split_object_url(dest)
+        dest_store, dest_key = split_object_url(dest)
         jobs.get_store(dest_store, st, create=True).put(dest_key, image, metadata={}, content_type=MEDIA_TYPES[used])
         out["dest"] = dest
     else:

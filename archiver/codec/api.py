@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ArchiverError, ContainerError
-from ..images import LoadedImage, from_pil, to_pil
+from ..images import LoadedImage, delivered, from_pil, to_pil  # noqa: F401 - delivered re-exported
 from ..metrics import psnr
 from . import container as cx
 from .entropy import TileCoder
@@ -137,14 +137,6 @@ def _prepare_device(device: str) -> torch.device:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     return pick_device(device)
-
-
-def delivered(rgb: np.ndarray, mode: str) -> np.ndarray:
-    """What a user gets back: gray modes come back as gray, so PSNR is measured on that."""
-    if mode in ("L", "LA", "1"):
-        g = np.floor(rgb.astype(np.float32).mean(axis=2) + 0.5).clip(0, 255).astype(np.uint8)
-        return np.repeat(g[:, :, None], 3, axis=2)
-    return rgb
 
 
 def tile_grid(height: int, width: int, tile: int) -> list[tuple[int, int, slice, slice]]:

@@ -36,6 +36,7 @@ __all__ = [
     "ObjectTooLarge",
     "PreconditionFailed",
     "open_store",
+    "split_object_url",
 ]
 
 
@@ -64,3 +65,18 @@ def open_store(url: str, settings: Settings | None = None, *, create: bool = Fal
         return LocalStore(url, create=create)
     raise StorageError(f"unsupported store URL {url!r}: use s3://bucket/prefix, file:///path or a path",
                        code="bad_url")
+
+
+def split_object_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/a/b.cxa`` -> (``s3://bucket``, ``a/b.cxa``); ``file:///d/b.cxa`` -> (``file:///d``, ``b.cxa``)."""
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        key = parts.path.lstrip("/")
+        if not parts.netloc or not key:
+            raise StorageError(f"not an object URL: {url!r}", code="bad_url")
+        return f"s3://{parts.netloc}", key
+    path = unquote(parts.path) if parts.scheme == "file" else url
+    head, _, name = path.rstrip("/").rpartition("/")
+    if not name:
+        raise StorageError(f"not an object URL: {url!r}", code="bad_url")
+    return (head or "/"), name
