@@ -61,13 +61,9 @@ def meta_section(d: dict | bytes) -> bytes:
 def tile(row: int, col: int, z: bytes = b"z", ys: tuple[bytes, ...] = (b"y",),
          checks: tuple[bytes, ...] | None = None) -> bytes:
     """A TILE section; with ``checks`` in the version-2 layout (u16 count, 4 bytes each, after row/col)."""
-    p = struct.pack(">HH", row, col)
-    if checks is not None:
-        p += struct.pack(">H", len(checks)) + b"".join(checks)
-    p += struct.pack(">I", len(z)) + z + struct.pack(">I", len(ys))
-    for y in ys:
-        p += struct.pack(">I", len(y)) + y
-    return section(b"TILE", p)
+    from forged import tile_payload
+
+    return section(b"TILE", tile_payload(row, col, z, list(ys), list(checks) if checks is not None else None))
 
 
 def tiles_for(d: dict) -> bytes:
