@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .codec.api import Codec, QualityHints
@@ -41,19 +38,21 @@ from .errors import ArchiverError, ContainerError, ImageRejected, StorageError
 from .identity import Scope
 from .images import delivered, load_image, sniff
 from .metrics import ms_ssim, psnr
+from .records import (LedgerView, Outcome, already_archived, finish_job, ledger_row, mark_original_deleted,
+                      outcome_from_row, record, result_row)
+from .records import new_job as add_job_row
 from .restore import prepare_destination, unrestorable_reason
 from .storage import PROBE_PREFIX, ObjectInfo, ObjectStore
 from .storage.retries import GaveUp, with_retries  # noqa: F401 - GaveUp is part of this module's contract
-from .vocabulary import ARCHIVED, RESUMABLE_JOBS, SETTLED
+from .vocabulary import ARCHIVED, REJECTING_ERRORS, RESUMABLE_JOBS, JobKind, JobStatus, Reason, ResultStatus
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 PSNR_MARGIN = 0.05  # aim a hair above the threshold; the verification decode is the judge
-
-#: where this process's quality searches start: the recent answers for the same model and target
-QUALITY_HINTS = QualityHints()
-
 
 @dataclass
 class PipelineOptions:
@@ -77,38 +76,18 @@ class PipelineOptions:
         """Options saved with a job or sent in a task; fields it predates take their defaults."""
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
+    @classmethod
+    def from_settings(cls, settings: Settings, *, min_psnr: float | None = None, min_saving: float | None = None,
+                      replace: bool = False, dry_run: bool = False, upgrade: bool = False) -> PipelineOptions:
+        """The configured floors and limits, with a front door's overrides (``None``: as configured)."""
+        return cls(min_psnr=settings.min_psnr if min_psnr is None else min_psnr,
+                   min_saving=settings.min_saving if min_saving is None else min_saving,
+                   replace=replace, dry_run=dry_run, max_object_bytes=int(settings.max_object_bytes),
+                   max_pixels=settings.max_pixels, suffix=settings.container_suffix, upgrade=upgrade)
 
-@dataclass
-class Outcome:
-    """Everything learnt about one object; becomes one ``results`` row."""
-
-    key: str
-    status: str  # accepted | rejected | failed | skipped
-    original_bytes: int = 0
-    etag: str | None = None
-    version_id: str | None = None
-    reason_code: str | None = None
-    reason: str | None = None
-    content_type: str | None = None
-    width: int | None = None
-    height: int | None = None
-    compressed_bytes: int | None = None
-    compressed_sha256: str | None = None
-    psnr: float | None = None
-    ms_ssim: float | None = None
-    bpp: float | None = None
-    quality: float | None = None
-    dest_url: str | None = None
-    original_deleted: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-    gpu_seconds: float | None = None
-    device: str | None = None
-
-    @property
-    def saved_bytes(self) -> int:
-        if self.status != "accepted" or self.compressed_bytes is None:
-            return 0
-        return self.original_bytes - self.compressed_bytes
+    def merged(self, overrides: dict[str, Any]) -> PipelineOptions:
+        """These options with the fields named in ``overrides`` replaced (a submit's partial dict)."""
+        return PipelineOptions.from_dict({**self.as_dict(), **overrides})
 
 
 def dest_key(key: str, opts: PipelineOptions) -> str:
@@ -144,11 +123,6 @@ def _refuse_foreign(dst: ObjectStore, key: str, source_id: str, source_etag: str
     )
 
 
-#: ``ArchiverError`` codes that mean "this object cannot be archived under the policy"
-#: (status ``rejected``); any other error is a ``failed`` object that a rerun may fix.
-_REJECT_CODES = frozenset({"psnr_unreachable", "too_large"})
-
-
 def _verify_stored(dst: ObjectStore, key: str, data_len: int, sha: str, max_bytes: int) -> None:
     back = dst.get(key, max_bytes=max(max_bytes, data_len))
     if len(back) != data_len or hashlib.sha256(back).hexdigest() != sha:
@@ -157,7 +131,7 @@ def _verify_stored(dst: ObjectStore, key: str, data_len: int, sha: str, max_byte
 
 def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: Codec, opts: PipelineOptions,
                    codec_lock: AbstractContextManager | None = None, archived_bytes: int | None = None,
-                   pixels: dict[str, np.ndarray] | None = None) -> Outcome:
+                   pixels: dict[str, np.ndarray] | None = None, hints: QualityHints | None = None) -> Outcome:
     """Recompress and verify one object, and (unless dry-run) write and re-read its container.
 
     ``pixels``: when given, filled with what the verify step compared, ``"original"`` (the RGB a
@@ -173,8 +147,11 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
     Never deletes anything and never raises for a bad object or a storage failure: the outcome
     says what happened. Transient storage errors are retried per step (:func:`with_retries`);
     an object whose fetch or write keeps failing ends ``failed`` with the error's code.
+
+    ``hints``: where quality searches start (the process's :class:`QualityHints`, kept by its
+    runtime); without it each search starts from scratch, with the same result, only slower.
     """
-    out = Outcome(key=info.key, status="failed", original_bytes=info.size, etag=info.etag, version_id=info.version_id,
+    out = Outcome(key=info.key, status=ResultStatus.FAILED, original_bytes=info.size, etag=info.etag, version_id=info.version_id,
                   device=codec.device_name)
     t0 = time.perf_counter()
     try:
@@ -197,9 +174,10 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
         with lock:
             gpu0 = codec.gpu_seconds
             target = opts.min_psnr + PSNR_MARGIN
-            hint, spread = QUALITY_HINTS.get(codec.model_id, target)
+            hint, spread = hints.get(codec.model_id, target) if hints is not None else (None, 0.0)
             enc = codec.encode_detailed(img, target_psnr=target, quality_hint=hint, hint_spread=spread)
-            QUALITY_HINTS.add(codec.model_id, target, enc.quality)
+            if hints is not None:
+                hints.add(codec.model_id, target, enc.quality)
             out.timings["encode"] = time.perf_counter() - t1
             t2 = time.perf_counter()
             dec = codec.decode(enc.data, max_pixels=opts.max_pixels)  # the real bitstream, through the real decoder
@@ -220,16 +198,16 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
                 img.alpha is not None and not np.array_equal(dec.alpha, img.alpha)):
             raise ContainerError("alpha plane did not survive the round trip", code="alpha_mismatch")
         if p < opts.min_psnr:
-            out.status, out.reason_code = "rejected", "psnr_below_threshold"
+            out.status, out.reason_code = ResultStatus.REJECTED, Reason.PSNR_BELOW_THRESHOLD
             out.reason = f"verified PSNR {p:.2f} dB < {opts.min_psnr:.2f} dB"
             return out
         saving = 1.0 - len(enc.data) / max(1, len(data))
         if saving < opts.min_saving:
-            out.status, out.reason_code = "rejected", "insufficient_saving"
+            out.status, out.reason_code = ResultStatus.REJECTED, Reason.INSUFFICIENT_SAVING
             out.reason = f"saving {saving:.1%} < {opts.min_saving:.1%} ({len(data):,} -> {len(enc.data):,} bytes)"
             return out
         if archived_bytes is not None and len(enc.data) >= archived_bytes:
-            out.status, out.reason_code = "skipped", "archive_smaller"
+            out.status, out.reason_code = ResultStatus.SKIPPED, Reason.ARCHIVE_SMALLER
             out.reason = (f"the existing archive ({archived_bytes:,} bytes) is not larger than {codec.model_id}'s "
                           f"({len(enc.data):,} bytes): kept")
             out.compressed_bytes = out.compressed_sha256 = None
@@ -249,22 +227,22 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
             with_retries(write_and_verify, f"writing {dst.url_for(k)}")
             out.dest_url = dst.url_for(k)
             out.timings["write"] = time.perf_counter() - t3
-        out.status = "accepted"
+        out.status = ResultStatus.ACCEPTED
         return out
     except StorageError as e:  # ObjectTooLarge: it grew past the cap after it was listed
-        out.status = "rejected" if e.code == "too_large" else "failed"
+        out.status = ResultStatus.REJECTED if e.code == "too_large" else ResultStatus.FAILED
         out.reason_code, out.reason = e.code, str(e)
         return out
     except ImageRejected as e:
-        out.status, out.reason_code, out.reason = "rejected", e.code, str(e)
+        out.status, out.reason_code, out.reason = ResultStatus.REJECTED, e.code, str(e)
         return out
     except ArchiverError as e:
-        out.status = "rejected" if e.code in _REJECT_CODES else "failed"
+        out.status = ResultStatus.REJECTED if e.code in REJECTING_ERRORS else ResultStatus.FAILED
         out.reason_code, out.reason = e.code, str(e)
         return out
     except Exception as e:  # a bug or an unexpected library error: record it, keep the batch going
         log.exception("unexpected error on %s", info.key)
-        out.status, out.reason_code, out.reason = "failed", "internal_error", f"{type(e).__name__}: {e}"
+        out.status, out.reason_code, out.reason = ResultStatus.FAILED, Reason.INTERNAL_ERROR, f"{type(e).__name__}: {e}"
         return out
     finally:
         out.timings["total"] = time.perf_counter() - t0
@@ -281,109 +259,7 @@ class _NullLock:
 _NULL_LOCK = _NullLock()
 
 
-# ---- database --------------------------------------------------------------------------------
-
-def result_row(session: Session, job_id: int, scope: Scope, key: str) -> Result | None:
-    """This job's row for the store-relative ``key`` (rows are unique per job, bucket and key)."""
-    return session.execute(select(Result).where(Result.job_id == job_id, Result.bucket == scope.bucket,
-                                                Result.key == scope.key(key))).scalar_one_or_none()
-
-
-def ledger_row(session: Session, scope: Scope, key: str, etag: str | None, model_id: str) -> ArchivedObject | None:
-    """The ledger row of one version (``etag``) of the store-relative ``key`` archived with ``model_id``."""
-    return session.execute(select(ArchivedObject).where(
-        ArchivedObject.bucket == scope.bucket, ArchivedObject.key == scope.key(key), ArchivedObject.etag == etag,
-        ArchivedObject.model_id == model_id)).scalar_one_or_none()
-
-
-def record_outcome(session: Session, job_id: int, scope: Scope, model_id: str, out: Outcome,
-                   worker: str | None = None, *, row: Result | None = None) -> Result:
-    """Upsert the job's row for this object and, for an accepted write, the ledger row — atomically.
-
-    ``row``: the job's row for this object when the caller has just looked it up (saves a query).
-    """
-    bucket, key = scope.bucket, scope.key(out.key)
-    row = row or result_row(session, job_id, scope, out.key)
-    if row is None:
-        row = Result(job_id=job_id, bucket=bucket, key=key, model_id=model_id, attempts=0)
-        session.add(row)
-    row.attempts = (row.attempts or 0) + 1
-    for f in ("etag", "version_id", "content_type", "width", "height", "original_bytes", "compressed_bytes", "psnr",
-              "ms_ssim", "bpp", "quality", "status", "reason_code", "reason", "dest_url", "compressed_sha256",
-              "original_deleted", "gpu_seconds", "device"):
-        setattr(row, f, getattr(out, f))
-    row.t_fetch = out.timings.get("fetch")
-    row.t_encode = out.timings.get("encode")
-    row.t_verify = out.timings.get("verify")
-    row.t_write = out.timings.get("write")
-    row.t_total = out.timings.get("total")
-    row.worker = worker
-    session.flush()
-    if out.status == "accepted" and out.dest_url and out.etag:
-        ledger = ledger_row(session, scope, out.key, out.etag, model_id)
-        if ledger is None:
-            ledger = ArchivedObject(bucket=bucket, key=key, etag=out.etag, model_id=model_id)
-            session.add(ledger)
-        ledger.result_id = row.id
-        ledger.dest_url = out.dest_url
-        ledger.compressed_sha256 = out.compressed_sha256 or ""
-        ledger.compressed_bytes = out.compressed_bytes or 0
-        ledger.original_bytes = out.original_bytes
-        ledger.original_deleted = False  # we just read the original: it exists
-    return row
-
-
-def _record(session_factory: sessionmaker, job_id: int, scope: Scope, model_id: str, out: Outcome,
-            worker: str | None) -> int:
-    """``record_outcome`` in its own transaction; returns the result row's id."""
-    with session_factory() as s:
-        for attempt in range(3):
-            try:
-                row = record_outcome(s, job_id, scope, model_id, out, worker)
-                s.commit()
-                return row.id
-            except IntegrityError:  # a concurrent worker recorded the same object: retry as update
-                s.rollback()
-                if attempt == 2:
-                    raise
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def already_archived(session: Session, scope: Scope, info: ObjectInfo, model_id: str,
-                     any_model: bool = False) -> ArchivedObject | None:
-    """The ledger row of this version archived with ``model_id`` or, with ``any_model``, the newest
-    one with any model (a model upgrade overwrites the container in place, so the newest row is
-    the one that names what is at the destination; ``container_matches`` still checks it)."""
-    if not info.etag:
-        return None
-    if not any_model:
-        return ledger_row(session, scope, info.key, info.etag, model_id)
-    return session.execute(select(ArchivedObject).where(
-        ArchivedObject.bucket == scope.bucket, ArchivedObject.key == scope.key(info.key),
-        ArchivedObject.etag == info.etag).order_by(ArchivedObject.id.desc()).limit(1)).scalar_one_or_none()
-
-
-@dataclass(frozen=True)
-class _LedgerView:
-    """The ledger fields needed outside a session (no network I/O is done while one is open)."""
-
-    id: int
-    etag: str
-    model_id: str
-    result_id: int | None
-    dest_url: str
-    compressed_sha256: str
-    compressed_bytes: int
-
-    @classmethod
-    def of(cls, row: ArchivedObject | None) -> _LedgerView | None:
-        if row is None:
-            return None
-        return cls(row.id, row.etag, row.model_id, row.result_id, row.dest_url, row.compressed_sha256,
-                   row.compressed_bytes)
-
-
-def container_matches(dst: ObjectStore, key: str, ledger: _LedgerView, opts: PipelineOptions) -> bool:
+def container_matches(dst: ObjectStore, key: str, ledger: LedgerView, opts: PipelineOptions) -> bool:
     """Is the container the ledger names present at this destination, with its recorded size and sha256?
 
     A cheap HEAD (size + our sha256 metadata); the full read-back happens before any delete.
@@ -405,7 +281,7 @@ def delete_original(session_factory: sessionmaker, src: ObjectStore, dst: Object
     when the container cannot be verified: the original is then kept.
     """
     with session_factory() as s:
-        led = _LedgerView.of(s.get(ArchivedObject, ledger_id))
+        led = LedgerView.of(s.get(ArchivedObject, ledger_id))
     if led is None:
         return False
     dk = dest_key(key, opts)
@@ -421,13 +297,7 @@ def delete_original(session_factory: sessionmaker, src: ObjectStore, dst: Object
             return False
         with_retries(lambda: src.delete(key), f"deleting {key}")
     with session_factory() as s:
-        ledger = s.get(ArchivedObject, ledger_id)
-        if ledger is not None:
-            ledger.original_deleted = True
-        for rid in {led.result_id, *result_ids} - {None}:
-            r = s.get(Result, rid)
-            if r is not None:
-                r.original_deleted = True
+        mark_original_deleted(s, s.get(ArchivedObject, ledger_id), {led.result_id, *result_ids})
         s.commit()
     return True
 
@@ -452,13 +322,13 @@ class JobSummary:
 
     def add(self, out: Outcome) -> None:
         self.seen += 1
-        setattr(self, out.status, getattr(self, out.status) + 1)
-        if out.status == "accepted":
+        setattr(self, str(out.status), getattr(self, str(out.status)) + 1)
+        if out.status == ResultStatus.ACCEPTED:
             self.bytes_before += out.original_bytes
             self.bytes_after += out.compressed_bytes or 0
-        if out.reason_code and out.status in ("rejected", "failed"):
+        if out.reason_code and out.status in (ResultStatus.REJECTED, ResultStatus.FAILED):
             self.reasons[out.reason_code] = self.reasons.get(out.reason_code, 0) + 1
-            per = self.rejected_reasons if out.status == "rejected" else self.failed_reasons
+            per = self.rejected_reasons if out.status == ResultStatus.REJECTED else self.failed_reasons
             per[out.reason_code] = per.get(out.reason_code, 0) + 1
 
     @property
@@ -479,9 +349,6 @@ def iter_source(src: ObjectStore, opts: PipelineOptions, limit: int | None = Non
             return
 
 
-#: job statuses a rerun continues: never finished (crash, kill) or stopped by an error/Ctrl-C
-
-
 def find_resumable_job(session: Session, source: str, dest: str | None, opts: PipelineOptions, model_id: str) -> Job | None:
     """An unfinished job with the same source, destination and settings: a rerun continues it.
 
@@ -490,7 +357,7 @@ def find_resumable_job(session: Session, source: str, dest: str | None, opts: Pi
     nor ``cancelled``.
     """
     for job in session.execute(
-        select(Job).where(Job.source == source, Job.status.in_(RESUMABLE_JOBS), Job.kind == "recompress")
+        select(Job).where(Job.source == source, Job.status.in_(RESUMABLE_JOBS), Job.kind == JobKind.RECOMPRESS)
         .order_by(Job.id.desc())
     ).scalars():
         if (job.settings or {}).get("via") == "workers":
@@ -502,34 +369,21 @@ def find_resumable_job(session: Session, source: str, dest: str | None, opts: Pi
     return None
 
 
-def create_job(session: Session, source: str, dest: str | None, opts: PipelineOptions, model_id: str,
-               kind: str = "recompress", extra: dict | None = None) -> Job:
-    job = Job(kind=kind, source=source, dest=dest, model_id=model_id, status="running", started_at=utcnow(),
-              settings={"options": opts.as_dict(), "host": socket.gethostname(), "pid": os.getpid(), **(extra or {})})
-    session.add(job)
-    session.commit()
-    return job
-
-
-
-#: reason codes of objects refused before anything is fetched (the listing's, and ``unsafe_key``)
-LISTING_REJECTIONS = frozenset({"name_not_utf8", "symlink_outside_root", "not_a_regular_file", "unsafe_key"})
-
-
 def refusal_of(info: ObjectInfo, scope: Scope, opts: PipelineOptions) -> tuple[str, str] | None:
     """``(reason_code, message)`` when ``info`` must be rejected before it is even fetched."""
     if info.refused is not None:
         return info.refused
     why = unrestorable_reason(scope.key(info.key), opts.suffix)
     if why is not None:
-        return "unsafe_key", (f"{why}: an archive of it could not be restored to a directory under this name, "
+        return Reason.UNSAFE_KEY, (f"{why}: an archive of it could not be restored to a directory under this name, "
                               "so it is not archived (and its original never deleted); rename it to archive it")
     return None
 
 
 def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: ObjectStore, codec: Codec,
                   opts: PipelineOptions, session_factory: sessionmaker, codec_lock: AbstractContextManager | None = None,
-                  worker: str | None = None, pixels: dict[str, np.ndarray] | None = None) -> Outcome:
+                  worker: str | None = None, pixels: dict[str, np.ndarray] | None = None,
+                  hints: QualityHints | None = None) -> Outcome:
     """The full per-object step shared by the CLI loop and the Celery task: skip-or-process,
     record, then (with replace) delete the original.
 
@@ -548,7 +402,8 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
     The choice among these is :func:`archiver.decision.decide` (pure, tested case by case); this
     function gathers its facts and does the I/O it asks for.
 
-    ``pixels`` is passed to :func:`process_object` (filled only when the object is processed).
+    ``pixels`` and ``hints`` are passed to :func:`process_object` (``pixels`` is filled only
+    when the object is processed).
 
     Raises only for database errors; storage and image problems become the outcome.
     """
@@ -556,15 +411,14 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
     refusal = refusal_of(info, scope, opts)
     if refusal is not None:
         code, why = refusal
-        out = Outcome(key=info.key, status="rejected", original_bytes=info.size, etag=info.etag or None,
-                      version_id=info.version_id, reason_code=code, reason=why, device=codec.device_name)
-        _record(session_factory, job_id, scope, codec.model_id, out, worker)
+        out = Outcome.of_listing(info, ResultStatus.REJECTED, code, why, device=codec.device_name)
+        record(session_factory, job_id, scope, codec.model_id, out, worker)
         return out
     with session_factory() as s:
         done = result_row(s, job_id, scope, info.key)
-        prior = _outcome_from_row(done, scope) if done is not None and done.etag == info.etag else None
+        prior = outcome_from_row(done, scope) if done is not None and done.etag == info.etag else None
         prior_id = done.id if prior is not None else None
-        found = None if opts.dry_run else _LedgerView.of(
+        found = None if opts.dry_run else LedgerView.of(
             already_archived(s, scope, info, codec.model_id, any_model=True))
     facts = Facts(recorded=Recorded(prior.status, prior.original_deleted) if prior is not None else None,
                   archive_model=found.model_id if found is not None else None, model_id=codec.model_id,
@@ -581,38 +435,37 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
                 # only this job's pending delete was left: keep its row as it is, keep the original
                 log.warning("kept the original of %s: cannot check its container: %s", info.key, e)
             else:
-                out = Outcome(key=info.key, status="failed", original_bytes=info.size, etag=info.etag,
-                              version_id=info.version_id, reason_code=e.code,
-                              reason=f"cannot check the archived container: {e}", device=codec.device_name)
-                _record(session_factory, job_id, scope, codec.model_id, out, worker)
+                out = Outcome.of_listing(info, ResultStatus.FAILED, e.code,
+                                         f"cannot check the archived container: {e}", device=codec.device_name)
+                record(session_factory, job_id, scope, codec.model_id, out, worker)
                 return out
         else:
             if not ok:
                 log.warning("%s is in the ledger as archived at %s, but that container is missing or differs at "
                             "%s: recompressing", info.key, found.dest_url, dst.url_for(dest_key(info.key, opts)))
 
-    led: _LedgerView | None = None  # the ledger entry whose container the delete re-reads
+    led: LedgerView | None = None  # the ledger entry whose container the delete re-reads
     if decision.step is Step.KEEP_RECORDED:
         return prior
     if decision.step is Step.DELETE_ONLY:
         out, led = prior, found  # recorded by this job before an interruption; only the delete is left
     elif decision.step is Step.SKIP:
         led = found
-        out = Outcome(key=info.key, status="skipped", original_bytes=info.size, etag=info.etag,
-                      version_id=info.version_id, reason_code="already_archived",
+        out = Outcome(key=info.key, status=ResultStatus.SKIPPED, original_bytes=info.size, etag=info.etag,
+                      version_id=info.version_id, reason_code=Reason.ALREADY_ARCHIVED,
                       reason=f"unchanged since archived with {led.model_id}", dest_url=led.dest_url,
                       compressed_sha256=led.compressed_sha256, device=codec.device_name)
-        prior_id = _record(session_factory, job_id, scope, led.model_id, out, worker)
+        prior_id = record(session_factory, job_id, scope, led.model_id, out, worker).row_id
     else:
         older = _intact(found, info, dst, opts) if decision.upgrade_over_archive else None
         out = process_object(info, src, dst, codec, opts, codec_lock,
-                             archived_bytes=older.compressed_bytes if older else None, pixels=pixels)
-        if out.reason_code == "archive_smaller" and older is not None:
+                             archived_bytes=older.compressed_bytes if older else None, pixels=pixels, hints=hints)
+        if out.reason_code == Reason.ARCHIVE_SMALLER and older is not None:
             out.dest_url, out.compressed_sha256, led = older.dest_url, older.compressed_sha256, older
-        prior_id = _record(session_factory, job_id, scope, led.model_id if led else codec.model_id, out, worker)
-        if out.status == "accepted" and not opts.dry_run:
+        prior_id = record(session_factory, job_id, scope, led.model_id if led else codec.model_id, out, worker).row_id
+        if out.status == ResultStatus.ACCEPTED and not opts.dry_run:
             with session_factory() as s:
-                led = _LedgerView.of(already_archived(s, scope, info, codec.model_id))
+                led = LedgerView.of(already_archived(s, scope, info, codec.model_id))
 
     if deletes_original(decision, out.status, led is not None):
         try:
@@ -630,7 +483,7 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
     return out
 
 
-def _intact(led: _LedgerView, info: ObjectInfo, dst: ObjectStore, opts: PipelineOptions) -> _LedgerView | None:
+def _intact(led: LedgerView, info: ObjectInfo, dst: ObjectStore, opts: PipelineOptions) -> LedgerView | None:
     """For an upgrade: the older model's archive if its container is still the recorded one."""
     try:
         ok = with_retries(lambda: container_matches(dst, info.key, led, opts), f"checking the container of {info.key}")
@@ -638,15 +491,6 @@ def _intact(led: _LedgerView, info: ObjectInfo, dst: ObjectStore, opts: Pipeline
         log.warning("cannot check the older archive of %s (%s): upgrading without comparing sizes", info.key, e)
         return None
     return led if ok else None
-
-
-def _outcome_from_row(r: Result, scope: Scope | None = None) -> Outcome:
-    """A recorded row as an outcome; with ``scope``, its key relative to that scope's store."""
-    return Outcome(key=scope.relative(r.key) if scope else r.key, status=r.status, original_bytes=r.original_bytes,
-                   etag=r.etag, version_id=r.version_id, reason_code=r.reason_code, reason=r.reason, content_type=r.content_type, width=r.width,
-                   height=r.height, compressed_bytes=r.compressed_bytes, compressed_sha256=r.compressed_sha256,
-                   psnr=r.psnr, ms_ssim=r.ms_ssim, bpp=r.bpp, quality=r.quality, dest_url=r.dest_url,
-                   original_deleted=r.original_deleted, device=r.device)
 
 
 def reconcile_deleted(session_factory: sessionmaker, job_id: int, src: ObjectStore) -> int:
@@ -677,12 +521,7 @@ def reconcile_deleted(session_factory: sessionmaker, job_id: int, src: ObjectSto
             led = ledger_row(s, scope, key, etag, model_id)
             if led is None:  # never archived (e.g. a dry run): nothing says a container exists
                 continue
-            led.original_deleted = True
-            s.get(Result, rid).original_deleted = True
-            if led.result_id and led.result_id != rid:
-                r = s.get(Result, led.result_id)
-                if r is not None:
-                    r.original_deleted = True
+            mark_original_deleted(s, led, {rid})
             s.commit()
             fixed += 1
     if fixed:
@@ -690,33 +529,27 @@ def reconcile_deleted(session_factory: sessionmaker, job_id: int, src: ObjectSto
     return fixed
 
 
-def finish_job(session_factory: sessionmaker, job_id: int, status: str = "finished", error: str | None = None) -> None:
-    with session_factory() as s:
-        job = s.get(Job, job_id)
-        if job is not None and job.status not in ("cancelled",):
-            job.status = status
-            job.error = error
-            job.finished_at = utcnow()
-            s.commit()
-
-
 def run_job(*, src: ObjectStore, dst: ObjectStore, source_url: str, dest_url: str | None, codec: Codec,
             opts: PipelineOptions, session_factory: sessionmaker, limit: int | None = None, workers: int = 1,
             on_outcome: Callable[[Outcome, JobSummary], None] | None = None, new_job: bool = False,
-            codec_slots: int = 1) -> JobSummary:
+            codec_slots: int = 1, hints: QualityHints | None = None) -> JobSummary:
     """Run (or resume) a recompression job in this process.
 
     ``workers`` threads overlap downloads, image decoding, uploads and database writes with the
     codec, which holds at most ``codec_slots`` images at once (1: it already uses every core or
-    the GPU; 2 on a GPU lets one image's CPU-side work overlap another's GPU work).
+    the GPU; 2 on a GPU lets one image's CPU-side work overlap another's GPU work). ``hints``:
+    the front door's quality hints (a fresh set, shared by this job's objects, when not given).
     """
+    hints = hints if hints is not None else QualityHints()
     with session_factory() as s:
         job = None if new_job else find_resumable_job(s, source_url, dest_url, opts, codec.model_id)
         if job is None:
-            job = create_job(s, source_url, dest_url, opts, codec.model_id)
+            job = add_job_row(s, kind=JobKind.RECOMPRESS, source=source_url, dest=dest_url,
+                              model_id=codec.model_id, options=opts.as_dict())
+            s.commit()
         else:
             log.info("resuming job %s", job.id)
-            job.status, job.error, job.finished_at = "running", None, None
+            job.status, job.error, job.finished_at = JobStatus.RUNNING, None, None
             job.started_at = job.started_at or utcnow()
             s.commit()
         job_id = job.id
@@ -727,7 +560,7 @@ def run_job(*, src: ObjectStore, dst: ObjectStore, source_url: str, dest_url: st
 
     def one(info: ObjectInfo) -> Outcome:
         return handle_object(info, job_id=job_id, src=src, dst=dst, codec=codec, opts=opts,
-                             session_factory=session_factory, codec_lock=lock)
+                             session_factory=session_factory, codec_lock=lock, hints=hints)
 
     try:
         if not opts.dry_run:
@@ -752,7 +585,7 @@ def run_job(*, src: ObjectStore, dst: ObjectStore, source_url: str, dest_url: st
             s.commit()
         finish_job(session_factory, job_id)
     except BaseException as e:
-        finish_job(session_factory, job_id, "failed", f"{type(e).__name__}: {e}")
+        finish_job(session_factory, job_id, JobStatus.FAILED, f"{type(e).__name__}: {e}")
         raise
     summary.seconds = time.perf_counter() - t0
     return summary

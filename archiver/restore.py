@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .codec.api import Codec, DecodedImage
 from .codec.container import DEFAULT_MAX_PIXELS, read_meta
@@ -14,9 +14,6 @@ from .errors import ArchiverError
 from .images import save_image
 from .errors import StorageError
 from .storage import ObjectStore
-
-if TYPE_CHECKING:
-    from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +25,23 @@ EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
-def decode_container(data: bytes, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
-                     settings: Settings | None = None, *, time_budget_s: float | None = None,
+class CodecSource(Protocol):
+    """Where decoders get a codec for a model id (a front door's :class:`archiver.runtime.Runtime`:
+    one codec per model and device for the whole process)."""
+
+    def codec(self, model_id: str | None = None, device: str | None = None, *,
+              expect_sha256: str | None = None) -> Codec: ...
+
+
+def decode_container(data: bytes, codecs: CodecSource, device: str | None = None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS, *, time_budget_s: float | None = None,
                      deadline: float | None = None) -> DecodedImage:
-    """Decode with the model the container names (loaded once per process).
+    """Decode with the model the container names.
 
     The one place every front door (``decode``, ``restore``, the retrieval task, ``serve``) gets
     a codec for a container: a model the package does not ship is fetched from the model store
-    (``settings.model_store``) on first use, and must have the weights sha256 the container names.
+    (the runtime's ``settings.model_store``) on first use, and must have the weights sha256 the
+    container names. ``device``: None for the runtime's configured device.
 
     Front doors pass ``max_pixels=settings.max_pixels``: a container declaring more pixels is
     refused (``absurd_dimensions``) before the model is even loaded. ``time_budget_s`` (seconds
@@ -43,7 +49,7 @@ def decode_container(data: bytes, device: str = "auto", max_pixels: int = DEFAUL
     ``decode_timeout``; see ``Codec.decode`` for the other limits and error codes.
     """
     meta = read_meta(data, max_pixels=max_pixels)
-    codec = Codec.cached(meta.model_id, device, settings=settings, expect_sha256=meta.weights_sha256)
+    codec = codecs.codec(meta.model_id, device, expect_sha256=meta.weights_sha256)
     return codec.decode(data, max_pixels=max_pixels, time_budget_s=time_budget_s, deadline=deadline)
 
 
@@ -135,10 +141,9 @@ def unrestorable_reason(key: str, suffix: str = ".cxa") -> str | None:
     return None
 
 
-def restore_all(src: ObjectStore, dst: ObjectStore, *, fmt: str = "png", suffix: str = ".cxa", device: str = "auto",
-                limit: int | None = None, on_item: Callable[[Restored], None] | None = None,
-                overwrite: bool = False, settings: Settings | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Restored]:
+def restore_all(src: ObjectStore, dst: ObjectStore, *, codecs: CodecSource, fmt: str = "png", suffix: str = ".cxa",
+                device: str | None = None, limit: int | None = None, on_item: Callable[[Restored], None] | None = None,
+                overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Restored]:
     """Decode every container under ``src`` into ``dst``; a bad container is reported, not fatal.
 
     The original's name is kept when it was re-created in its own format, e.g. ``a/b.jpg.cxa``
@@ -161,8 +166,8 @@ def restore_all(src: ObjectStore, dst: ObjectStore, *, fmt: str = "png", suffix:
             if known is not None and not overwrite and dst.head(known) is not None:
                 item = Restored(info.key, known, True, skipped=True)
             else:
-                dec = decode_container(src.get(info.key, max_bytes=max(info.size, 1)), device, max_pixels=max_pixels,
-                                       settings=settings)
+                dec = decode_container(src.get(info.key, max_bytes=max(info.size, 1)), codecs, device,
+                                       max_pixels=max_pixels)
                 data, used = render(dec, fmt)
                 out_key = known or restored_key(info.key, suffix, fmt, used)
                 if known is None and not overwrite and dst.head(out_key) is not None:

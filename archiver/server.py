@@ -53,6 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .db.models import ArchivedObject
 from .errors import ArchiverError, ContainerError, StorageError, UnknownModelError
 from .server_limits import ClientGone, DecodeSlots, Refused, TokenLimiter, retry_after_header, wait_for_disconnect
+from .runtime import Runtime
 from .settings import Settings, load_settings
 from .tokens import MAX_KEY_BYTES, TokenInfo, authenticate, bearer, count_active, create_token
 
@@ -149,7 +150,7 @@ class Located:
     sha256: str | None  # from the ledger or the object's metadata; None if unknown
 
 
-def locate(st: Settings, sf: Any, bucket: str, key: str) -> Located | None:
+def locate(rt: Runtime, sf: Any, bucket: str, key: str) -> Located | None:
     """The container for ``bucket``/``key``, from the ledger only (``None`` if it has no row):
     a bucket this system never archived is never read.
 
@@ -158,8 +159,6 @@ def locate(st: Settings, sf: Any, bucket: str, key: str) -> Located | None:
     the original changed after it was archived and serving the old archive as "the object" would
     be wrong, so ``409 archive_stale``. Once the original is gone, the newest row is served.
     """
-    from .jobs import get_store
-
     with sf() as s:
         rows = list(s.execute(select(ArchivedObject).where(ArchivedObject.bucket == bucket, ArchivedObject.key == key)
                               .order_by(ArchivedObject.archived_at.desc(), ArchivedObject.id.desc())).scalars())
@@ -167,7 +166,7 @@ def locate(st: Settings, sf: Any, bucket: str, key: str) -> Located | None:
         row = rows[0]
         if BUCKET_RE.match(bucket) and not all(r.original_deleted for r in rows):
             try:
-                current = get_store(f"s3://{bucket}", st).head(key)
+                current = rt.store(f"s3://{bucket}").head(key)
             except StorageError as e:
                 if e.code not in ("no_such_bucket", "access_denied"):
                     raise
@@ -183,21 +182,20 @@ def locate(st: Settings, sf: Any, bucket: str, key: str) -> Located | None:
     return None
 
 
-def fetch_decode_render(st: Settings, loc: Located, fmt: str) -> tuple[bytes, str, str]:
+def fetch_decode_render(rt: Runtime, loc: Located, fmt: str) -> tuple[bytes, str, str]:
     """Fetch, check, decode and encode for delivery; returns (body, format used, container sha256)."""
-    from .jobs import get_store
     from .storage import split_object_url
     from .restore import decode_container, render
 
     store_url, ckey = split_object_url(loc.url)
-    data = get_store(store_url, st).get(ckey, max_bytes=int(st.max_object_bytes))
+    st = rt.settings
+    data = rt.store(store_url).get(ckey, max_bytes=int(st.max_object_bytes))
     sha = hashlib.sha256(data).hexdigest()
     if loc.sha256 and sha != loc.sha256:
         raise ContainerError(f"stored container {loc.url} does not match the sha256 recorded when it was "
                              f"verified ({sha[:16]}... != {loc.sha256[:16]}...)", code="checksum_mismatch")
     # the codec's own budget stops a runaway decode between slices, so an abandoned one frees the CPU too
-    decoded = decode_container(data, st.device, max_pixels=st.max_pixels, settings=st,
-                               time_budget_s=st.server.decode_timeout_s)
+    decoded = decode_container(data, rt, max_pixels=st.max_pixels, time_budget_s=st.server.decode_timeout_s)
     try:
         body, used = render(decoded, fmt)
     except ValueError as e:  # e.g. "original" for a format we cannot write
@@ -237,14 +235,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_tokens_for_bind(st: Settings, host: str) -> tuple[TokenInfo, str] | None:
+def check_tokens_for_bind(rt: Runtime, host: str) -> tuple[TokenInfo, str] | None:
     """Secure by default, before the server binds anything: a public address with no active
     token is refused (:class:`ConfigError`); loopback with none gets a fresh token scoped to
     everything, returned here once (as notebook servers do) for the caller to show."""
     from .errors import ConfigError
-    from .jobs import get_session_factory
 
-    sf = get_session_factory(st.database_url, migrate=True)
+    sf = rt.session_factory(migrate=True)
     if count_active(sf):
         return None
     if not is_loopback(host):
@@ -302,30 +299,33 @@ def check_broker(url: str, timeout: float = 2.0) -> tuple[bool, str | None]:
 
 # ---- the app ------------------------------------------------------------------------------------
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The ASGI app (``uvicorn --factory archiver.server:create_app``)."""
-    st = settings or load_settings()
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    """The ASGI app (``uvicorn --factory archiver.server:create_app``).
+
+    This is the HTTP front door: with neither argument (uvicorn's factory call) it loads the
+    settings itself, once, and builds the process's runtime from them."""
+    rt = runtime or Runtime(settings or load_settings())
+    st = rt.settings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from .jobs import get_session_factory
-
         app.state.settings = st
+        app.state.runtime = rt
         app.state.decode_slots = DecodeSlots(st.server.max_concurrent_decodes)
         app.state.limiter = TokenLimiter(st.server.token_rate_per_s, st.server.token_burst,
                                          st.server.token_max_concurrent)
         try:
-            app.state.sf = await run_in_threadpool(lambda: get_session_factory(st.database_url, migrate=True))
+            app.state.sf = await run_in_threadpool(lambda: rt.session_factory(migrate=True))
         except Exception as e:  # noqa: BLE001 - the database may come back later; /health reports it
             log.error("database not ready at start (%s); serving anyway", e)
-            app.state.sf = get_session_factory(st.database_url)
+            app.state.sf = rt.session_factory()
         app.state.codec = None
         app.state.model_error = None
         try:  # load the model before serving: the first request should not pay for it
-            from .codec.api import Codec, apply_torch_threads
+            from .codec.api import apply_torch_threads
 
             apply_torch_threads(st.torch_threads)
-            app.state.codec = await run_in_threadpool(lambda: Codec.cached(st.model_id, st.device, settings=st))
+            app.state.codec = await run_in_threadpool(rt.codec)
         except Exception as e:  # reported by /health; requests for other models may still work
             log.exception("could not load model %s", st.model_id)
             app.state.model_error = _public_error(e)
@@ -408,7 +408,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             fmt = choose_format(format, request.headers.get("accept"))
             if not token.allows(bucket, key):
                 return not_found(bucket, key)
-            loc = await run_in_threadpool(locate, st, app.state.sf, bucket, key)
+            loc = await run_in_threadpool(locate, rt, app.state.sf, bucket, key)
             if loc is None:
                 return not_found(bucket, key)
             headers = {"Cache-Control": cache_control, "Vary": "Accept"}
@@ -417,7 +417,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
                     return Response(status_code=304, headers=headers)
             slots: DecodeSlots = app.state.decode_slots
-            body, used, sha = await slots.run(lambda: fetch_decode_render(st, loc, fmt), gone,
+            body, used, sha = await slots.run(lambda: fetch_decode_render(rt, loc, fmt), gone,
                                               wait_timeout=st.server.slot_wait_timeout_s,
                                               run_timeout=st.server.decode_timeout_s)
             headers["ETag"] = etag_for(sha, fmt)
@@ -490,10 +490,11 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
     import uvicorn
 
     st = settings or load_settings()
+    rt = Runtime(st)
     _log_to_stderr(st.log_level)
     host, port = host or st.server.host, port or st.server.port
-    issued = check_tokens_for_bind(st, host)
+    issued = check_tokens_for_bind(rt, host)
     if issued is not None:
         shown_host = f"[{host}]" if ":" in host else host
         announce(*issued, f"http://{shown_host}:{port}")
-    uvicorn.run(create_app(st), host=host, port=port, log_level=st.log_level.lower(), proxy_headers=True)
+    uvicorn.run(create_app(runtime=rt), host=host, port=port, log_level=st.log_level.lower(), proxy_headers=True)

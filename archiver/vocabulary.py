@@ -61,3 +61,37 @@ ACTIVE_JOBS: tuple[JobStatus, ...] = (JobStatus.PENDING, JobStatus.RUNNING)
 RESUMABLE_JOBS: tuple[JobStatus, ...] = (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.FAILED)
 #: Every job kind.
 JOB_KINDS: tuple[JobKind, ...] = tuple(JobKind)
+
+
+class Reason(StrEnum):
+    """Reason codes the pipeline and the jobs assign themselves (``Result.reason_code``).
+
+    Errors raised further down carry their own codes (``ArchiverError.code``: ``corrupt``,
+    ``decompression_bomb``, ``no_such_bucket``...), which are recorded as they are; the sets
+    below classify both kinds.
+    """
+
+    ALREADY_ARCHIVED = "already_archived"          # skipped: this version has a verified archive
+    ARCHIVE_SMALLER = "archive_smaller"            # skipped: an upgrade would not shrink the archive
+    PSNR_BELOW_THRESHOLD = "psnr_below_threshold"  # rejected: the real decode missed the floor
+    INSUFFICIENT_SAVING = "insufficient_saving"    # rejected: the container would save too little
+    UNSAFE_KEY = "unsafe_key"                      # rejected: its restore path would escape a directory
+    NOT_FOUND = "not_found"                        # failed: gone between listing and processing
+    POISON_OBJECT = "poison_object"                # failed: a worker died on it every time
+    INTERNAL_ERROR = "internal_error"              # failed: an unexpected exception (a bug)
+    TRANSIENT_ERROR = "transient_error"            # failed: a batch gave up after its retries
+
+
+#: Refused before anything is fetched: entries the listing cannot serve, and unsafe keys.
+LISTING_REJECTIONS: frozenset[str] = frozenset({"name_not_utf8", "symlink_outside_root", "not_a_regular_file",
+                                                Reason.UNSAFE_KEY})
+#: Decided by the object's bytes (or key) alone: the same version is refused again by any model and
+#: thresholds. (``decompression_bomb`` and ``too_large`` also depend on settings: they are retried.)
+CONTENT_REJECTIONS: frozenset[str] = frozenset({"not_an_image", "empty", "corrupt", "unsupported_mode",
+                                                "unsupported_depth", "animated", "multi_image", Reason.UNSAFE_KEY})
+#: Decided by the model and the thresholds: they repeat only with the same model and floors no lower.
+THRESHOLD_REJECTIONS: frozenset[str] = frozenset({"psnr_unreachable", Reason.PSNR_BELOW_THRESHOLD,
+                                                  Reason.INSUFFICIENT_SAVING})
+#: Error codes (``ArchiverError.code``) that mean "cannot be archived under the policy" (status
+#: ``rejected``); any other error is a ``failed`` object that a rerun may fix.
+REJECTING_ERRORS: frozenset[str] = frozenset({"psnr_unreachable", "too_large"})

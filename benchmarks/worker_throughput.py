@@ -103,10 +103,12 @@ def main() -> None:
         os.environ.update({k: v for k, v in env.items() if k.startswith(("ARCHIVER_", "AWS_"))})
 
         from archiver import jobs
+        from archiver.runtime import Runtime
         from archiver.settings import load_settings
         from archiver.storage.s3 import make_client
 
         st = load_settings()
+        rt = Runtime(st)  # this benchmark is a front door: settings once, one runtime
         wait_for_s3(make_client(st.s3))
         # the first WARMUP crops warm both paths up (TorchScript optimises on its first calls)
         every = crops(a.images + WARMUP, a.size)
@@ -129,11 +131,11 @@ def main() -> None:
         print("worker:", ready.split("] ", 1)[-1])
 
         # bare codec, same images, same codec work as the pipeline
-        from archiver.codec.api import Codec, QualityHints, TargetNotReached
+        from archiver.codec.api import QualityHints, TargetNotReached
         from archiver.images import load_image
-        from archiver.pipeline import PSNR_MARGIN
+        from archiver.pipeline import PSNR_MARGIN, PipelineOptions
 
-        codec = Codec.cached(st.model_id, a.device)
+        codec = rt.codec(st.model_id, a.device)
         # The codec runs in a pool thread, as in the pipeline. (Called from the main thread of this
         # process it was 2-50x slower and erratic on a CPU-oversubscribed machine.)
         codec_thread = ThreadPoolExecutor(1)
@@ -161,14 +163,14 @@ def main() -> None:
                 ok += 1
             return ok
 
-        opts = jobs.make_options(st, min_psnr=a.min_psnr, min_saving=a.min_saving)
+        opts = PipelineOptions.from_settings(st, min_psnr=a.min_psnr, min_saving=a.min_saving)
         from workers.enqueue import celery_enqueue  # the front door's Celery send
 
         def worker_pass(objs: list[bytes], chunk: int) -> tuple[float, Any]:
             bucket = upload("bench", objs)
             t0 = time.perf_counter()
-            job_id = jobs.submit(f"s3://{bucket}", opts, chunk_size=chunk, settings=st, enqueue=celery_enqueue(st))
-            status = jobs.wait_for(job_id, timeout=3600, poll=0.1, settings=st)
+            job_id = jobs.submit(f"s3://{bucket}", opts, chunk_size=chunk, runtime=rt, enqueue=celery_enqueue(st))
+            status = jobs.wait_for(job_id, timeout=3600, poll=0.1, runtime=rt)
             took = time.perf_counter() - t0
             if status.status != "finished":
                 raise SystemExit(f"job {job_id} ended {status.status}: {status.error}\n"

@@ -27,6 +27,7 @@ from archiver.codec import container as cx
 from archiver.codec import registry
 from archiver.errors import ContainerError
 from archiver.restore import decode_container
+from runtimes import runtime_for
 
 from shared_paths import KODAK
 
@@ -145,13 +146,13 @@ def test_new_containers_are_version_2_and_decode_like_version_1(codec: Codec) ->
 # --- limits every front door passes -----------------------------------------------------------------
 def test_max_pixels_and_time_budget_through_the_library(codec: Codec, honest_1024: bytes) -> None:
     with pytest.raises(ContainerError) as e:
-        decode_container(honest_1024, "cpu", max_pixels=1024 * 1024 - 1)
+        decode_container(honest_1024, runtime_for(), "cpu", max_pixels=1024 * 1024 - 1)
     assert e.value.code == "absurd_dimensions"
     with pytest.raises(ContainerError) as e:
         codec.decode(honest_1024, max_pixels=1000)
     assert e.value.code == "absurd_dimensions"
     with pytest.raises(ContainerError) as e:
-        decode_container(honest_1024, "cpu", time_budget_s=0.0)
+        decode_container(honest_1024, runtime_for(), "cpu", time_budget_s=0.0)
     assert e.value.code == "decode_timeout"
     t = time.process_time()
     with pytest.raises(ContainerError) as e:
@@ -162,7 +163,7 @@ def test_max_pixels_and_time_budget_through_the_library(codec: Codec, honest_102
     assert e.value.code == "decode_timeout"
     img = Image.open(KODAK / "kodim05.png").convert("RGB").crop((0, 0, 64, 64))
     small = codec.encode(img, quality=50)
-    assert decode_container(small, "cpu", max_pixels=64 * 64, time_budget_s=600).image.size == (64, 64)
+    assert decode_container(small, runtime_for(), "cpu", max_pixels=64 * 64, time_budget_s=600).image.size == (64, 64)
 
 
 def test_a_budget_stops_a_decode_between_slices(codec: Codec, honest_1024: bytes) -> None:
@@ -248,6 +249,6 @@ def test_decode_keeps_the_old_positional_signature(codec: Codec) -> None:
     img = Image.open(KODAK / "kodim05.png").convert("RGB").crop((0, 0, 64, 64))
     data = codec.encode(img, quality=50)
     assert codec.decode(data, 64 * 64).image.size == (64, 64)
-    assert decode_container(data, "cpu", 64 * 64).image.size == (64, 64)
+    assert decode_container(data, runtime_for(), "cpu", 64 * 64).image.size == (64, 64)
     header = data[:14]
     assert struct.unpack(">H", header[8:10])[0] == cx.VERSION == 2

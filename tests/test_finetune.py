@@ -28,6 +28,7 @@ from archiver.model_store import ModelStore
 from archiver.storage import open_store
 from archiver.train import CropSampler
 
+from runtimes import runtime_for
 from shared_paths import SHARED
 
 TRAIN = SHARED / "data" / "train"
@@ -207,7 +208,7 @@ def test_schedules_and_submit_take_a_model(tmp_path: Path, monkeypatch) -> None:
     db = f"sqlite:///{tmp_path / 'db.sqlite'}"
     st = Settings(database_url=db)
     sched = Schedule(name="site-a", interval_seconds=60, source=str(src), older_than_days=0, model="compact-v4")
-    job_id = jobs.start_scheduled(sched, settings=st, enqueue=lambda *a: None)
+    job_id = jobs.start_scheduled(sched, runtime=runtime_for(st), enqueue=lambda *a: None)
     with session_factory(db)() as s:
         assert s.get(Job, job_id).model_id == "compact-v4"
     with pytest.raises(Exception, match="model"):

@@ -25,11 +25,13 @@ from rich.console import Console
 from archiver import jobs
 from archiver.cli.pipeline_cmds import summary_table
 from archiver.errors import KeyRefused
-from archiver.pipeline import JobSummary, Outcome, run_job
+from archiver.pipeline import JobSummary, run_job
+from archiver.records import Outcome
 from archiver.restore import restore_all, unrestorable_reason
 from archiver.storage import DestinationUnwritable, LocalStore, open_store
 from archiver.storage import local as local_mod
 from archiver.storage.s3 import S3Store
+from runtimes import runtime_for
 from test_pipeline import (  # noqa: F401 - fixtures are used by name
     ALL,
     ARCHIVER_BIN,
@@ -134,18 +136,18 @@ def test_submit_and_schedule_fail_at_once_on_a_missing_bucket(s3_settings: Any, 
         sent.append(args)
 
     with pytest.raises(DestinationUnwritable):
-        jobs.submit(s3_bucket, accept_opts(), dest="s3://no-such-bucket-archiver-submit/", settings=st,
+        jobs.submit(s3_bucket, accept_opts(), dest="s3://no-such-bucket-archiver-submit/", runtime=runtime_for(st),
                     db_url=migrated_db_url, enqueue=enqueue)
     with pytest.raises(DestinationUnwritable):
         jobs.start_scheduled({"name": "nightly", "interval_seconds": 60, "source": s3_bucket,
                               "dest": "s3://no-such-bucket-archiver-submit/", "older_than_days": 0},
-                             migrated_db_url, settings=st, enqueue=enqueue)
+                             migrated_db_url, runtime=runtime_for(st), enqueue=enqueue)
     assert sent == []
-    recent = jobs.recent_jobs(db_url=migrated_db_url, settings=st)
+    recent = jobs.recent_jobs(db_url=migrated_db_url, runtime=runtime_for(st))
     assert [j.status for j in recent] == ["failed", "failed"]
     assert all("no_such_bucket" in (j.error or "") for j in recent)
     # the same submission to a real destination goes through
-    jobs.submit(s3_bucket, accept_opts(), dest=s3_bucket + "/cxa/", settings=st, db_url=migrated_db_url,
+    jobs.submit(s3_bucket, accept_opts(), dest=s3_bucket + "/cxa/", runtime=runtime_for(st), db_url=migrated_db_url,
                 enqueue=enqueue)
     assert [len(args[3]) for args in sent] == [1]
 
@@ -157,7 +159,7 @@ def test_restore_to_an_unwritable_destination_fails_before_decoding(tmp_path: Pa
     (tmp_path / "out").rmdir()
     (tmp_path / "out").write_bytes(b"")
     with pytest.raises(DestinationUnwritable):
-        list(restore_all(src, to, device="cpu"))
+        list(restore_all(src, to, codecs=runtime_for(), device="cpu"))
 
 
 # ------------------------------------------------------------------ 2. one row per entry
@@ -221,9 +223,9 @@ def test_submit_records_refused_entries_with_their_count(tmp_path: Path, migrate
 
     settings = Settings(database_url=migrated_db_url)
     sent: list[list[Any]] = []
-    job_id = jobs.submit(st.url, accept_opts(), settings=settings, db_url=migrated_db_url, chunk_size=3,
+    job_id = jobs.submit(st.url, accept_opts(), runtime=runtime_for(settings), db_url=migrated_db_url, chunk_size=3,
                          enqueue=lambda job, src, dst, items, opts: sent.extend(items))
-    s = jobs.status(job_id, migrated_db_url, settings=settings)
+    s = jobs.status(job_id, migrated_db_url, runtime=runtime_for(settings))
     assert sorted(i[0] for i in sent) == [".archiver-tmp-notes.jpg", "good/k01.png", "good/notes.jpg", "links/in.png"]
     assert s.objects_enqueued == len(sent) + len(EXPECTED_REFUSED)
     assert s.count("rejected") == len(EXPECTED_REFUSED) and s.status == "running"
@@ -264,7 +266,7 @@ def test_unsafe_s3_keys_are_never_archived_nor_deleted(tmp_path: Path, s3_settin
     left = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert left == {*UNSAFE, "ok/k01.png.cxa"}  # every unsafe original kept, no container for them
     # every archive there is restores to a directory
-    restored = list(restore_all(src, LocalStore(tmp_path / "out", create=True), device="cpu"))
+    restored = list(restore_all(src, LocalStore(tmp_path / "out", create=True), codecs=runtime_for(), device="cpu"))
     assert [(r.key, r.out_key, r.ok) for r in restored] == [("ok/k01.png.cxa", "ok/k01.png", True)]
     # a rerun does not try again either, and still deletes nothing
     again = run_job(src=src, dst=src, source_url=src.url, dest_url=None, codec=codec,
@@ -384,23 +386,23 @@ def test_worker_batches_refuse_unsafe_keys_too(s3_settings: Any, s3_bucket: str,
         s3_client.put_object(Bucket=bucket, Key=key, Body=IMG)
     st = s3_settings.model_copy(update={"database_url": migrated_db_url})
     batches: list[Any] = []
-    job_id = jobs.submit(s3_bucket, accept_opts(replace=True), settings=st, db_url=migrated_db_url,
+    job_id = jobs.submit(s3_bucket, accept_opts(replace=True), runtime=runtime_for(st), db_url=migrated_db_url,
                          enqueue=lambda *args: batches.append(args))
     for _job, source, dest, items, options in batches:
-        jobs.process_batch(job_id, source, dest, items, options, settings=st, codec=codec)
-    s = jobs.status(job_id, migrated_db_url, settings=st)
+        jobs.process_batch(job_id, source, dest, items, options, runtime=runtime_for(st), codec=codec)
+    s = jobs.status(job_id, migrated_db_url, runtime=runtime_for(st))
     assert s.status == "finished" and s.reasons == {"unsafe_key": 1} and s.count("accepted") == 1
     left = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert left == {"a//double.png", "ok/k01.png.cxa"}
 
 
 def test_listing_reason_codes_are_one_list_and_documented() -> None:
-    """The codes recorded before any fetch are the ones ``pipeline.LISTING_REJECTIONS`` names, and
+    """The codes recorded before any fetch are the ones ``vocabulary.LISTING_REJECTIONS`` names, and
     the README's reason-code table lists each of them."""
-    from archiver.pipeline import LISTING_REJECTIONS
+    from archiver.vocabulary import CONTENT_REJECTIONS, LISTING_REJECTIONS
 
     assert set(EXPECTED_REFUSED.values()) | {"unsafe_key"} == LISTING_REJECTIONS
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for code in (*LISTING_REJECTIONS, "dest_unwritable"):
         assert f"| `{code}` |" in readme or f"`{code}`" in readme, code
-    assert "unsafe_key" in jobs.CONTENT_REJECTIONS  # a schedule does not pay to refuse it every night
+    assert "unsafe_key" in CONTENT_REJECTIONS  # a schedule does not pay to refuse it every night

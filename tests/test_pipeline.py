@@ -42,6 +42,7 @@ from archiver.images import load_image, sniff
 from archiver.metrics import psnr
 from archiver.pipeline import PipelineOptions, run_job
 from archiver.restore import decode_container, restore_all
+from runtimes import runtime_for, shared_codec
 from archiver.settings import S3Settings
 from archiver.storage import LocalStore, ObjectStore
 from archiver.storage import retries
@@ -132,7 +133,7 @@ def _one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def codec() -> Codec:
-    return Codec.cached(MODEL, "cpu")
+    return shared_codec(MODEL, "cpu")
 
 
 @pytest.fixture
@@ -209,7 +210,7 @@ def check_container(row: Result, original: bytes, dst: ObjectStore, opts: Pipeli
     assert row.dest_url == dst.url_for(ckey)
     head = dst.head(ckey)
     assert head is not None and head.sha256 == row.compressed_sha256
-    dec = decode_container(data, "cpu")
+    dec = decode_container(data, runtime_for(), "cpu")
     img = load_image(original, max_pixels=MAX_PIXELS)
     measured = psnr(delivered(img.rgb, img.mode), dec.rgb)
     assert measured == pytest.approx(row.psnr, abs=1e-6)
@@ -487,7 +488,7 @@ def test_new_model_leaves_older_archives_alone_unless_the_job_upgrades(tmp_path:
     for key, data in objects.items():
         assert rows[key].model_id == codec.model_id
         check_container(rows[key], data, st, accept_opts())
-        assert decode_container(st.get(key + ".cxa"), "cpu").meta.model_id == codec.model_id
+        assert decode_container(st.get(key + ".cxa"), runtime_for(), "cpu").meta.model_id == codec.model_id
     assert sorted((a.key, a.model_id) for a in ledger(sqlite_sf)) == sorted(
         (k, m) for k in objects for m in ("compact-v1", codec.model_id))
 
@@ -839,10 +840,10 @@ def test_restore_decodes_every_container_and_reports_bad_ones(tmp_path: Path, sq
     good_cxa = st.get("photos/k01.png.cxa")
     st.put("broken/truncated.png.cxa", good_cxa[: len(good_cxa) // 2])
     st.put("broken/text.jpg.cxa", b"not a container at all")
-    decoded = {k: decode_container(st.get(k + ".cxa"), "cpu") for k in GOOD}
+    decoded = {k: decode_container(st.get(k + ".cxa"), runtime_for(), "cpu") for k in GOOD}
 
     out = LocalStore(tmp_path / "restored", create=True)
-    items = list(restore_all(st, out, fmt="png", device="cpu"))
+    items = list(restore_all(st, out, codecs=runtime_for(), fmt="png", device="cpu"))
     assert len(items) == len(GOOD) + 2
     bad = {i.key: i for i in items if not i.ok}
     assert set(bad) == {"broken/truncated.png.cxa", "broken/text.jpg.cxa"}
@@ -874,14 +875,14 @@ def test_restore_decodes_every_container_and_reports_bad_ones(tmp_path: Path, sq
 
     # restoring into the archive's own bucket, where the originals still exist: nothing is
     # replaced by a lossy decode unless asked; a second run into --to skips what is there
-    again = list(restore_all(st, st, fmt="original", device="cpu"))
+    again = list(restore_all(st, st, codecs=runtime_for(), fmt="original", device="cpu"))
     assert {i.key for i in again if i.skipped} == {k + ".cxa" for k in GOOD}
     assert all(st.get(k) == v for k, v in GOOD.items())
     first_png = out.get("photos/k01.png")
     out.put("photos/k01.png", b"a file that was there before")
-    items = {i.key: i for i in restore_all(st, out, fmt="png", device="cpu")}
+    items = {i.key: i for i in restore_all(st, out, codecs=runtime_for(), fmt="png", device="cpu")}
     assert items["photos/k01.png.cxa"].skipped and out.get("photos/k01.png") == b"a file that was there before"
-    items = {i.key: i for i in restore_all(st, out, fmt="png", device="cpu", overwrite=True)}
+    items = {i.key: i for i in restore_all(st, out, codecs=runtime_for(), fmt="png", device="cpu", overwrite=True)}
     assert not items["photos/k01.png.cxa"].skipped and out.get("photos/k01.png") == first_png
 
 

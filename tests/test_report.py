@@ -110,8 +110,8 @@ def _corpus_objects() -> dict[str, tuple[bytes, str]]:
 @pytest.fixture(scope="module")
 def corpus(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Upload the corpus to a fresh bucket and run the real pipeline over it once."""
-    from archiver.codec import Codec
     from archiver.db import session_factory, upgrade
+    from runtimes import shared_codec
     from archiver.pipeline import PipelineOptions, run_job
     from archiver.settings import Settings
     from archiver.storage import open_store
@@ -128,7 +128,7 @@ def corpus(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     db_url = f"sqlite:///{tmp_path_factory.mktemp('report') / 'archiver.sqlite'}"
     upgrade(db_url)
     factory = session_factory(db_url)
-    codec = Codec.cached(MODEL, "cpu")
+    codec = shared_codec(MODEL, "cpu")
     src = open_store(f"s3://{bucket}", settings)
     opts = PipelineOptions(min_psnr=MIN_PSNR, min_saving=MIN_SAVING)
     summary = run_job(src=src, dst=src, source_url=f"s3://{bucket}", dest_url=None, codec=codec, opts=opts,

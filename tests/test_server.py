@@ -89,10 +89,9 @@ def archive(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     was tampered with (the sha256 no longer matches), and tokens: ``reader`` (the bucket),
     ``cats`` (``bucket/cats/``), ``everything`` (``*``) and ``revoked``. Beside them a bucket this
     system never archived, holding a valid container next to its original: never to be served."""
-    from archiver.codec.api import Codec
     from archiver.db import upgrade
     from archiver.db.models import ArchivedObject
-    from archiver.jobs import get_session_factory
+    from runtimes import session_factory as get_session_factory, shared_codec
     from archiver.pipeline import PipelineOptions, run_job
     from archiver.storage import open_store
 
@@ -112,7 +111,7 @@ def archive(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     store = open_store(f"s3://{bucket}", st)
     opts = PipelineOptions(min_psnr=1.0, min_saving=0.0)
     summary = run_job(src=store, dst=store, source_url=f"s3://{bucket}", dest_url=None,
-                      codec=Codec.cached(st.model_id, "cpu"), opts=opts, session_factory=sf, workers=2)
+                      codec=shared_codec(st.model_id, "cpu"), opts=opts, session_factory=sf, workers=2)
     assert summary.accepted == 3, summary
     # changed after it was archived: the archive is an older version of the object
     client.put_object(Bucket=bucket, Key="stale.png", Body=png(4, 64, 64))
@@ -121,7 +120,7 @@ def archive(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     client.close()
     sub, dest = open_store(f"s3://{bucket}/dogs", st), open_store(f"s3://{bucket}/cxa", st)
     summary = run_job(src=sub, dst=dest, source_url=sub.url, dest_url=dest.url,
-                      codec=Codec.cached(st.model_id, "cpu"), opts=opts, session_factory=sf)
+                      codec=shared_codec(st.model_id, "cpu"), opts=opts, session_factory=sf)
     assert summary.accepted == 1, summary
 
     good = store.get("cats/a.png.cxa")
@@ -328,7 +327,7 @@ def test_objects_need_a_valid_token(server: str, archive: dict[str, Any]) -> Non
 
 
 def test_revoking_takes_effect_on_the_next_request(server: str, archive: dict[str, Any]) -> None:
-    from archiver.jobs import get_session_factory
+    from runtimes import session_factory as get_session_factory
     from archiver.tokens import create_token, revoke_token
 
     sf = get_session_factory(archive["env"].db_url)
@@ -443,13 +442,14 @@ class Gate:
         self.started, self.release = threading.Event(), threading.Event()
         self.calls: list[tuple[str, int]] = []  # (container sha256, max_pixels) per decode
 
-    def __call__(self, data: bytes, device: str = "auto", max_pixels: int = 400_000_000, **kw: Any) -> Any:
+    def __call__(self, data: bytes, codecs: Any, device: str | None = None, max_pixels: int = 400_000_000,
+                 **kw: Any) -> Any:
         sha = hashlib.sha256(data).hexdigest()
         self.calls.append((sha, max_pixels))
         if sha == self.hold_sha:
             self.started.set()
             assert self.release.wait(120), "the test never released the gate"
-        return self.real(data, device, max_pixels=max_pixels, **kw)
+        return self.real(data, codecs, device, max_pixels=max_pixels, **kw)
 
 
 @pytest.fixture
@@ -457,7 +457,7 @@ def gate(archive: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[G
     """Holds decodes of alpha.png's container; cats/a.png decodes freely."""
     from archiver import restore
     from archiver.db.models import ArchivedObject
-    from archiver.jobs import get_session_factory
+    from runtimes import session_factory as get_session_factory
     from sqlalchemy import select
 
     with get_session_factory(archive["env"].db_url)() as s:

@@ -41,7 +41,7 @@ def test_token_cli_create_list_revoke(db_url: str) -> None:
     from sqlalchemy import select
 
     from archiver.db.models import ApiToken
-    from archiver.jobs import get_session_factory
+    from runtimes import session_factory as get_session_factory
     from archiver.tokens import authenticate
 
     run = CliRunner()
@@ -152,7 +152,7 @@ def test_serve_refuses_a_public_address_without_tokens(tmp_path: Path) -> None:
 
 
 def test_serve_on_loopback_without_tokens_prints_one(tmp_path: Path) -> None:
-    from archiver.jobs import get_session_factory
+    from runtimes import session_factory as get_session_factory
     from archiver.tokens import authenticate, list_tokens
 
     db_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
@@ -171,7 +171,7 @@ def test_serve_on_loopback_without_tokens_prints_one(tmp_path: Path) -> None:
 
 def test_serve_starts_on_a_public_address_once_a_token_exists(tmp_path: Path) -> None:
     """The check only refuses; with a token it lets uvicorn start, and requests are logged by token name."""
-    from archiver.jobs import get_session_factory
+    from runtimes import session_factory as get_session_factory
     from archiver.tokens import create_token
 
     import httpx
@@ -199,7 +199,7 @@ def test_expired_tokens_do_not_count_or_authenticate(migrated_db_url: str) -> No
     from sqlalchemy import update
 
     from archiver.db.models import ApiToken, utcnow
-    from archiver.jobs import get_session_factory
+    from runtimes import session_factory as get_session_factory
     from archiver.tokens import authenticate, count_active, create_token, list_tokens
 
     sf = get_session_factory(migrated_db_url)

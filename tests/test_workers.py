@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import select
+from runtimes import runtime_for
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("ARCHIVER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -170,9 +171,6 @@ def pg_module_url() -> Iterator[str]:
 
     upgrade(url)
     yield url
-    from archiver import jobs
-
-    jobs.reset_process_caches()
     with psycopg.connect(_pg_conninfo(PG_ADMIN_URL), autocommit=True, connect_timeout=10) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -280,9 +278,9 @@ def worker(stack: Stack) -> Iterator[dict[str, Proc]]:
 
 
 def session_factory(db_url: str) -> Any:
-    from archiver.jobs import get_session_factory
+    from archiver.settings import Settings
 
-    return get_session_factory(db_url)
+    return runtime_for(Settings(database_url=db_url)).session_factory(db_url)
 
 
 def job_rows(db_url: str, job_id: int) -> list[Any]:
@@ -386,7 +384,7 @@ def test_second_trigger_cannot_start_a_second_run(db_url: str, s3_server: str, t
 
     def trigger() -> None:
         barrier.wait()
-        results.append(jobs.start_scheduled(sched, settings=stack.settings(),
+        results.append(jobs.start_scheduled(sched, runtime=runtime_for(stack.settings()),
                                             enqueue=lambda *a: sent.append(a[3])))
 
     threads = [threading.Thread(target=trigger) for _ in range(6)]
@@ -400,9 +398,9 @@ def test_second_trigger_cannot_start_a_second_run(db_url: str, s3_server: str, t
         rows = s.execute(select(Job).where(Job.schedule_name == "guarded")).scalars().all()
     assert [j.id for j in rows] == started and rows[0].kind == "scheduled" and rows[0].status == "running"
     assert sum(len(c) for c in sent) == 3 == rows[0].objects_enqueued
-    assert jobs.start_scheduled(sched, settings=stack.settings(), enqueue=lambda *a: None) is None
-    jobs.cancel(started[0], settings=stack.settings())
-    again = jobs.start_scheduled(sched, settings=stack.settings(), enqueue=lambda *a: None)
+    assert jobs.start_scheduled(sched, runtime=runtime_for(stack.settings()), enqueue=lambda *a: None) is None
+    jobs.cancel(started[0], runtime=runtime_for(stack.settings()))
+    again = jobs.start_scheduled(sched, runtime=runtime_for(stack.settings()), enqueue=lambda *a: None)
     assert again is not None and again != started[0]
 
 
@@ -416,10 +414,10 @@ def test_scheduled_runs_skip_new_and_archived_objects(s3_server: str, pg_module_
     bucket = stack.bucket({"a.png": noise_png(1), "b.png": noise_png(2), "c.png.cxa": b"ours"})
     sent: list[list[Any]] = []
     sched = {"name": f"age-{uuid.uuid4().hex[:6]}", "cron": "0 3 * * *", "source": bucket, "older_than_days": 1}
-    job_id = jobs.start_scheduled(sched, settings=st, enqueue=lambda *a: sent.append(a[3]))
+    job_id = jobs.start_scheduled(sched, runtime=runtime_for(st), enqueue=lambda *a: sent.append(a[3]))
     assert job_id is not None and sent == []  # everything is newer than a day
-    assert jobs.status(job_id, settings=st).status == "finished"
-    assert jobs.status(job_id, settings=st).objects_listed == 2  # our own containers are not listed
+    assert jobs.status(job_id, runtime=runtime_for(st)).status == "finished"
+    assert jobs.status(job_id, runtime=runtime_for(st)).objects_listed == 2  # our own containers are not listed
 
     store = open_store(bucket, st)
     a = store.head("a.png")
@@ -429,7 +427,7 @@ def test_scheduled_runs_skip_new_and_archived_objects(s3_server: str, pg_module_
                              original_bytes=a.size))
         s.commit()
     sched = {**sched, "name": sched["name"] + "-b", "older_than_days": 0}
-    job_id = jobs.start_scheduled(sched, settings=st, enqueue=lambda *a: sent.append(a[3]))
+    job_id = jobs.start_scheduled(sched, runtime=runtime_for(st), enqueue=lambda *a: sent.append(a[3]))
     assert [it[0] for c in sent for it in c] == ["b.png"]  # a.png is archived already
     with session_factory(pg_module_url)() as s:
         assert s.get(Job, job_id).objects_enqueued == 1
@@ -470,7 +468,7 @@ def test_scheduled_runs_leave_out_rejections_that_would_repeat(s3_server: str, p
         sent: list[list[Any]] = []
         sched = {"name": f"again-{uuid.uuid4().hex[:6]}", "cron": "0 3 * * *", "source": bucket,
                  "older_than_days": 0, "min_psnr": 40.0, "min_saving": 0.1, **over}
-        started.append(jobs.start_scheduled(sched, settings=st, enqueue=lambda *a: sent.append(a[3])))
+        started.append(jobs.start_scheduled(sched, runtime=runtime_for(st), enqueue=lambda *a: sent.append(a[3])))
         assert started[-1] is not None
         return sorted(it[0] for c in sent for it in c)
 
@@ -516,8 +514,10 @@ def test_transient_errors_retry_then_give_up_and_the_job_still_finishes(pg_modul
                  "ARCHIVER_WORKERS__RETRY_BACKOFF": "0.01", "ARCHIVER_BROKER_URL": "memory://",
                  **FAKE_AWS}.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setattr(tasks, "_settings", None)
-    monkeypatch.setattr(tasks, "_counter", None)
+    from archiver.settings import load_settings
+    from workers import process
+
+    monkeypatch.setattr(process, "_state", process.WorkerProcess.build(load_settings()))
     job_id = _running_job(pg_module_url, "s3://unreachable", 2)
     items = [["a.png", "e1", 10], ["b.png", "e2", 20]]
     res = tasks.recompress_batch.apply(args=[job_id, "s3://unreachable", None, items, {"min_psnr": 1.0}])
@@ -557,7 +557,7 @@ def test_poison_objects_are_recorded_failed_and_skipped(s3_server: str, pg_modul
     counter = RecordingCounter({"poison.png": 99})
     job_id = _running_job(pg_module_url, bucket, 2)
     res = jobs.process_batch(job_id, bucket, None, [["ok.png", "", 0], ["poison.png", "", 0]], ACCEPT,
-                             settings=stack.settings(), attempts=counter)
+                             runtime=runtime_for(stack.settings()), attempts=counter)
     by_key = {o.key: o for o in res.outcomes}
     assert by_key["poison.png"].status == "failed" and by_key["poison.png"].reason_code == "poison_object"
     assert by_key["ok.png"].status == "accepted"
@@ -577,7 +577,7 @@ def test_batches_of_a_prefixed_source_record_full_keys(s3_server: str, pg_module
     counter = RecordingCounter()
     job_id = _running_job(pg_module_url, root + "/cam1", 2)
     res = jobs.process_batch(job_id, root + "/cam1", None, [["a.png", "", 0], ["b.png", "", 0]], ACCEPT,
-                             settings=stack.settings(), attempts=counter)
+                             runtime=runtime_for(stack.settings()), attempts=counter)
     assert sorted(o.key for o in res.outcomes) == ["a.png", "b.png"]  # outcomes stay store-relative
     assert all(o.status == "accepted" for o in res.outcomes)
     assert sorted(counter.started) == sorted(counter.finished) == ["cam1/a.png", "cam1/b.png"]
@@ -587,16 +587,16 @@ def test_batches_of_a_prefixed_source_record_full_keys(s3_server: str, pg_module
         assert sorted(a.key for a in s.query(ArchivedObject).filter_by(bucket=bucket)) == ["cam1/a.png", "cam1/b.png"]
     # a job over the whole bucket: both are already archived (same ETag, same model)
     st = stack.settings()
-    src = jobs.get_store(root, st)
+    src = runtime_for(st).store(root)
     chunk = [[i.key, i.etag, i.size] for i in src.list() if not i.key.endswith(".cxa")]
-    sf = jobs.get_session_factory(pg_module_url)
+    sf = runtime_for(st).session_factory(pg_module_url)
     from archiver.identity import Scope
 
-    assert jobs._drop_archived(sf, Scope.of(src), "compact-v1", chunk) == []
-    assert jobs._drop_archived(sf, Scope.of(src), None, chunk) == []  # archived with any model: not an upgrade
-    assert jobs._drop_archived(sf, Scope.of(src), "some-newer-model", chunk) == chunk  # an upgrade run keeps them
+    assert jobs.drop_archived(sf, Scope.of(src), "compact-v1", chunk) == []
+    assert jobs.drop_archived(sf, Scope.of(src), None, chunk) == []  # archived with any model: not an upgrade
+    assert jobs.drop_archived(sf, Scope.of(src), "some-newer-model", chunk) == chunk  # an upgrade run keeps them
     job2 = _running_job(pg_module_url, root, 2)
-    res2 = jobs.process_batch(job2, root, None, chunk, ACCEPT, settings=st, attempts=counter)
+    res2 = jobs.process_batch(job2, root, None, chunk, ACCEPT, runtime=runtime_for(st), attempts=counter)
     assert sorted((o.key, o.status) for o in res2.outcomes) == [("cam1/a.png", "skipped"), ("cam1/b.png", "skipped")]
 
 
@@ -632,7 +632,7 @@ def test_submitted_job_completes_and_records_every_object(stack: Stack, worker: 
         assert r.worker and r.psnr is not None and r.t_total is not None and r.device == "cpu"
         assert r.width == 64 + 16 * int(r.key.split("/")[1][0])
 
-    s = jobs.status(job_id, settings=stack.settings())
+    s = jobs.status(job_id, runtime=runtime_for(stack.settings()))
     assert (s.done, s.count("accepted"), s.count("rejected"), s.objects_enqueued) == (4, 3, 1, 4)
     assert s.saved_bytes == sum(r.original_bytes - r.compressed_bytes for r in accepted)
     assert s.eta_seconds is None and s.rate > 0
@@ -651,9 +651,9 @@ def test_submitted_job_completes_and_records_every_object(stack: Stack, worker: 
     assert img.format == "WEBP" and img.size == (accepted[0].width, accepted[0].height)
 
     # resubmitting the same source: originals are gone (replaced), nothing left to do
-    job2 = jobs.submit(bucket, {"replace": True, **ACCEPT}, settings=stack.settings(), enqueue=celery_enqueue(stack.settings()))
+    job2 = jobs.submit(bucket, {"replace": True, **ACCEPT}, runtime=runtime_for(stack.settings()), enqueue=celery_enqueue(stack.settings()))
     wait_finished(stack, job2, 60, [worker["w"]])
-    assert jobs.status(job2, settings=stack.settings()).objects_enqueued == 1  # readme.txt only
+    assert jobs.status(job2, runtime=runtime_for(stack.settings())).objects_enqueued == 1  # readme.txt only
 
 
 def test_cancel_stops_the_workers(stack: Stack, worker: dict[str, Proc], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -665,23 +665,23 @@ def test_cancel_stops_the_workers(stack: Stack, worker: dict[str, Proc], monkeyp
     sources = {f"c{i}.png": noise_png(200 + i, 128, 128) for i in range(10)}
     bucket = stack.bucket(sources)
     st = stack.settings()
-    job_id = jobs.submit(bucket, ACCEPT, chunk_size=1, settings=st, enqueue=celery_enqueue(st))
+    job_id = jobs.submit(bucket, ACCEPT, chunk_size=1, runtime=runtime_for(st), enqueue=celery_enqueue(st))
     wait_until(lambda: job_rows(stack.db_url, job_id), 90, "a first result", poll=0.1,
                on_timeout=lambda: worker["w"].log())
     stack.env_for_test_process(monkeypatch)
     res = CliRunner().invoke(cancel, [str(job_id)])
     assert res.exit_code == 0, res.output
-    assert jobs.status(job_id, settings=st).status == "cancelled"
+    assert jobs.status(job_id, runtime=runtime_for(st)).status == "cancelled"
     # the queue drains without doing the work: at most the object in progress gets finished
     n_at_cancel = len(job_rows(stack.db_url, job_id))
     from archiver.db.models import Job
 
-    probe = jobs.submit(stack.bucket({"p.png": noise_png(299)}), ACCEPT, settings=st, enqueue=celery_enqueue(st))  # queued behind them
+    probe = jobs.submit(stack.bucket({"p.png": noise_png(299)}), ACCEPT, runtime=runtime_for(st), enqueue=celery_enqueue(st))  # queued behind them
     wait_finished(stack, probe, 120, [worker["w"]])
     assert len(job_rows(stack.db_url, job_id)) <= n_at_cancel + 1 < len(sources)
     with session_factory(stack.db_url)() as s:
         assert s.get(Job, job_id).status == "cancelled"
-    assert not jobs.cancel(job_id, settings=st)  # already ended
+    assert not jobs.cancel(job_id, runtime=runtime_for(st))  # already ended
 
 
 def test_beat_triggers_once_while_the_run_is_running(stack: Stack, tmp_path: Path) -> None:
@@ -777,7 +777,7 @@ def test_a_batch_longer_than_the_visibility_timeout_runs_on_one_worker(stack: St
         # on an idle one, and then the test proves nothing.
         sources = {f"long/{i}.png": noise_png(900 + i, 384, 384) for i in range(36)}
         bucket = stack.bucket(sources)
-        job_id = jobs.submit(bucket, {**ACCEPT}, chunk_size=len(sources), settings=stack.settings(), enqueue=celery_enqueue(stack.settings()))
+        job_id = jobs.submit(bucket, {**ACCEPT}, chunk_size=len(sources), runtime=runtime_for(stack.settings()), enqueue=celery_enqueue(stack.settings()))
         pending = wait_until(lambda: client.zrange("unacked_index", 0, -1, withscores=True), 60,
                              "the batch to be delivered", poll=0.1)
         assert len(pending) == 1
@@ -805,7 +805,7 @@ def test_worker_killed_mid_job_completes_on_another_worker(stack: Stack, worker:
 
     sources = {f"k{i}.png": noise_png(400 + i, 128, 128) for i in range(8)}
     bucket = stack.bucket(sources)
-    job_id = jobs.submit(bucket, {"replace": True, **ACCEPT}, chunk_size=4, settings=stack.settings(), enqueue=celery_enqueue(stack.settings()))
+    job_id = jobs.submit(bucket, {"replace": True, **ACCEPT}, chunk_size=4, runtime=runtime_for(stack.settings()), enqueue=celery_enqueue(stack.settings()))
     w = worker["w"]
     wait_until(lambda: job_rows(stack.db_url, job_id), 120, "a first result", poll=0.1, on_timeout=w.log)
     w.kill(signal.SIGKILL)
@@ -835,7 +835,7 @@ def test_redis_outage_mid_job(stack: Stack, tmp_path: Path) -> None:
     try:
         sources = {f"o{i}.png": noise_png(500 + i, 128, 128) for i in range(8)}
         bucket = own.bucket(sources)
-        job_id = jobs.submit(bucket, ACCEPT, chunk_size=2, settings=own.settings(), enqueue=celery_enqueue(own.settings()))
+        job_id = jobs.submit(bucket, ACCEPT, chunk_size=2, runtime=runtime_for(own.settings()), enqueue=celery_enqueue(own.settings()))
         wait_until(lambda: job_rows(own.db_url, job_id), 120, "a first result", poll=0.1, on_timeout=w.log)
         redis.crash()
         time.sleep(3)

@@ -40,8 +40,10 @@ ROUTES = {
 }
 
 
-def make_app(settings: Settings | None = None) -> Celery:
-    st = settings or load_settings()
+def make_app(settings: Settings) -> Celery:
+    """A Celery app on the broker of ``settings`` (kept as ``conf.archiver_settings``: the worker
+    processes' settings, see :mod:`workers.process`)."""
+    st = settings
     w = st.workers
     app = Celery("archiver", broker=st.broker_url, backend=w.result_backend or st.broker_url,
                  include=["workers.tasks"])
@@ -83,38 +85,37 @@ def make_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-app = make_app()
-_APPS: dict[str, Celery] = {}
+#: The worker's front door: settings are loaded here, once, when the worker (or beat) starts.
+app = make_app(load_settings())
 
 
 def app_for(settings: Settings) -> Celery:
-    """The app for ``settings``' broker: the module's app, or one made for another broker (a
-    library caller that passes its own Settings, e.g. ``archiver.jobs.submit(settings=...)``)."""
+    """The app for ``settings``' broker: the module's app, or a new one for another broker (a
+    front door with its own Settings, e.g. a test's or a benchmark's stack). Callers keep what
+    they get (``celery_enqueue`` builds its app once)."""
     if settings.broker_url == app.conf.broker_url:
         return app
-    if settings.broker_url not in _APPS:
-        _APPS[settings.broker_url] = make_app(settings)
-    return _APPS[settings.broker_url]
+    return make_app(settings)
 
 
 @signals.worker_process_init.connect
 def _load_model_in_child(**_: object) -> None:
     """Runs in each prefork child right after the fork: fresh connections, then the model."""
-    from archiver import jobs
+    from .process import current
 
-    jobs.reset_process_caches()
-    st = load_settings()
+    rt = current().runtime  # built in this child: no connection of the parent's is reused
+    st = rt.settings
     try:
-        jobs.get_session_factory(st.database_url, migrate=True)
+        rt.session_factory(migrate=True)
     except Exception:  # the database may be down now; tasks retry when they need it
         log.exception("could not prepare the database at worker start")
     try:
         import torch
 
-        from archiver.codec.api import Codec, apply_torch_threads
+        from archiver.codec.api import apply_torch_threads
 
         apply_torch_threads(st.torch_threads)
-        codec = Codec.cached(st.model_id, st.device, settings=st)
+        codec = rt.codec()
         log.info("worker process ready: model %s on %s (%d torch threads)", codec.model_id, codec.device_name,
                  torch.get_num_threads())
     except Exception:  # an unknown model or bad weights: tasks will report it per batch

@@ -21,12 +21,13 @@ BATCH_PRIORITY = 6
 
 def celery_enqueue(settings: Settings) -> Enqueue:
     """A sender of batches to the ``recompress`` queue on the broker of ``settings``."""
+    from .app import app_for
+
+    app = app_for(settings)
 
     def send(job_id: int, source_url: str, dest_url: str | None, items: list[list[Any]],
              options: dict[str, Any]) -> None:
-        from .app import app_for
-
-        app_for(settings).send_task(BATCH_TASK, args=[job_id, source_url, dest_url, items, options],
+        app.send_task(BATCH_TASK, args=[job_id, source_url, dest_url, items, options],
                                     queue="recompress", priority=BATCH_PRIORITY)
 
     return send

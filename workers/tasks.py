@@ -1,5 +1,6 @@
 """Celery tasks: thin adapters over :mod:`archiver.jobs` and :mod:`archiver.restore`.
 
+Each task takes this process's runtime (:func:`workers.process.current`) and passes it down.
 Heavy modules (torch, the codec) are imported inside the tasks, so the worker's parent process
 never loads them before forking.
 """
@@ -10,34 +11,12 @@ import base64
 import logging
 from typing import Any
 
-from archiver.settings import Settings, load_settings
+from archiver.settings import Settings
 
 from .app import app
+from .process import current
 
 log = logging.getLogger(__name__)
-
-_settings: Settings | None = None
-_counter: Any = None
-
-
-def settings() -> Settings:
-    global _settings
-    if _settings is None:
-        _settings = load_settings()
-    return _settings
-
-
-def attempt_counter() -> Any:
-    """Per-object start counter (poison-object cap), kept in Redis when the broker is Redis."""
-    global _counter
-    if _counter is None:
-        from archiver.jobs import NoAttemptCounter
-
-        from .attempts import RedisAttemptCounter
-
-        url = settings().broker_url
-        _counter = RedisAttemptCounter(url) if url.startswith(("redis://", "rediss://")) else NoAttemptCounter()
-    return _counter
 
 
 def _transient(exc: BaseException) -> bool:
@@ -63,13 +42,14 @@ def recompress_batch(self: Any, job_id: int, source_url: str, dest_url: str | No
 
     from .lease import batch_lease
 
-    st = settings()
+    proc = current()
+    rt, st = proc.runtime, proc.runtime.settings
     worker = f"{self.request.hostname or 'worker'}"
     tag = (self.request.properties or {}).get("delivery_tag")
     try:
         with batch_lease(st.broker_url, tag, st.workers.lease_heartbeat):
-            res = jobs.process_batch(job_id, source_url, dest_url, keys_with_etags, options_dict, settings=st,
-                                     attempts=attempt_counter(), worker=worker)
+            res = jobs.process_batch(job_id, source_url, dest_url, keys_with_etags, options_dict, runtime=rt,
+                                     attempts=proc.attempts, worker=worker)
     except Exception as e:
         if not _transient(e):
             raise
@@ -80,7 +60,7 @@ def recompress_batch(self: Any, job_id: int, source_url: str, dest_url: str | No
             raise self.retry(exc=e, countdown=backoff(retries, st)) from None
         try:  # give up on this batch: record what is left as failed so the job can finish
             n = jobs.fail_unfinished(job_id, source_url, keys_with_etags, getattr(e, "code", "transient_error"),
-                                     f"gave up after {retries} retries: {type(e).__name__}: {e}", settings=st,
+                                     f"gave up after {retries} retries: {type(e).__name__}: {e}", runtime=rt,
                                      worker=worker)
             log.error("job %s batch: gave up after %d retries; %d object(s) recorded failed", job_id, retries, n)
             return {"failed": n}
@@ -97,7 +77,7 @@ def finalize_job(job_id: int) -> bool:
     """Mark the job finished if every enqueued object has a finished row (batches call this too)."""
     from archiver import jobs
 
-    return jobs.finalize(jobs.get_session_factory(settings().database_url), job_id)
+    return jobs.finalize(current().runtime.session_factory(), job_id)
 
 
 @app.task(name="archiver.run_schedule", ignore_result=True)
@@ -107,26 +87,26 @@ def run_schedule(schedule: dict[str, Any]) -> int | None:
 
     from .enqueue import celery_enqueue
 
-    st = settings()
-    return jobs.start_scheduled(schedule, settings=st, enqueue=celery_enqueue(st))
+    rt = current().runtime
+    return jobs.start_scheduled(schedule, runtime=rt, enqueue=celery_enqueue(rt.settings))
 
 
 @app.task(name="archiver.retrieve")
 def retrieve(url_of_container: str, fmt: str = "png", dest: str | None = None) -> dict[str, Any]:
     """Decode one container. Without ``dest``: returns the image base64-encoded; with ``dest``
     (an object URL such as ``s3://bucket/out/key.png``) writes it there and returns its URL."""
-    from archiver import jobs
     from archiver.restore import MEDIA_TYPES, decode_container, render
     from archiver.storage import split_object_url
 
-    st = settings()
+    rt = current().runtime
+    st = rt.settings
     store_url, key = split_object_url(url_of_container)
-    data = jobs.get_store(store_url, st).get(key, max_bytes=int(st.max_object_bytes))
-    image, used = render(decode_container(data, st.device, max_pixels=st.max_pixels, settings=st), fmt)
+    data = rt.store(store_url).get(key, max_bytes=int(st.max_object_bytes))
+    image, used = render(decode_container(data, rt, max_pixels=st.max_pixels), fmt)
     out: dict[str, Any] = {"format": used, "media_type": MEDIA_TYPES[used], "bytes": len(image)}
     if dest:
         dest_store, dest_key = split_object_url(dest)
-        jobs.get_store(dest_store, st, create=True).put(dest_key, image, metadata={}, content_type=MEDIA_TYPES[used])
+        rt.store(dest_store, create=True).put(dest_key, image, metadata={}, content_type=MEDIA_TYPES[used])
         out["dest"] = dest
     else:
         out["data"] = base64.b64encode(image).decode("ascii")

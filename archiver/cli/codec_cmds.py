@@ -16,9 +16,9 @@ from .consoles import LogTicker, err_console as console, fail, table_console
 
 
 def _ticker() -> LogTicker:
-    from ..settings import load_settings
+    from .runtime import settings
 
-    return LogTicker(console, load_settings().log_progress_every)
+    return LogTicker(console, settings().log_progress_every)
 
 
 def _progress() -> Progress:
@@ -43,10 +43,10 @@ def encode(src: Path, dst: Path, quality: float | None, target_psnr: float | Non
         quality = 75.0
     if quality is not None and target_psnr is not None:
         raise click.UsageError("give --quality or --target-psnr, not both")
-    from ..settings import load_settings
+    from .runtime import settings
 
     try:
-        st = load_settings()
+        st = settings()
         img = load_image(src.read_bytes(), max_pixels=400_000_000)
         codec = Codec.load(model or st.model_id or DEFAULT_MODEL, device, settings=st)
         res = codec.encode_detailed(img, quality=quality, target_psnr=target_psnr)
@@ -68,14 +68,15 @@ def decode(src: Path, dst: Path, device: str) -> None:
     from ..codec.container import read_meta
     from ..images import save_image
     from ..restore import decode_container
-    from ..settings import load_settings
+    from .runtime import runtime
 
     data = src.read_bytes()
     try:
-        st = load_settings()
+        rt = runtime()
+        st = rt.settings
         meta = read_meta(data, max_pixels=st.max_pixels)  # the decompression-bomb limit, as for every front door
         # the one way every front door decodes: a model the package lacks comes from the store
-        dec = decode_container(data, device, max_pixels=st.max_pixels, settings=st)
+        dec = decode_container(data, rt, device, max_pixels=st.max_pixels)
     except ArchiverError as e:
         fail(e)
     fmt = {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(dst.suffix.lower().lstrip("."), "png")
@@ -176,10 +177,10 @@ def evaluate(folder, model, device, qualities, out, plot, anchors, reference, li
     from ..codec.registry import DEFAULT_MODEL
     from ..evaluate import bd_table, evaluate_folder, plot_rd, write_result
 
-    from ..settings import load_settings
+    from .runtime import settings
 
     try:
-        codec = Codec.load(model or DEFAULT_MODEL, device, settings=load_settings())
+        codec = Codec.load(model or DEFAULT_MODEL, device, settings=settings())
     except ArchiverError as e:
         fail(e)
     qs = [float(v) for v in qualities.split(",")]
@@ -249,13 +250,13 @@ def models(verify: bool, db_url: str | None, as_json: bool) -> None:
     model that is neither installed nor in the store (its containers cannot be decoded here)."""
     from ..codec.registry import describe_models
     from ..model_store import ModelStore
-    from ..settings import load_settings
+    from .runtime import settings
 
     rows = describe_models(verify=verify)
     for r in rows:
         r["origin"] = "package"
     try:
-        store = ModelStore.from_settings(load_settings())
+        store = ModelStore.from_settings(settings())
         if store is not None:  # models published by `archiver finetune`, beside the packaged ones
             rows += store.describe(verify=verify)
     except ArchiverError as e:

@@ -9,9 +9,9 @@ from .consoles import err_console as console
 def _url(url: str | None) -> str:
     if url:
         return url
-    from ..settings import load_settings
+    from .runtime import settings
 
-    return load_settings().database_url
+    return settings().database_url
 
 
 def _safe(url: str) -> str:

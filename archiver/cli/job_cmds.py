@@ -19,9 +19,9 @@ from .consoles import LogTicker, err_console as console, fail, table_console
 def _require_schema(db_url: str | None) -> None:
     """status and cancel only read: a wrong --db must be named, not created or traced back."""
     from ..db.session import require_schema
-    from ..settings import load_settings
+    from .runtime import settings
 
-    require_schema(db_url or load_settings().database_url)
+    require_schema(db_url or settings().database_url)
 
 
 def duration(seconds: float | None) -> str:
@@ -45,13 +45,15 @@ def duration(seconds: float | None) -> str:
 def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_days, db_url, upgrade, model) -> None:
     """Queue a recompression job over SOURCE for the Celery workers; prints the job id."""
     from .. import jobs
-    from ..settings import load_settings
-
     from ..model_store import require_model
+    from ..pipeline import PipelineOptions
+    from .runtime import runtime
 
-    st = load_settings()
+    rt = runtime()
+    st = rt.settings
     dest = dest or (st.dest if st.dest_mode == "prefix" else None)
-    opts = jobs.make_options(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace, upgrade=upgrade)
+    opts = PipelineOptions.from_settings(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace,
+                                         upgrade=upgrade)
     if model:
         try:
             require_model(model, st)  # an unknown id fails here, not in every worker batch
@@ -68,9 +70,9 @@ def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_d
                 console.print(f"submit: {listed:,} objects listed, {enqueued:,} enqueued", highlight=False)
 
         job_id = jobs.submit(source, opts, dest=dest, chunk_size=chunk_size, db_url=db_url,
-                             older_than_days=older_than_days, settings=st, on_listed=on_listed, model_id=model,
+                             older_than_days=older_than_days, runtime=rt, on_listed=on_listed, model_id=model,
                              enqueue=celery_enqueue(st))
-    s = jobs.status(job_id, db_url, settings=st)
+    s = jobs.status(job_id, db_url, runtime=rt)
     console.print(f"job [bold]{job_id}[/bold]: {s.objects_enqueued} object(s) in batches of "
                   f"{chunk_size or st.workers.chunk_size} queued; follow with `archiver status {job_id}`")
     click.echo(job_id)
@@ -84,9 +86,11 @@ def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_d
 def status(job, limit, as_json, db_url) -> None:
     """Progress of JOB (counts, bytes saved, rate, ETA); without JOB, the recent jobs."""
     from .. import jobs
+    from .runtime import runtime
 
     _require_schema(db_url)
-    rows = [jobs.status(job, db_url)] if job is not None else jobs.recent_jobs(limit, db_url)
+    rt = runtime()
+    rows = [jobs.status(job, db_url, runtime=rt)] if job is not None else jobs.recent_jobs(limit, db_url, runtime=rt)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows] if job is None else rows[0].as_dict(), indent=2))
         return
@@ -128,12 +132,14 @@ def status(job, limit, as_json, db_url) -> None:
 def cancel(job, db_url) -> None:
     """Cancel JOB: workers stop before their next object (finished objects stay recorded)."""
     from .. import jobs
+    from .runtime import runtime
 
     _require_schema(db_url)
-    if jobs.cancel(job, db_url):
+    rt = runtime()
+    if jobs.cancel(job, db_url, runtime=rt):
         console.print(f"job {job} cancelled")
     else:
-        console.print(f"job {job} had already ended ({jobs.status(job, db_url).status})")
+        console.print(f"job {job} had already ended ({jobs.status(job, db_url, runtime=rt).status})")
 
 
 @click.command()
@@ -144,8 +150,9 @@ def serve(host, port) -> None:
     `Authorization: Bearer <token>`), GET /health. A public --host needs a token to exist
     (`archiver token create`); on 127.0.0.1 with none, one is created and printed once."""
     from ..server import serve as run
+    from .runtime import settings
 
-    run(host=host, port=port)
+    run(host=host, port=port, settings=settings())
 
 
 COMMANDS = [submit, status, cancel, serve]

@@ -92,30 +92,25 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
 
     Without SOURCE, runs on the sample images shipped with the package (copied to ./archive-demo).
     """
-    from ..codec import Codec
     from ..codec.api import apply_torch_threads
-    from ..db.session import session_factory
-    from ..db.session import upgrade as migrate
-    from ..jobs import make_options
-    from ..pipeline import JobSummary, Outcome, run_job
-    from ..settings import load_settings
-    from ..storage import open_store
+    from ..pipeline import JobSummary, Outcome, PipelineOptions, run_job
+    from .runtime import runtime
 
     try:
-        st = load_settings()
+        rt = runtime()
+        st = rt.settings
         if source is None:
             source = prepare_demo()
             console.print(f"no SOURCE given: running on the shipped samples in [bold]{escape(str(source))}[/bold]")
-        url = db_url or st.database_url
-        migrate(url)
-        src = open_store(source, st)
+        sf = rt.session_factory(db_url, migrate=True)
+        src = rt.store(source)
         dest_url = dest or (st.dest if st.dest_mode == "prefix" else None)
-        dst = open_store(dest_url, st, create=True) if dest_url else src
-        opts = make_options(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace, dry_run=dry_run,
-                            upgrade=upgrade)
+        dst = rt.store(dest_url, create=True) if dest_url else src
+        opts = PipelineOptions.from_settings(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace,
+                                             dry_run=dry_run, upgrade=upgrade)
         with console.status("loading model"):
             apply_torch_threads(st.torch_threads)
-            codec = Codec.cached(model or st.model_id, device or st.device, settings=st)
+            codec = rt.codec(model, device)
         console.print(f"model {codec.model_id} on {codec.device_name}; PSNR >= {opts.min_psnr} dB, "
                       f"saving >= {opts.min_saving:.0%}{'; DRY RUN' if dry_run else ''}{'; REPLACE originals' if replace else ''}"
                       f"{'; UPGRADE older archives' if upgrade else ''}")
@@ -137,8 +132,8 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
                                   f"{elapsed:.0f} s", highlight=False)
 
             summary = run_job(src=src, dst=dst, source_url=source, dest_url=dest_url, codec=codec, opts=opts,
-                              session_factory=session_factory(url), limit=limit, workers=workers,
-                              on_outcome=on_outcome, new_job=new_job, codec_slots=st.workers.codec_slots)
+                              session_factory=sf, limit=limit, workers=workers, on_outcome=on_outcome,
+                              new_job=new_job, codec_slots=st.workers.codec_slots, hints=rt.quality_hints)
     except ArchiverError as e:
         fail(e)
     table_console().print(summary_table(summary))
@@ -164,20 +159,20 @@ def restore(source, to, fmt, device, limit, overwrite) -> None:
     """
     from ..codec.api import apply_torch_threads
     from ..restore import restore_all
-    from ..settings import load_settings
-    from ..storage import open_store
+    from .runtime import runtime
 
     try:
-        st = load_settings()
+        rt = runtime()
+        st = rt.settings
         apply_torch_threads(st.torch_threads)
-        src, dst = open_store(source, st), open_store(to, st, create=True)
+        src, dst = rt.store(source), rt.store(to, create=True)
         ok = bad = skipped = 0
         with Progress(TextColumn("[bold]restore"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as prog:
             task = prog.add_task("restore", total=limit)
             ticker = LogTicker(console, st.log_progress_every)
-            for item in restore_all(src, dst, fmt=fmt, suffix=st.container_suffix, device=device or st.device,
-                                    settings=st, limit=limit, overwrite=overwrite, max_pixels=st.max_pixels):
+            for item in restore_all(src, dst, codecs=rt, fmt=fmt, suffix=st.container_suffix, device=device,
+                                    limit=limit, overwrite=overwrite, max_pixels=st.max_pixels):
                 ok += item.ok and not item.skipped
                 skipped += item.skipped
                 bad += not item.ok

@@ -136,7 +136,7 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
     """
     from ..report import Pricing, load_pilot, print_pilot, render, run_pilot
     from ..report.compare import TaskCheck
-    from ..settings import load_settings
+    from .runtime import settings
 
     _check_html_out(fmt, out)
     if (source is None) == (job_id is None):
@@ -153,7 +153,7 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
             check = TaskCheck.load(task_check)
         except Exception as e:  # ReportError
             raise click.BadParameter(str(e), param_hint="--task-check") from None
-    st = load_settings()
+    st = settings()
     pricing = Pricing.from_settings(st, price_per_gb_month, gpu_price_per_hour, cpu_price_per_hour)
     if job_id is not None:
         factory = _session_factory(db_url, st, migrate=False)
@@ -162,13 +162,13 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from ..codec import Codec
         from ..codec.api import apply_torch_threads
         from ..pipeline import PipelineOptions
-        from ..storage import open_store
+        from .runtime import runtime
 
+        rt = runtime()
         factory = _session_factory(db_url, st, migrate=True)
-        src = open_store(source, st)
+        src = rt.store(source)
         opts = PipelineOptions(
             min_psnr=min_psnr if min_psnr is not None else st.min_psnr,
             min_saving=min_saving if min_saving is not None else st.min_saving,
@@ -177,7 +177,7 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
         )
         with console.status("loading model"):
             apply_torch_threads(st.torch_threads)
-            codec = Codec.cached(model or st.model_id, device or st.device, settings=st)
+            codec = rt.codec(model, device)
         mode = baselines or st.pilot_baselines
         from ..baselines import CODEC_NAMES, LABELS
 
@@ -204,7 +204,7 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
             data = run_pilot(src=src, source_url=source, codec=codec, opts=opts, session_factory=factory,
                              sample=sample, seed=seed, pricing=pricing, workers=workers,
                              on_outcome=lambda _o: progress.advance(task), on_listed=listed,
-                             baselines=mode, task_check=check, on_baseline=baseline_done)
+                             baselines=mode, task_check=check, on_baseline=baseline_done, hints=rt.quality_hints)
     if fmt == "table" and not out:
         print_pilot(data, table_console())
     else:

@@ -19,13 +19,13 @@ def _factory(db_url: str | None, *, create: bool):
     (issuing the first token may come before any job); read-only commands refuse a database that
     has no archiver schema instead of creating one where a wrong ``--db`` points."""
     from ..db.session import require_schema
-    from ..jobs import get_session_factory
-    from ..settings import load_settings
+    from .runtime import runtime
 
-    url = db_url or load_settings().database_url
+    rt = runtime()
+    url = db_url or rt.settings.database_url
     if not create:
         require_schema(url)
-    return get_session_factory(url, migrate=True)
+    return rt.session_factory(url, migrate=True)
 
 
 def _when(t: dt.datetime | None) -> str:

@@ -43,10 +43,6 @@ assert DEFAULT_TILE <= cx.MAX_TILE_SIZE
 SEARCH_STEPS = 7  # bisection steps on [0, 100]: resolution under one quality unit
 
 
-_CACHE: dict[tuple[str, str], "Codec"] = {}
-_CACHE_LOCK = threading.Lock()
-
-
 class TargetNotReached(ArchiverError):
     code = "psnr_unreachable"
 
@@ -102,12 +98,8 @@ def _model_store(model: str, settings: Settings | None) -> ModelStore | None:
     from ..model_store import ModelStore
     from .registry import read_registry
 
-    if model in read_registry():
+    if model in read_registry() or settings is None:  # without settings: packaged models only
         return None
-    if settings is None:  # a library caller without settings: the configuration in force
-        from ..settings import load_settings
-
-        settings = load_settings()
     return ModelStore.from_settings(settings)
 
 
@@ -279,9 +271,10 @@ class Codec:
     def load(cls, model: str = DEFAULT_MODEL, device: str = "auto", tile_size: int = DEFAULT_TILE, *,
              settings: Settings | None = None, expect_sha256: str | None = None) -> Codec:
         """The codec of ``model``: shipped with the package, else published in the model store
-        (``settings.model_store``; read from the configuration when ``settings`` is not given and
-        the package does not ship ``model``). ``expect_sha256`` (a container's weights sha256)
-        must match a stored model's weights."""
+        (``settings.model_store``; without ``settings``, packaged models only). ``expect_sha256``
+        (a container's weights sha256) must match a stored model's weights. Front doors load
+        through their runtime (:meth:`archiver.runtime.Runtime.codec`), which keeps one codec
+        per model and device for the whole process."""
         dev = _prepare_device(device)
         m, entry = load_model(model, dev, _model_store(model, settings), expect_sha256)
         return cls(m, entry, dev, tile_size)
@@ -297,22 +290,6 @@ class Codec:
         dev = _prepare_device(device)
         m, entry = load_weights_file(path, dev, model_id)
         return cls(m, entry, dev, tile_size)
-
-    @classmethod
-    def cached(cls, model: str = DEFAULT_MODEL, device: str = "auto", *, settings: Settings | None = None,
-               expect_sha256: str | None = None) -> Codec:
-        """One codec per (model, device) per process: workers and servers load weights once.
-        (A model id names one set of weights forever, so the id is a sound key for stored models
-        too; ``expect_sha256`` is still checked against a codec found here.)"""
-        key = (model, str(pick_device(device)))
-        with _CACHE_LOCK:
-            if key not in _CACHE:
-                _CACHE[key] = cls.load(model, device, settings=settings, expect_sha256=expect_sha256)
-            codec = _CACHE[key]
-        if expect_sha256 is not None and codec.weights_sha256 != expect_sha256:
-            raise ContainerError(f"bitstream was made with other weights for {model!r} "
-                                 f"(sha256 {expect_sha256[:16]}...)", code="weights_mismatch")
-        return codec
 
     @property
     def device_name(self) -> str:

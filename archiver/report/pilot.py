@@ -193,7 +193,7 @@ def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOp
               workers: int = 1, on_outcome: Callable[[Outcome], None] | None = None,
               on_listed: Callable[[int, int, int], None] | None = None, baselines: str = "none",
               task_check: TaskCheck | None = None, on_baseline: Callable[[str, str], None] | None = None,
-              ) -> dict[str, Any]:
+              hints: Any = None) -> dict[str, Any]:
     """Sample, recompress and verify in memory, record as a ``pilot`` job, return the projection.
 
     ``baselines`` (``none``, ``fast`` or ``all``, see :mod:`archiver.baselines.codecs`) also
@@ -201,10 +201,13 @@ def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOp
     and ``task_check`` runs a user function on every codec's output (:mod:`.compare`); both are
     stored with the job and shown side by side. ``on_baseline(key, codec)`` is called after each
     codec's search on each image (progress). The decision of whole-archive runs is unaffected:
-    recompress uses ConvNeXt-ChARM only.
+    recompress uses ConvNeXt-ChARM only. ``hints``: the front door's quality hints
+    (:class:`archiver.codec.api.QualityHints`; searches start from scratch without them).
     """
     from ..baselines import baseline_codecs, library_versions
-    from ..pipeline import create_job, finish_job, handle_object, iter_source
+    from ..pipeline import handle_object, iter_source
+    from ..records import finish_job, new_job
+    from ..vocabulary import JobKind, JobStatus
 
     if sample < 1:
         raise ReportError("the pilot sample must have at least 1 object")
@@ -217,8 +220,8 @@ def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOp
     if on_listed:
         on_listed(n_listed, bytes_listed, len(chosen))
     with session_factory() as s:
-        job = create_job(s, source_url, None, opts, codec.model_id, kind="pilot",
-                         extra={"pilot": {"sample_requested": sample, "seed": seed}})
+        job = new_job(s, kind=JobKind.PILOT, source=source_url, dest=None, model_id=codec.model_id,
+                      options=opts.as_dict(), extra={"pilot": {"sample_requested": sample, "seed": seed}})
         job.sample_size = len(chosen)
         job.seed = seed
         job.objects_listed = n_listed
@@ -233,7 +236,7 @@ def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOp
     def one(info: ObjectInfo) -> Outcome:
         pixels: dict[str, Any] | None = {} if compare else None
         out = handle_object(info, job_id=job_id, src=src, dst=src, codec=codec, opts=opts,
-                            session_factory=session_factory, codec_lock=lock, pixels=pixels)
+                            session_factory=session_factory, codec_lock=lock, pixels=pixels, hints=hints)
         if pixels is not None:
             rec = measure_image(pixels, codecs=codecs, floor=opts.min_psnr, task=task_check,
                                 on_codec=(lambda name: on_baseline(info.key, name)) if on_baseline else None)
@@ -248,7 +251,7 @@ def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOp
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             list(pool.map(one, chosen))
     except BaseException as e:
-        finish_job(session_factory, job_id, "failed", f"{type(e).__name__}: {e}")
+        finish_job(session_factory, job_id, JobStatus.FAILED, f"{type(e).__name__}: {e}")
         raise
     if compare:
         with session_factory() as s:

@@ -44,16 +44,16 @@ def open_store(url: str, settings: Settings | None = None, *, create: bool = Fal
     """Open the store named by ``url``.
 
     ``create`` makes a missing local root directory (for destinations); S3 buckets are never
-    created implicitly. ``settings`` supplies the S3 client options (endpoint, retries...).
+    created implicitly. ``settings`` supplies the S3 client options (endpoint, retries...); a
+    local store needs none.
     """
     parts = urlsplit(url)
     if parts.scheme == "s3":
         from .s3 import S3Store  # boto3 import is slow; only pay for it when needed
 
-        if settings is None:
-            from ..settings import load_settings
-
-            settings = load_settings()
+        if settings is None:  # the endpoint and credentials are configuration: never guessed here
+            raise StorageError(f"opening {url!r} needs the S3 settings (endpoint, region, retries)",
+                               code="bad_url")
         return S3Store(url, settings.s3)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):

@@ -1,4 +1,4 @@
-"""Retrying one storage step: what a flaky bucket costs is a few seconds of backoff, never a
+r"""Retrying one storage step: what a flaky bucket costs is a few seconds of backoff, never a
 re-encode.
 
 The pipeline wraps each storage call of an object (fetch, write-and-read-back, HEAD, delete) in
