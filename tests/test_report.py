@@ -37,6 +37,7 @@ from PIL import Image, ImageStat
 from sqlalchemy import select
 
 from archiver.codec.default import DEFAULT_MODEL
+from archiver.report.core import Reason, Report, Threshold
 from shared_paths import KODAK  # noqa: E402
 
 MIN_PSNR = 1.0
@@ -146,7 +147,7 @@ def _rows(corpus: Any, job_id: int | None = None) -> list[Any]:
         return list(s.execute(select(Result).where(Result.job_id == (job_id or corpus.job_id))).scalars())
 
 
-def _report(corpus: Any, **kw: Any) -> dict[str, Any]:
+def _report(corpus: Any, **kw: Any) -> Report:
     from archiver.report import Pricing, ReportFilters, build_report
 
     pricing = kw.pop("pricing", Pricing(0.023, 2.5))
@@ -199,10 +200,10 @@ def test_report_numbers_match_rows_and_bucket(corpus: Any) -> None:
     assert status["accepted"] >= 1, "the corpus must produce accepted objects (PNG crops, tiny PSNR floor)"
     assert status["rejected"] >= 2  # the text file and the truncated PNG can never be archived
     for st in ("accepted", "rejected", "failed", "skipped"):
-        assert rep["counts"][st] == status[st], st
-    assert rep["counts"]["seen"] == len(rows)
+        assert getattr(rep.counts, st) == status[st], st
+    assert rep.counts.seen == len(rows)
     reasons = Counter((r.status, r.reason_code) for r in rows if r.status in ("rejected", "failed"))
-    assert {(x["status"], x["reason_code"]): x["count"] for x in rep["reasons"]} == dict(reasons)
+    assert {(x.status, x.reason_code): x.count for x in rep.reasons} == dict(reasons)
     codes = {r.key: r.reason_code for r in rows}
     assert codes["misc/not-an-image.png"] == "not_an_image"
 
@@ -219,12 +220,12 @@ def test_report_numbers_match_rows_and_bucket(corpus: Any) -> None:
             assert listing[r.key + ".cxa"][0] == r.compressed_bytes
         else:
             assert r.key + ".cxa" not in listing
-    assert rep["bytes"]["seen"] == sum(size for size, _ in originals.values())
-    assert rep["bytes"]["before"] == before == sum(listing[r.key][0] for r in acc)
-    assert rep["bytes"]["after"] == after == sum(listing[r.key + ".cxa"][0] for r in acc)
-    assert rep["bytes"]["saved"] == before - after
-    assert rep["bytes"]["saved_pct"] == pytest.approx(100.0 * (before - after) / before)
-    assert rep["bytes"]["saved_pct_of_seen"] == pytest.approx(100.0 * (before - after) / rep["bytes"]["seen"])
+    assert rep.bytes.seen == sum(size for size, _ in originals.values())
+    assert rep.bytes.before == before == sum(listing[r.key][0] for r in acc)
+    assert rep.bytes.after == after == sum(listing[r.key + ".cxa"][0] for r in acc)
+    assert rep.bytes.saved == before - after
+    assert rep.bytes.saved_pct == pytest.approx(100.0 * (before - after) / before)
+    assert rep.bytes.saved_pct_of_seen == pytest.approx(100.0 * (before - after) / rep.bytes.seen)
 
     # per content type and per prefix
     def groups(keyfn) -> dict[str, dict[str, Any]]:
@@ -239,39 +240,40 @@ def test_report_numbers_match_rows_and_bucket(corpus: Any) -> None:
                 c["bytes_after"] += r.compressed_bytes
         return g
 
-    for name, key, keyfn in (("by_content_type", "content_type", lambda r: r.content_type or "(unknown)"),
-                             ("by_prefix", "prefix", lambda r: r.key.split("/")[0] + "/")):
+    for name, keyfn in (("by_content_type", lambda r: r.content_type or "(unknown)"),
+                        ("by_prefix", lambda r: r.key.split("/")[0] + "/")):
         expected = groups(keyfn)
-        got = {g[key]: g for g in rep[name]}
+        got = {g.name: g for g in getattr(rep, name)}
         assert set(got) == set(expected), name
         for k, e in expected.items():
             g = got[k]
             for f in ("objects", "accepted", "bytes_seen", "bytes_before", "bytes_after"):
-                assert g[f] == e[f], (name, k, f)
-            assert g["saved"] == e["bytes_before"] - e["bytes_after"]
+                assert getattr(g, f) == e[f], (name, k, f)
+            assert g.saved == e["bytes_before"] - e["bytes_after"]
             if e["bytes_before"]:
-                assert g["saved_pct"] == pytest.approx(100.0 * g["saved"] / e["bytes_before"])
+                assert g.saved_pct == pytest.approx(100.0 * g.saved / e["bytes_before"])
             else:
-                assert g["saved_pct"] is None
-    assert {"image/png", "image/jpeg"} <= {g["content_type"] for g in rep["by_content_type"]}
-    assert {g["prefix"] for g in rep["by_prefix"]} == {"photos/", "misc/"}
+                assert g.saved_pct is None
+    plain = rep.as_dict()  # in the JSON each group is named by its own key
+    assert {"image/png", "image/jpeg"} <= {g["content_type"] for g in plain["by_content_type"]}
+    assert {g["prefix"] for g in plain["by_prefix"]} == {"photos/", "misc/"}
     deep = _report(corpus, prefix_depth=2)
-    assert {g["prefix"] for g in deep["by_prefix"]} == {"photos/a/", "photos/b/", "misc/"}
-    assert {g["prefix"]: g["objects"] for g in deep["by_prefix"]}["photos/a/"] == sum(
+    assert {g.name for g in deep.by_prefix} == {"photos/a/", "photos/b/", "misc/"}
+    assert {g.name: g.objects for g in deep.by_prefix}["photos/a/"] == sum(
         1 for r in rows if r.key.startswith("photos/a/"))
 
     # distributions over accepted objects
     for metric in ("psnr", "bpp"):
         values = np.array([getattr(r, metric) for r in acc], dtype=float)
-        d = rep[metric]
-        assert d["count"] == len(values)
-        assert d["min"] == pytest.approx(values.min()) and d["max"] == pytest.approx(values.max())
-        assert d["mean"] == pytest.approx(values.mean())
+        d = getattr(rep, metric)
+        assert d.count == len(values)
+        assert d.min == pytest.approx(values.min()) and d.max == pytest.approx(values.max())
+        assert d.mean == pytest.approx(values.mean())
         for p in (5, 25, 50, 75, 95):
-            assert d["percentiles"][f"p{p}"] == pytest.approx(np.percentile(values, p))
-        assert sum(d["histogram"]["counts"]) == len(values)
-        assert len(d["histogram"]["edges"]) == len(d["histogram"]["counts"]) + 1
-        assert d["histogram"]["edges"][0] <= values.min() and d["histogram"]["edges"][-1] >= values.max()
+            assert getattr(d.percentiles, f"p{p}") == pytest.approx(np.percentile(values, p))
+        assert sum(d.histogram.counts) == len(values)
+        assert len(d.histogram.edges) == len(d.histogram.counts) + 1
+        assert d.histogram.edges[0] <= values.min() and d.histogram.edges[-1] >= values.max()
     for r in acc:
         assert r.psnr >= MIN_PSNR
         assert r.bpp == pytest.approx(r.compressed_bytes * 8 / (r.width * r.height))
@@ -287,27 +289,27 @@ def test_report_numbers_match_rows_and_bucket(corpus: Any) -> None:
         rp = rep if price_gb == 0.023 else _report(corpus, pricing=Pricing(price_gb, 99.0, price_cpu))
         per_month = (before - after) / 1e9 * price_gb
         cost = compute_s / 3600 * price_cpu  # a CPU-only run is priced by the CPU hour, never the GPU's
-        m = rp["money"]
-        assert m["saved_gb"] == pytest.approx((before - after) / 1e9)
-        assert m["storage_saving_per_month"] == pytest.approx(per_month)
-        assert m["storage_saving_per_year"] == pytest.approx(12 * per_month)
-        assert m["compute_cost"] == pytest.approx(cost) == rp["compute"]["cost"]
-        assert m["net_saving_first_year"] == pytest.approx(12 * per_month - cost)
-        assert m["payback_months"] == pytest.approx(cost / per_month)
-        assert rp["compute"]["basis"] == "t_total"
-        assert rp["compute"]["cpu_seconds"] == pytest.approx(compute_s)
-        assert rp["compute"]["gpu_seconds"] == 0
-        assert rp["assumptions"]["gb_bytes"] == 10**9
-        assert any("10^9" in n for n in rp["assumptions"]["notes"])
-        assert any("t_total" in n for n in rp["assumptions"]["notes"])
+        m = rp.money
+        assert m.saved_gb == pytest.approx((before - after) / 1e9)
+        assert m.storage_saving_per_month == pytest.approx(per_month)
+        assert m.storage_saving_per_year == pytest.approx(12 * per_month)
+        assert m.compute_cost == pytest.approx(cost) == rp.compute.cost
+        assert m.net_saving_first_year == pytest.approx(12 * per_month - cost)
+        assert m.payback_months == pytest.approx(cost / per_month)
+        assert rp.compute.basis == "t_total"
+        assert rp.compute.cpu_seconds == pytest.approx(compute_s)
+        assert rp.compute.gpu_seconds == 0
+        assert rp.assumptions.gb_bytes == 10**9
+        assert any("10^9" in n for n in rp.assumptions.notes)
+        assert any("t_total" in n for n in rp.assumptions.notes)
 
     # models and thresholds come from jobs.settings
-    assert rep["models"] == [MODEL]
-    assert rep["thresholds"] == [{"model_id": MODEL, "min_psnr": MIN_PSNR, "min_saving": MIN_SAVING}]
-    assert [j["id"] for j in rep["jobs"]] == [corpus.job_id]
+    assert rep.models == [MODEL]
+    assert rep.thresholds == [Threshold(model_id=MODEL, min_psnr=MIN_PSNR, min_saving=MIN_SAVING)]
+    assert [j.id for j in rep.jobs] == [corpus.job_id]
 
     # the timeline ends at the total saving and never decreases
-    pts = [p["saved_cumulative"] for p in rep["timeline"]["points"]]
+    pts = [p.saved_cumulative for p in rep.timeline.points]
     assert pts[-1] == before - after and pts == sorted(pts)
 
 
@@ -317,29 +319,29 @@ def test_report_filters(corpus: Any) -> None:
     rows = _rows(corpus)
     photos = [r for r in rows if r.key.startswith("photos/")]
     rep = _report(corpus, prefix="photos/")
-    assert rep["counts"]["seen"] == len(photos)
-    assert rep["bytes"]["before"] == sum(r.original_bytes for r in photos if r.status == "accepted")
-    assert _report(corpus, prefix="photos%")["counts"]["seen"] == 0  # LIKE wildcards are escaped
-    assert _report(corpus, bucket=corpus.bucket)["counts"]["seen"] == len(rows)
-    assert _report(corpus, bucket="another-bucket")["counts"]["seen"] == 0
-    assert _report(corpus, model=MODEL)["counts"]["seen"] == len(rows)
-    assert _report(corpus, model="no-such-model")["counts"]["seen"] == 0
+    assert rep.counts.seen == len(photos)
+    assert rep.bytes.before == sum(r.original_bytes for r in photos if r.status == "accepted")
+    assert _report(corpus, prefix="photos%").counts.seen == 0  # LIKE wildcards are escaped
+    assert _report(corpus, bucket=corpus.bucket).counts.seen == len(rows)
+    assert _report(corpus, bucket="another-bucket").counts.seen == 0
+    assert _report(corpus, model=MODEL).counts.seen == len(rows)
+    assert _report(corpus, model="no-such-model").counts.seen == 0
     today = dt.datetime.now(dt.timezone.utc).date()
     yesterday, tomorrow = (today - dt.timedelta(days=1)).isoformat(), (today + dt.timedelta(days=1)).isoformat()
-    assert _report(corpus, since=parse_when(tomorrow))["counts"]["seen"] == 0
-    assert _report(corpus, until=parse_when(yesterday, end=True))["counts"]["seen"] == 0
+    assert _report(corpus, since=parse_when(tomorrow)).counts.seen == 0
+    assert _report(corpus, until=parse_when(yesterday, end=True)).counts.seen == 0
     both = _report(corpus, since=parse_when(today.isoformat()), until=parse_when(today.isoformat(), end=True))
-    assert both["counts"]["seen"] == len(rows)  # --until DATE includes that whole day
+    assert both.counts.seen == len(rows)  # --until DATE includes that whole day
     empty = _report(corpus, model="no-such-model")
-    assert empty["bytes"]["saved_pct"] is None and empty["money"]["payback_months"] == 0.0
-    assert empty["psnr"]["count"] == 0 and empty["timeline"]["points"] == []
+    assert empty.bytes.saved_pct is None and empty.money.payback_months == 0.0
+    assert empty.psnr.count == 0 and empty.timeline.points == []
     with pytest.raises(Exception, match="no such job"):
         _report(corpus, job_ids=[987654])
 
 
 def test_report_cli_formats(corpus: Any, tmp_path: Path) -> None:
     from archiver.cli.report_cmds import report
-    from archiver.report import Pricing
+    from archiver.report import Pricing, render
     from archiver.settings import load_settings
 
     runner = CliRunner()
@@ -349,19 +351,25 @@ def test_report_cli_formats(corpus: Any, tmp_path: Path) -> None:
     got = json.loads(res.output)
     st = load_settings()
     expected = _report(corpus, pricing=Pricing.from_settings(st))
-    _approx(_strip_volatile(got), json.loads(json.dumps(_strip_volatile(expected))))
+    _approx(_strip_volatile(got), json.loads(json.dumps(_strip_volatile(expected.as_dict()))))
+    # the JSON is a public format: the CLI prints exactly Report.as_dict(), keys in this order
+    assert json.dumps(_strip_volatile(got)) == json.dumps(_strip_volatile(json.loads(render(expected, "json"))))
+    assert list(got) == ["generated_at", "filters", "excluded_jobs", "assumptions", "jobs", "models", "thresholds",
+                         "counts", "reasons", "bytes", "by_content_type", "by_prefix", "prefix_depth", "psnr", "bpp",
+                         "timeline", "compute", "money"]
 
     out = tmp_path / "r.csv"
     res = runner.invoke(report, [*base, "--format", "csv", "--out", str(out)])
     assert res.exit_code == 0, res.output
     table = list(csv.DictReader(out.open()))
     cell = {(r["section"], r["item"], r["metric"]): r["value"] for r in table}
-    assert int(cell[("bytes", "", "saved")]) == expected["bytes"]["saved"]
-    assert int(cell[("counts", "", "accepted")]) == expected["counts"]["accepted"]
-    assert float(cell[("money", "", "storage_saving_per_year")]) == pytest.approx(expected["money"]["storage_saving_per_year"])
-    photos_saved = next(g["saved"] for g in expected["by_prefix"] if g["prefix"] == "photos/")
+    assert int(cell[("bytes", "", "saved")]) == expected.bytes.saved
+    assert int(cell[("counts", "", "accepted")]) == expected.counts.accepted
+    per_year = expected.money.storage_saving_per_year
+    assert float(cell[("money", "", "storage_saving_per_year")]) == pytest.approx(per_year)
+    photos_saved = next(g.saved for g in expected.by_prefix if g.name == "photos/")
     assert int(cell[("by_prefix", "photos/", "saved")]) == photos_saved
-    assert float(cell[("psnr", "percentiles", "p50")]) == pytest.approx(expected["psnr"]["percentiles"]["p50"])
+    assert float(cell[("psnr", "percentiles", "p50")]) == pytest.approx(expected.psnr.percentiles.p50)
 
     res = runner.invoke(report, [*base, "--price-per-gb-month", "1", "--gpu-price-per-hour", "0", "--format", "table"])
     assert res.exit_code == 0, res.output
@@ -395,7 +403,7 @@ def test_report_on_postgresql_matches_sqlite(corpus: Any, pg_database: Any) -> N
             a = build_report(s, filters, Pricing(), prefix_depth=2)
         with pg_factory() as s:
             b = build_report(s, filters, Pricing(), prefix_depth=2)
-        _approx(_strip_volatile(a), _strip_volatile(b))
+        _approx(_strip_volatile(a.as_dict()), _strip_volatile(b.as_dict()))
     pg_factory.kw["bind"].dispose()
 
 
@@ -423,18 +431,18 @@ def test_compute_basis_gpu_and_mixed(tmp_path: Path) -> None:
         s.commit()
         only_gpu = build_report(s, ReportFilters(model=MODEL, prefix="a"), Pricing(0.023, 3.6, 0.2))
         everything = build_report(s, ReportFilters(), Pricing(0.023, 3.6, 0.2))
-    assert only_gpu["compute"]["basis"] == "gpu_seconds"
-    assert only_gpu["compute"]["cost"] == pytest.approx(0.5 / 3600 * 3.6)
-    c = everything["compute"]
-    assert c["basis"] == "mixed" and c["gpu_objects"] == 2 and c["cpu_objects"] == 1
-    assert c["gpu_seconds"] == pytest.approx(0.75) and c["cpu_seconds"] == pytest.approx(4.0)
-    assert c["cost"] == pytest.approx(0.75 / 3600 * 3.6 + 4.0 / 3600 * 0.2)
+    assert only_gpu.compute.basis == "gpu_seconds"
+    assert only_gpu.compute.cost == pytest.approx(0.5 / 3600 * 3.6)
+    c = everything.compute
+    assert c.basis == "mixed" and c.gpu_objects == 2 and c.cpu_objects == 1
+    assert c.gpu_seconds == pytest.approx(0.75) and c.cpu_seconds == pytest.approx(4.0)
+    assert c.cost == pytest.approx(0.75 / 3600 * 3.6 + 4.0 / 3600 * 0.2)
     from archiver.report import render
 
     assert "compute (mixed)  @ $3.6/GPU-h, $0.2/CPU-h" in render(everything, "table")
-    assert everything["bytes"]["saved"] == (1000 - 200) + (800 - 100)
-    assert everything["counts"]["skipped"] == 1
-    assert everything["money"]["payback_months"] == pytest.approx(c["cost"] / (1500 / 1e9 * 0.023))
+    assert everything.bytes.saved == (1000 - 200) + (800 - 100)
+    assert everything.counts.skipped == 1
+    assert everything.money.payback_months == pytest.approx(c.cost / (1500 / 1e9 * 0.023))
     factory.kw["bind"].dispose()
 
 
@@ -463,13 +471,13 @@ def test_an_object_archived_again_counts_once(db_url: str) -> None:
         s.commit()
         everything = build_report(s, ReportFilters(), Pricing(0.023, 3.6))
         first_job = build_report(s, ReportFilters(job_ids=[jobs[0].id]), Pricing(0.023, 3.6))
-    assert everything["bytes"]["saved"] == (1100 - 300) + (500 - 100)
-    assert everything["bytes"]["seen"] == 1100 + 500
-    c = everything["counts"]
-    assert (c["seen"], c["accepted"], c["superseded"]) == (2, 2, 1)
-    assert everything["psnr"]["count"] == 2 and everything["timeline"]["points"][-1]["saved_cumulative"] == 1200
-    assert everything["compute"]["cpu_seconds"] == pytest.approx(2.0 + 1.0 + 3.0)  # spent, even if superseded
-    assert first_job["bytes"]["saved"] == 400 and first_job["counts"]["superseded"] == 1
+    assert everything.bytes.saved == (1100 - 300) + (500 - 100)
+    assert everything.bytes.seen == 1100 + 500
+    c = everything.counts
+    assert (c.seen, c.accepted, c.superseded) == (2, 2, 1)
+    assert everything.psnr.count == 2 and everything.timeline.points[-1].saved_cumulative == 1200
+    assert everything.compute.cpu_seconds == pytest.approx(2.0 + 1.0 + 3.0)  # spent, even if superseded
+    assert first_job.bytes.saved == 400 and first_job.counts.superseded == 1
     assert "superseded (archived again later" in render(everything, "table")
     assert "superseded <b>1</b>" in render(everything, "html")
     factory.kw["bind"].dispose()
@@ -503,18 +511,18 @@ def test_outcomes_count_objects_not_the_jobs_that_met_them(db_url: str) -> None:
         s.commit()
         everything = build_report(s, ReportFilters(), Pricing(0.023, 3.6))
         pilot = build_report(s, ReportFilters(job_ids=[jobs[0].id]), Pricing(0.023, 3.6))
-    c = everything["counts"]
-    assert (c["seen"], c["accepted"], c["rejected"], c["failed"], c["skipped"], c["retried"]) == (3, 2, 0, 1, 0, 4)
-    assert everything["reasons"] == [{"status": "failed", "reason_code": "storage_error", "count": 1}]
-    assert everything["bytes"]["seen"] == 1000 + 500 + 700
-    assert everything["bytes"]["saved"] == (500 - 50) + (700 - 100)
-    assert everything["bytes"]["saved_pct_of_seen"] == pytest.approx(100 * 1050 / 2200)
-    assert sum(g["objects"] for g in everything["by_prefix"]) == 3
-    assert sum(g["objects"] for g in everything["by_content_type"]) == 3
-    assert everything["compute"]["cpu_seconds"] == pytest.approx(6.0)  # every processed row was paid for
+    c = everything.counts
+    assert (c.seen, c.accepted, c.rejected, c.failed, c.skipped, c.retried) == (3, 2, 0, 1, 0, 4)
+    assert everything.reasons == [Reason(status="failed", reason_code="storage_error", count=1)]
+    assert everything.bytes.seen == 1000 + 500 + 700
+    assert everything.bytes.saved == (500 - 50) + (700 - 100)
+    assert everything.bytes.saved_pct_of_seen == pytest.approx(100 * 1050 / 2200)
+    assert sum(g.objects for g in everything.by_prefix) == 3
+    assert sum(g.objects for g in everything.by_content_type) == 3
+    assert everything.compute.cpu_seconds == pytest.approx(6.0)  # every processed row was paid for
     assert "retried (met again later" in render(everything, "table")
     assert "retried <b>4</b>" in render(everything, "html")
-    assert (pilot["counts"]["seen"], pilot["counts"]["rejected"], pilot["counts"].get("retried")) == (1, 1, None)
+    assert (pilot.counts.seen, pilot.counts.rejected, pilot.as_dict()["counts"].get("retried")) == (1, 1, None)
     factory.kw["bind"].dispose()
 
 
@@ -706,8 +714,8 @@ def test_pilot_projection_contains_the_real_saving(corpus: Any, tmp_path: Path,
         again = load_pilot(s, p["job_id"], Pricing.from_settings(st))
         default = build_report(s)
     _approx(_strip_volatile(p), json.loads(json.dumps(_strip_volatile(again))))
-    assert p["job_id"] in default["excluded_jobs"]
-    assert default["counts"]["seen"] == len(full)
+    assert p["job_id"] in default.excluded_jobs
+    assert default.counts.seen == len(full)
 
     # re-render the recorded pilot as HTML: self-contained, charts embedded
     html_out = tmp_path / "pilot.html"

@@ -1,7 +1,8 @@
 """Report charts as self-contained PNGs (matplotlib, Agg backend, no display needed).
 
-Each function takes the report dict and returns PNG bytes; the HTML embeds them as
-``data:image/png;base64,...`` so the report is one file with no external references.
+Each function takes the :class:`~archiver.report.core.Report` (or a pilot's dict) and returns PNG
+bytes; the HTML embeds them as ``data:image/png;base64,...`` so the report is one file with no
+external references.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ matplotlib.use("Agg")  # headless; must precede pyplot
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+
+from .core import Distribution, Report  # noqa: E402
 
 BEFORE = "#aab4c3"
 AFTER = "#2563eb"
@@ -67,39 +70,39 @@ def _empty(ax, title: str, text: str = "no accepted objects in this selection") 
     ax.grid(False)
 
 
-def savings_by_prefix(report: dict[str, Any], top: int = 12) -> bytes:
+def savings_by_prefix(report: Report, top: int = 12) -> bytes:
     fig, ax = _figure()
     title = "Bytes before and after, by prefix"
-    groups = [g for g in report["by_prefix"] if g["bytes_before"]][:top]
+    groups = [g for g in report.by_prefix if g.bytes_before][:top]
     if not groups:
         _empty(ax, title)
         return _png(fig)
     groups = groups[::-1]  # largest saving on top
-    names = [g["prefix"] for g in groups]
+    names = [g.name for g in groups]
     y = range(len(groups))
-    ax.barh([i + 0.2 for i in y], [g["bytes_before"] for g in groups], height=0.4, color=BEFORE, label="before")
-    ax.barh([i - 0.2 for i in y], [g["bytes_after"] for g in groups], height=0.4, color=AFTER, label="after")
+    ax.barh([i + 0.2 for i in y], [g.bytes_before for g in groups], height=0.4, color=BEFORE, label="before")
+    ax.barh([i - 0.2 for i in y], [g.bytes_after for g in groups], height=0.4, color=AFTER, label="after")
     for i, g in zip(y, groups):
-        ax.text(g["bytes_before"], i + 0.2, f"  -{g['saved_pct']:.1f}%", va="center", fontsize=8, color=SAVED)
+        ax.text(g.bytes_before, i + 0.2, f"  -{g.saved_pct:.1f}%", va="center", fontsize=8, color=SAVED)
     ax.set_yticks(list(y), names)
     ax.xaxis.set_major_formatter(_BYTES)
     ax.grid(axis="y", visible=False)
-    ax.set_xlim(0, max(g["bytes_before"] for g in groups) * 1.18)
+    ax.set_xlim(0, max(g.bytes_before for g in groups) * 1.18)
     ax.set_title(title + " (accepted objects)", loc="left")
     ax.legend(frameon=False, loc="lower right")
     return _png(fig)
 
 
-def histogram(dist: dict[str, Any], title: str, xlabel: str, color: str = AFTER,
+def histogram(dist: Distribution, title: str, xlabel: str, color: str = AFTER,
               threshold: float | None = None) -> bytes:
     fig, ax = _figure()
-    edges, counts = dist["histogram"]["edges"], dist["histogram"]["counts"]
+    edges, counts = dist.histogram.edges, dist.histogram.counts
     if not counts or not sum(counts):
         _empty(ax, title)
         return _png(fig)
     widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
     ax.bar(edges[:-1], counts, width=widths, align="edge", color=color, edgecolor="white", linewidth=0.6)
-    p50 = dist["percentiles"].get("p50")
+    p50 = dist.percentiles.p50
     if p50 is not None:
         ax.axvline(p50, color=INK, linestyle="--", linewidth=1)
         ax.text(p50, max(counts) * 1.02, f" median {p50:.2f}", color=INK, fontsize=8, va="bottom")
@@ -114,46 +117,46 @@ def histogram(dist: dict[str, Any], title: str, xlabel: str, color: str = AFTER,
     ax.set_xlabel(xlabel)
     ax.set_ylabel("objects")
     shown = f"; threshold {threshold:g}" if threshold is not None and not drawn else ""
-    ax.set_title(f"{title} (n = {dist['count']:,}{shown})", loc="left")
+    ax.set_title(f"{title} (n = {dist.count:,}{shown})", loc="left")
     return _png(fig)
 
 
-def psnr_histogram(report: dict[str, Any]) -> bytes:
-    mins = [t["min_psnr"] for t in report.get("thresholds", []) if t.get("min_psnr") is not None]
-    return histogram(report["psnr"], "Verified PSNR of accepted objects", "PSNR (dB, RGB, peak 255)",
+def psnr_histogram(report: Report) -> bytes:
+    mins = [t.min_psnr for t in report.thresholds if t.min_psnr is not None]
+    return histogram(report.psnr, "Verified PSNR of accepted objects", "PSNR (dB, RGB, peak 255)",
                      threshold=min(mins) if len(set(mins)) == 1 else None)
 
 
-def bytes_by_content_type(report: dict[str, Any]) -> bytes:
+def bytes_by_content_type(report: Report) -> bytes:
     fig, ax = _figure()
     title = "Bytes before and after, by content type (accepted objects)"
-    groups = [g for g in report["by_content_type"] if g["bytes_before"]]
+    groups = [g for g in report.by_content_type if g.bytes_before]
     if not groups:
         _empty(ax, title)
         return _png(fig)
     x = list(range(len(groups)))
-    ax.bar([i - 0.2 for i in x], [g["bytes_before"] for g in groups], width=0.4, color=BEFORE, label="before")
-    ax.bar([i + 0.2 for i in x], [g["bytes_after"] for g in groups], width=0.4, color=AFTER, label="after")
+    ax.bar([i - 0.2 for i in x], [g.bytes_before for g in groups], width=0.4, color=BEFORE, label="before")
+    ax.bar([i + 0.2 for i in x], [g.bytes_after for g in groups], width=0.4, color=AFTER, label="after")
     for i, g in zip(x, groups):
-        ax.text(i, g["bytes_before"], f"-{g['saved_pct']:.1f}%\n", ha="center", va="bottom", fontsize=8, color=SAVED)
-    ax.set_xticks(x, [f"{g['content_type']}\n({g['accepted']:,} objects)" for g in groups])
+        ax.text(i, g.bytes_before, f"-{g.saved_pct:.1f}%\n", ha="center", va="bottom", fontsize=8, color=SAVED)
+    ax.set_xticks(x, [f"{g.name}\n({g.accepted:,} objects)" for g in groups])
     ax.yaxis.set_major_formatter(_BYTES)
-    ax.set_ylim(0, max(g["bytes_before"] for g in groups) * 1.22)
+    ax.set_ylim(0, max(g.bytes_before for g in groups) * 1.22)
     ax.grid(axis="x", visible=False)
     ax.set_title(title, loc="left")
     ax.legend(frameon=False)
     return _png(fig)
 
 
-def cumulative_savings(report: dict[str, Any]) -> bytes:
+def cumulative_savings(report: Report) -> bytes:
     fig, ax = _figure()
     title = "Cumulative bytes saved over time"
-    pts = report["timeline"]["points"]
+    pts = report.timeline.points
     if not pts:
         _empty(ax, title)
         return _png(fig)
-    ts = [dt.datetime.fromisoformat(p["t"]) for p in pts]
-    ys = [p["saved_cumulative"] for p in pts]
+    ts = [dt.datetime.fromisoformat(p.t) for p in pts]
+    ys = [p.saved_cumulative for p in pts]
     ax.step(ts, ys, where="post", color=SAVED, linewidth=1.8)
     ax.fill_between(ts, ys, step="post", color=SAVED, alpha=0.12)
     ax.yaxis.set_major_formatter(_BYTES)
@@ -161,7 +164,7 @@ def cumulative_savings(report: dict[str, Any]) -> bytes:
     locator = mdates.AutoDateLocator(maxticks=7)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    unit = report["timeline"].get("unit")
+    unit = report.timeline.unit
     ax.set_title(title + (f" (per {unit}, UTC)" if unit else ""), loc="left")
     return _png(fig)
 
@@ -191,8 +194,8 @@ def pilot_projection(pilot: dict[str, Any]) -> bytes:
 
 
 def pilot_saving_histogram(pilot: dict[str, Any]) -> bytes:
-    return histogram(pilot["saving_pct_distribution"], "Saving per sampled object", "saving (% of original bytes)",
-                     color=SAVED)
+    return histogram(Distribution.from_dict(pilot["saving_pct_distribution"]), "Saving per sampled object",
+                     "saving (% of original bytes)", color=SAVED)
 
 
 # ---- pilot: ConvNeXt-ChARM beside the classical codecs ---------------------------------------------

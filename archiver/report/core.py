@@ -41,7 +41,7 @@ import datetime as dt
 import math
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,12 +50,13 @@ from sqlalchemy.orm import Session, aliased
 
 from ..db.models import Job, Result, utcnow
 from ..errors import ArchiverError
-from ..vocabulary import PROCESSED, RESULT_STATUSES
+from ..vocabulary import PROCESSED
 
 GB = 10**9  # decimal gigabyte, as AWS bills storage
 PERCENTILES = (5, 25, 50, 75, 95)
 ROOT_PREFIX = "(root)"
 UNKNOWN_TYPE = "(unknown)"
+REPLACED = ("superseded", "retried")  # rows another row of the same object stands in for
 
 COMPUTE_BASIS_TEXT = {
     "gpu_seconds": "GPU rows: recorded gpu_seconds (accelerator-busy time)",
@@ -158,36 +159,18 @@ def prefix_of(key: str, depth: int = 1) -> str:
 
 
 def money(saved_bytes: int, compute_cost: float, pricing: Pricing) -> dict[str, Any]:
-    """Storage saving per month/year at the given price, net first-year saving and payback."""
-    saved_gb = saved_bytes / GB
-    per_month = saved_gb * pricing.price_per_gb_month
-    per_year = 12 * per_month
-    if compute_cost <= 0:
-        payback = 0.0
-    elif per_month > 0:
-        payback = compute_cost / per_month
-    else:
-        payback = None  # never
-    return {"saved_gb": saved_gb, "storage_saving_per_month": per_month, "storage_saving_per_year": per_year,
-            "compute_cost": compute_cost, "net_saving_first_year": per_year - compute_cost,
-            "payback_months": payback}
+    """:meth:`Money.of` as a dict (the pilot and the codec comparison store and render dicts)."""
+    return asdict(Money.of(saved_bytes, compute_cost, pricing))
 
 
 def distribution(values: Iterable[float], bins: int = 20) -> dict[str, Any]:
-    """count/min/mean/max, percentiles (numpy linear interpolation) and a histogram."""
-    a = np.fromiter((v for v in values if v is not None), dtype=np.float64)
-    a = a[np.isfinite(a)]
-    if a.size == 0:
-        return {"count": 0, "min": None, "mean": None, "max": None,
-                "percentiles": {f"p{p}": None for p in PERCENTILES}, "histogram": {"edges": [], "counts": []}}
-    bins = min(bins, max(6, 2 * math.ceil(math.sqrt(a.size))))  # few values: fewer, wider bins
-    lo, hi = float(a.min()), float(a.max())
-    if hi - lo < 1e-9:  # all equal: one bin around the value
-        lo, hi = lo - 0.5, hi + 0.5
-    counts, edges = np.histogram(a, bins=bins, range=(lo, hi))
-    return {"count": int(a.size), "min": float(a.min()), "mean": float(a.mean()), "max": float(a.max()),
-            "percentiles": {f"p{p}": float(np.percentile(a, p)) for p in PERCENTILES},
-            "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}}
+    """:meth:`Distribution.of` as a dict (the pilot and the codec comparison store and render dicts)."""
+    return asdict(Distribution.of(values, bins))
+
+
+def assumptions(pricing: Pricing, basis: str, prefix_depth: int = 1) -> dict[str, Any]:
+    """:meth:`Assumptions.of` as a dict (the pilot stores and renders dicts)."""
+    return asdict(Assumptions.of(pricing, basis, prefix_depth))
 
 
 def compute_basis(gpu_rows: int, cpu_rows: int) -> str:
@@ -198,6 +181,325 @@ def compute_basis(gpu_rows: int, cpu_rows: int) -> str:
     if cpu_rows:
         return "t_total"
     return "none"
+
+
+# ---- the report's shape ------------------------------------------------------------------------
+# Typed so that renderers, charts and tests read attributes a type checker can follow instead of
+# string keys. ``Report.as_dict()`` is the public JSON/CSV format: its keys, their order and its
+# values are exactly those of the dict ``build_report`` used to return. Field names mirror the
+# JSON keys; times are kept as the JSON's ISO 8601 strings (UTC).
+
+
+@dataclass(frozen=True)
+class Money:
+    """Storage saving per month/year at the given price, net first-year saving and payback."""
+
+    saved_gb: float
+    storage_saving_per_month: float
+    storage_saving_per_year: float
+    compute_cost: float
+    net_saving_first_year: float
+    payback_months: float | None  # None: never (no saving); 0.0: nothing to pay back
+
+    @classmethod
+    def of(cls, saved_bytes: int, compute_cost: float, pricing: Pricing) -> Money:
+        saved_gb = saved_bytes / GB
+        per_month = saved_gb * pricing.price_per_gb_month
+        per_year = 12 * per_month
+        if compute_cost <= 0:
+            payback: float | None = 0.0
+        elif per_month > 0:
+            payback = compute_cost / per_month
+        else:
+            payback = None
+        return cls(saved_gb=saved_gb, storage_saving_per_month=per_month, storage_saving_per_year=per_year,
+                   compute_cost=compute_cost, net_saving_first_year=per_year - compute_cost, payback_months=payback)
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Linear-interpolation percentiles (numpy's default); None when there are no values."""
+
+    p5: float | None
+    p25: float | None
+    p50: float | None
+    p75: float | None
+    p95: float | None
+
+
+@dataclass(frozen=True)
+class Histogram:
+    edges: list[float]  # len(counts) + 1 bin edges; both empty when there are no values
+    counts: list[int]
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """count/min/mean/max, percentiles and a histogram of one metric."""
+
+    count: int
+    min: float | None
+    mean: float | None
+    max: float | None
+    percentiles: Percentiles
+    histogram: Histogram
+
+    @classmethod
+    def of(cls, values: Iterable[float | None], bins: int = 20) -> Distribution:
+        """Non-finite and missing values are left out; few values get fewer, wider bins."""
+        a = np.fromiter((v for v in values if v is not None), dtype=np.float64)
+        a = a[np.isfinite(a)]
+        if a.size == 0:
+            return cls(count=0, min=None, mean=None, max=None,
+                       percentiles=Percentiles(**{f"p{p}": None for p in PERCENTILES}),
+                       histogram=Histogram(edges=[], counts=[]))
+        bins = min(bins, max(6, 2 * math.ceil(math.sqrt(a.size))))
+        lo, hi = float(a.min()), float(a.max())
+        if hi - lo < 1e-9:  # all equal: one bin around the value
+            lo, hi = lo - 0.5, hi + 0.5
+        counts, edges = np.histogram(a, bins=bins, range=(lo, hi))
+        return cls(count=int(a.size), min=float(a.min()), mean=float(a.mean()), max=float(a.max()),
+                   percentiles=Percentiles(**{f"p{p}": float(np.percentile(a, p)) for p in PERCENTILES}),
+                   histogram=Histogram(edges=[float(e) for e in edges], counts=[int(c) for c in counts]))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Distribution:
+        """Back from :func:`distribution`'s dict (the pilot keeps its sections as dicts)."""
+        return cls(count=d["count"], min=d["min"], mean=d["mean"], max=d["max"],
+                   percentiles=Percentiles(**d["percentiles"]), histogram=Histogram(**d["histogram"]))
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """The prices and definitions a report (or pilot) used, with the notes printed beside it."""
+
+    price_per_gb_month: float
+    gb_bytes: int
+    gpu_price_per_hour: float
+    cpu_price_per_hour: float
+    compute_basis: str
+    compute_basis_text: str
+    notes: list[str]
+
+    @classmethod
+    def of(cls, pricing: Pricing, basis: str, prefix_depth: int = 1) -> Assumptions:
+        return cls(price_per_gb_month=pricing.price_per_gb_month, gb_bytes=GB,
+                   gpu_price_per_hour=pricing.gpu_price_per_hour, cpu_price_per_hour=pricing.cpu_price_per_hour,
+                   compute_basis=basis, compute_basis_text=COMPUTE_BASIS_TEXT.get(basis, basis),
+                   notes=_notes(pricing, basis, prefix_depth))
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job the report covers, with the thresholds and options it ran with."""
+
+    id: int
+    kind: str
+    status: str
+    source: str
+    dest: str | None
+    model_id: str
+    min_psnr: float | None
+    min_saving: float | None
+    replace: bool | None
+    dry_run: bool | None
+    sample_size: int | None
+    seed: int | None
+    created_at: str | None
+    finished_at: str | None
+
+    @classmethod
+    def of(cls, j: Job) -> JobInfo:
+        opts = (j.settings or {}).get("options") or {}
+        return cls(id=j.id, kind=j.kind, status=j.status, source=j.source, dest=j.dest, model_id=j.model_id,
+                   min_psnr=opts.get("min_psnr"), min_saving=opts.get("min_saving"), replace=opts.get("replace"),
+                   dry_run=opts.get("dry_run"), sample_size=j.sample_size, seed=j.seed,
+                   created_at=_iso(j.created_at), finished_at=_iso(j.finished_at))
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One distinct (model, PSNR floor, minimum saving) the covered jobs ran with."""
+
+    model_id: str
+    min_psnr: float | None
+    min_saving: float | None
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Objects by outcome, each object once, by the row that stands for it; ``superseded`` and
+    ``retried`` count the rows another row of the same object replaced (see the module docstring)."""
+
+    seen: int
+    accepted: int
+    rejected: int
+    failed: int
+    skipped: int
+    pending: int
+    superseded: int
+    retried: int
+    originals_deleted: int
+    other: dict[str, int] = field(default_factory=dict)  # statuses outside the vocabulary (still in ``seen``)
+
+    @classmethod
+    def of(cls, rows_by_status: dict[str, int], originals_deleted: int) -> Counts:
+        """From the number of rows per status, superseded and retried counted as statuses of their own."""
+        n = dict(rows_by_status)
+        seen = sum(c for status, c in n.items() if status not in REPLACED)  # objects, not rows
+        return cls(seen=seen, accepted=n.pop("accepted", 0), rejected=n.pop("rejected", 0), failed=n.pop("failed", 0),
+                   skipped=n.pop("skipped", 0), pending=n.pop("pending", 0), superseded=n.pop("superseded", 0),
+                   retried=n.pop("retried", 0), originals_deleted=originals_deleted, other=n)
+
+    def as_dict(self) -> dict[str, int]:
+        """The JSON's ``counts``: pending, superseded and retried only when non-zero. Superseded,
+        retried and any unknown status come in name order: the order the database's ``GROUP BY``
+        gave them in when this was a dict, kept because the JSON's key order is public."""
+        d = {"seen": self.seen, "accepted": self.accepted, "rejected": self.rejected, "failed": self.failed,
+             "skipped": self.skipped}
+        if self.pending:
+            d["pending"] = self.pending
+        extra = {"superseded": self.superseded, "retried": self.retried, **self.other}
+        d.update(sorted((status, n) for status, n in extra.items() if n))
+        d["originals_deleted"] = self.originals_deleted
+        return d
+
+
+@dataclass(frozen=True)
+class Reason:
+    """How many standing rejected/failed/skipped objects gave one reason code."""
+
+    status: str
+    reason_code: str  # "(none)" when the row has none
+    count: int
+
+
+@dataclass(frozen=True)
+class ByteTotals:
+    """Bytes of all objects seen, and before/after/saved of the accepted ones."""
+
+    seen: int
+    before: int
+    after: int
+    saved: int
+    saved_pct: float | None  # of the accepted objects' original bytes
+    saved_pct_of_seen: float | None  # of all objects' original bytes
+
+
+@dataclass(frozen=True)
+class Group:
+    """One row of a breakdown: a content type or a key prefix (``name``), what was seen under
+    it and what its accepted objects saved."""
+
+    name: str
+    objects: int
+    accepted: int
+    bytes_seen: int
+    bytes_before: int
+    bytes_after: int
+    saved: int
+    saved_pct: float | None
+    saved_pct_of_seen: float | None
+
+    def as_dict(self, name_key: str) -> dict[str, Any]:
+        """In the JSON the name sits under ``name_key`` ("content_type" or "prefix")."""
+        numbers = asdict(self)
+        del numbers["name"]
+        return {name_key: self.name, **numbers}
+
+
+@dataclass
+class _GroupSums:
+    """The running sums of one :class:`Group` while the rows stream past."""
+
+    objects: int = 0
+    accepted: int = 0
+    bytes_seen: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+    def finish(self, name: str) -> Group:
+        saved = self.bytes_before - self.bytes_after
+        return Group(name=name, objects=self.objects, accepted=self.accepted, bytes_seen=self.bytes_seen,
+                     bytes_before=self.bytes_before, bytes_after=self.bytes_after, saved=saved,
+                     saved_pct=pct(saved, self.bytes_before), saved_pct_of_seen=pct(saved, self.bytes_seen))
+
+
+@dataclass(frozen=True)
+class Compute:
+    """One-off compute: GPU rows by their gpu_seconds, CPU rows by their t_total, and its cost."""
+
+    gpu_objects: int
+    cpu_objects: int
+    gpu_seconds: float
+    cpu_seconds: float
+    basis: str  # gpu_seconds | t_total | mixed | none
+    compute_seconds: float
+    compute_hours: float
+    price_per_hour: float  # the GPU price (the key predates CPU pricing)
+    cpu_price_per_hour: float
+    cost: float
+
+
+@dataclass(frozen=True)
+class TimelinePoint:
+    t: str  # ISO 8601, UTC: the end of a bin (the first point: the first accepted row, at 0)
+    saved_cumulative: int
+
+
+@dataclass(frozen=True)
+class SavingsTimeline:
+    """Cumulative saved bytes over time, in bins of one ``unit`` (None when nothing was saved)."""
+
+    unit: str | None
+    points: list[TimelinePoint]
+
+
+@dataclass(frozen=True)
+class Report:
+    """The ROI report (see the module docstring); ``as_dict()`` is its JSON form."""
+
+    generated_at: str  # ISO 8601, UTC
+    filters: ReportFilters
+    excluded_jobs: list[int]  # pilots and dry runs left out by default
+    assumptions: Assumptions
+    jobs: list[JobInfo]
+    models: list[str]
+    thresholds: list[Threshold]
+    counts: Counts
+    reasons: list[Reason]
+    bytes: ByteTotals
+    by_content_type: list[Group]
+    by_prefix: list[Group]
+    prefix_depth: int
+    psnr: Distribution
+    bpp: Distribution
+    timeline: SavingsTimeline
+    compute: Compute
+    money: Money
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as the plain JSON-serialisable dict of ``archiver report --format json``."""
+        return {
+            "generated_at": self.generated_at,
+            "filters": self.filters.as_dict(),
+            "excluded_jobs": list(self.excluded_jobs),
+            "assumptions": asdict(self.assumptions),
+            "jobs": [asdict(j) for j in self.jobs],
+            "models": list(self.models),
+            "thresholds": [asdict(t) for t in self.thresholds],
+            "counts": self.counts.as_dict(),
+            "reasons": [asdict(r) for r in self.reasons],
+            "bytes": asdict(self.bytes),
+            "by_content_type": [g.as_dict("content_type") for g in self.by_content_type],
+            "by_prefix": [g.as_dict("prefix") for g in self.by_prefix],
+            "prefix_depth": self.prefix_depth,
+            "psnr": asdict(self.psnr),
+            "bpp": asdict(self.bpp),
+            "timeline": asdict(self.timeline),
+            "compute": asdict(self.compute),
+            "money": asdict(self.money),
+        }
 
 
 # ---- the report --------------------------------------------------------------------------------
@@ -270,29 +572,9 @@ def _where(filters: ReportFilters, excluded_jobs: Sequence[int]) -> list[Any]:
     return conds
 
 
-def _job_info(j: Job) -> dict[str, Any]:
-    opts = (j.settings or {}).get("options") or {}
-    return {"id": j.id, "kind": j.kind, "status": j.status, "source": j.source, "dest": j.dest,
-            "model_id": j.model_id, "min_psnr": opts.get("min_psnr"), "min_saving": opts.get("min_saving"),
-            "replace": opts.get("replace"), "dry_run": opts.get("dry_run"),
-            "sample_size": j.sample_size, "seed": j.seed,
-            "created_at": _iso(j.created_at), "finished_at": _iso(j.finished_at)}
-
-
-def _group_row(name_key: str, name: str) -> dict[str, Any]:
-    return {name_key: name, "objects": 0, "accepted": 0, "bytes_seen": 0, "bytes_before": 0, "bytes_after": 0}
-
-
-def _finish_group(g: dict[str, Any]) -> dict[str, Any]:
-    g["saved"] = g["bytes_before"] - g["bytes_after"]
-    g["saved_pct"] = pct(g["saved"], g["bytes_before"])
-    g["saved_pct_of_seen"] = pct(g["saved"], g["bytes_seen"])
-    return g
-
-
 def build_report(session: Session, filters: ReportFilters | None = None, pricing: Pricing | None = None, *,
-                 prefix_depth: int = 1, bins: int = 20, timeline_points: int = 200) -> dict[str, Any]:
-    """Compute the report as a plain JSON-serialisable dict (see the module docstring)."""
+                 prefix_depth: int = 1, bins: int = 20, timeline_points: int = 200) -> Report:
+    """Compute the report (see the module docstring); ``.as_dict()`` gives its JSON form."""
     filters = filters or ReportFilters()
     pricing = pricing or Pricing()
     if prefix_depth < 1:
@@ -301,7 +583,7 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
     where = _where(filters, excluded)
 
     # --- counts and bytes per status / reason (SQL) -------------------------------------------
-    counts = {str(s): 0 for s in RESULT_STATUSES}
+    by_status: dict[str, int] = {}
     bytes_seen = before = after = deleted = 0
     superseded, retried = _replaced(session)
     replaced = or_(superseded, retried)
@@ -310,58 +592,53 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
                 func.sum(case((Result.original_deleted.is_(True), 1), else_=0)))
          .where(*where).group_by(status_of))
     for status, n, ob, cb, dl in session.execute(q):
-        counts[status] = counts.get(status, 0) + int(n)
-        if status in ("superseded", "retried"):
+        by_status[status] = by_status.get(status, 0) + int(n)
+        if status in REPLACED:
             continue  # the object's bytes are counted with the row that stands for it
         bytes_seen += _int(ob)
         if status == "accepted":
             before, after = _int(ob), _int(cb)
         deleted += _int(dl)
-    seen = sum(counts.values()) - counts.get("superseded", 0) - counts.get("retried", 0)  # objects, not rows
-    for extra in ("superseded", "retried"):
-        if not counts.get(extra):
-            counts.pop(extra, None)
-    if not counts.get("pending"):
-        counts.pop("pending", None)
+    counts = Counts.of(by_status, deleted)
     q = (select(Result.status, Result.reason_code, func.count())
          .where(*where, Result.status.in_(("rejected", "failed", "skipped")), ~replaced)
          .group_by(Result.status, Result.reason_code)
          .order_by(Result.status, func.count().desc(), Result.reason_code))
-    reasons = [{"status": st, "reason_code": rc or "(none)", "count": int(n)} for st, rc, n in session.execute(q)]
+    reasons = [Reason(status=st, reason_code=rc or "(none)", count=int(n)) for st, rc, n in session.execute(q)]
 
     # --- per content type (SQL) ---------------------------------------------------------------
     acc = and_(Result.status == "accepted", ~superseded)  # the accepted rows whose saving stands
-    by_type: dict[str, dict[str, Any]] = {}
+    by_type: dict[str, _GroupSums] = {}
     q = (select(Result.content_type, func.count(), func.sum(case((acc, 1), else_=0)), func.sum(Result.original_bytes),
                 func.sum(case((acc, Result.original_bytes), else_=0)), func.sum(case((acc, Result.compressed_bytes), else_=0)))
          .where(*where, ~replaced).group_by(Result.content_type))
     for ct, n, na, ob, bb, ab in session.execute(q):
         name = ct or UNKNOWN_TYPE
-        g = by_type.setdefault(name, _group_row("content_type", name))
-        g["objects"] += int(n)
-        g["accepted"] += _int(na)
-        g["bytes_seen"] += _int(ob)
-        g["bytes_before"] += _int(bb)
-        g["bytes_after"] += _int(ab)
-    content_types = sorted((_finish_group(g) for g in by_type.values()), key=lambda g: (-g["bytes_seen"], g["content_type"]))
+        g = by_type.setdefault(name, _GroupSums())
+        g.objects += int(n)
+        g.accepted += _int(na)
+        g.bytes_seen += _int(ob)
+        g.bytes_before += _int(bb)
+        g.bytes_after += _int(ab)
+    content_types = sorted((g.finish(name) for name, g in by_type.items()), key=lambda g: (-g.bytes_seen, g.name))
 
     # --- compute (SQL) ------------------------------------------------------------------------
-    comp = {"gpu_objects": 0, "cpu_objects": 0, "gpu_seconds": 0.0, "cpu_seconds": 0.0}
+    gpu_objects = cpu_objects = 0
+    gpu_seconds = cpu_seconds = 0.0
     q = (select(Result.device, func.count(), func.sum(Result.gpu_seconds), func.sum(Result.t_total))
          .where(*where, Result.status.in_(PROCESSED)).group_by(Result.device))
     for device, n, gs, tt in session.execute(q):  # a handful of distinct devices
         if (device or "").startswith("cuda"):
-            comp["gpu_objects"] += int(n)
-            comp["gpu_seconds"] += float(gs or 0.0)
+            gpu_objects += int(n)
+            gpu_seconds += float(gs or 0.0)
         else:
-            comp["cpu_objects"] += int(n)
-            comp["cpu_seconds"] += float(tt or 0.0)
-    comp["basis"] = compute_basis(comp["gpu_objects"], comp["cpu_objects"])
-    comp["compute_seconds"] = comp["gpu_seconds"] + comp["cpu_seconds"]
-    comp["compute_hours"] = comp["compute_seconds"] / 3600.0
-    comp["price_per_hour"] = pricing.gpu_price_per_hour
-    comp["cpu_price_per_hour"] = pricing.cpu_price_per_hour
-    comp["cost"] = pricing.compute_cost(comp["gpu_seconds"], comp["cpu_seconds"])
+            cpu_objects += int(n)
+            cpu_seconds += float(tt or 0.0)
+    compute_seconds = gpu_seconds + cpu_seconds
+    comp = Compute(gpu_objects=gpu_objects, cpu_objects=cpu_objects, gpu_seconds=gpu_seconds, cpu_seconds=cpu_seconds,
+                   basis=compute_basis(gpu_objects, cpu_objects), compute_seconds=compute_seconds,
+                   compute_hours=compute_seconds / 3600.0, price_per_hour=pricing.gpu_price_per_hour,
+                   cpu_price_per_hour=pricing.cpu_price_per_hour, cost=pricing.compute_cost(gpu_seconds, cpu_seconds))
 
     # --- one streamed pass over the rows: prefixes, distributions, timeline ------------------
     # Memory: one dict entry per prefix, two float arrays (8 bytes per accepted object) and at
@@ -370,7 +647,7 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
                                   .where(*where, acc)).one()
     tl = Timeline(first and _utc(first), last and _utc(last), timeline_points)
     psnrs, bpps = array("d"), array("d")
-    by_prefix: dict[str, dict[str, Any]] = {}
+    by_prefix: dict[str, _GroupSums] = {}
     q = (select(Result.key, Result.status, Result.original_bytes, Result.compressed_bytes, Result.psnr, Result.bpp,
                 Result.created_at)
          .where(*where, ~replaced).execution_options(yield_per=5000))
@@ -378,53 +655,53 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
         name = prefix_of(key, prefix_depth)
         g = by_prefix.get(name)
         if g is None:
-            g = by_prefix[name] = _group_row("prefix", name)
-        g["objects"] += 1
-        g["bytes_seen"] += _int(ob)
+            g = by_prefix[name] = _GroupSums()
+        g.objects += 1
+        g.bytes_seen += _int(ob)
         if status == "accepted":
-            g["accepted"] += 1
-            g["bytes_before"] += _int(ob)
-            g["bytes_after"] += _int(cb)
+            g.accepted += 1
+            g.bytes_before += _int(ob)
+            g.bytes_after += _int(cb)
             if p is not None:
                 psnrs.append(float(p))
             if b is not None:
                 bpps.append(float(b))
             tl.add(_utc(t), _int(ob) - _int(cb))
-    prefixes = sorted((_finish_group(g) for g in by_prefix.values()), key=lambda g: (-g["saved"], g["prefix"]))
+    prefixes = sorted((g.finish(name) for name, g in by_prefix.items()), key=lambda g: (-g.saved, g.name))
 
     saved = before - after
-    m = money(saved, comp["cost"], pricing)
     used_jobs = {int(j) for (j,) in session.execute(select(Result.job_id).where(*where).distinct())}
-    job_infos = [_job_info(j) for j in jobs if j.id in used_jobs]
-    thresholds = sorted({(j["model_id"], j["min_psnr"], j["min_saving"]) for j in job_infos},
+    job_infos = [JobInfo.of(j) for j in jobs if j.id in used_jobs]
+    thresholds = sorted({(j.model_id, j.min_psnr, j.min_saving) for j in job_infos},
                         key=lambda t: (t[0], t[1] or 0, t[2] or 0))
     models = sorted({mid for (mid,) in session.execute(select(Result.model_id).where(*where).distinct())})
 
-    return {
-        "generated_at": utcnow().isoformat(),
-        "filters": filters.as_dict(),
-        "excluded_jobs": excluded,
-        "assumptions": assumptions(pricing, comp["basis"], prefix_depth),
-        "jobs": job_infos,
-        "models": models,
-        "thresholds": [{"model_id": t[0], "min_psnr": t[1], "min_saving": t[2]} for t in thresholds],
-        "counts": {"seen": seen, **counts, "originals_deleted": deleted},
-        "reasons": reasons,
-        "bytes": {"seen": bytes_seen, "before": before, "after": after, "saved": saved,
-                  "saved_pct": pct(saved, before), "saved_pct_of_seen": pct(saved, bytes_seen)},
-        "by_content_type": content_types,
-        "by_prefix": prefixes,
-        "prefix_depth": prefix_depth,
-        "psnr": distribution(psnrs, bins),
-        "bpp": distribution(bpps, bins),
-        "timeline": tl.result(),
-        "compute": comp,
-        "money": m,
-    }
+    return Report(
+        generated_at=utcnow().isoformat(),
+        filters=replace(filters, job_ids=tuple(filters.job_ids)),  # a snapshot: the caller's may change
+        excluded_jobs=excluded,
+        assumptions=Assumptions.of(pricing, comp.basis, prefix_depth),
+        jobs=job_infos,
+        models=models,
+        thresholds=[Threshold(model_id=m, min_psnr=p, min_saving=ms) for m, p, ms in thresholds],
+        counts=counts,
+        reasons=reasons,
+        bytes=ByteTotals(seen=bytes_seen, before=before, after=after, saved=saved,
+                         saved_pct=pct(saved, before), saved_pct_of_seen=pct(saved, bytes_seen)),
+        by_content_type=content_types,
+        by_prefix=prefixes,
+        prefix_depth=prefix_depth,
+        psnr=Distribution.of(psnrs, bins),
+        bpp=Distribution.of(bpps, bins),
+        timeline=tl.result(),
+        compute=comp,
+        money=Money.of(saved, comp.cost, pricing),
+    )
 
 
-def assumptions(pricing: Pricing, basis: str, prefix_depth: int = 1) -> dict[str, Any]:
-    notes = [
+def _notes(pricing: Pricing, basis: str, prefix_depth: int) -> list[str]:
+    """The method and assumptions, in words, as every format prints them."""
+    return [
         f"Storage priced at ${pricing.price_per_gb_month:g} per GB-month (default: S3 Standard); "
         "GB = 10^9 bytes, as AWS bills storage; $/year = 12 x $/month.",
         {
@@ -445,10 +722,6 @@ def assumptions(pricing: Pricing, basis: str, prefix_depth: int = 1) -> dict[str
         "PSNR and bpp distributions are over accepted objects; percentiles use linear interpolation.",
         f"Prefix = first {prefix_depth} path component(s) of the key.",
     ]
-    return {"price_per_gb_month": pricing.price_per_gb_month, "gb_bytes": GB,
-            "gpu_price_per_hour": pricing.gpu_price_per_hour, "cpu_price_per_hour": pricing.cpu_price_per_hour,
-            "compute_basis": basis,
-            "compute_basis_text": COMPUTE_BASIS_TEXT.get(basis, basis), "notes": notes}
 
 
 _STEPS = [(1, "second"), (60, "minute"), (3600, "hour"), (86400, "day"), (7 * 86400, "week")]
@@ -473,23 +746,38 @@ class Timeline:
         k = int((when - self.first).total_seconds() // self.step)
         self.bins[k] = self.bins.get(k, 0) + saved
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> SavingsTimeline:
         if self.first is None or self.last is None or not self.bins:
-            return {"unit": None, "points": []}
-        points = [{"t": self.first.isoformat(), "saved_cumulative": 0}]
+            return SavingsTimeline(unit=None, points=[])
+        points = [TimelinePoint(t=self.first.isoformat(), saved_cumulative=0)]
         total = 0
         for k in sorted(self.bins):
             total += self.bins[k]
             end = min(self.first + dt.timedelta(seconds=(k + 1) * self.step), self.last)
-            points.append({"t": end.isoformat(), "saved_cumulative": total})
-        return {"unit": self.unit, "points": points}
+            points.append(TimelinePoint(t=end.isoformat(), saved_cumulative=total))
+        return SavingsTimeline(unit=self.unit, points=points)
 
 
 __all__ = [
+    "Assumptions",
+    "ByteTotals",
+    "Compute",
+    "Counts",
+    "Distribution",
     "GB",
+    "Group",
+    "Histogram",
+    "JobInfo",
+    "Money",
+    "Percentiles",
     "Pricing",
+    "Reason",
+    "Report",
     "ReportError",
     "ReportFilters",
+    "SavingsTimeline",
+    "Threshold",
+    "TimelinePoint",
     "build_report",
     "distribution",
     "money",

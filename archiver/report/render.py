@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .charts import human_bytes
+from .core import Distribution, Group, Report, ReportFilters
 
 FORMATS = ("table", "csv", "json", "html")
 
@@ -143,96 +144,113 @@ def _kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
     return t
 
 
-def _groups_table(title: str, name: str, groups: list[dict[str, Any]], limit: int = 30) -> Table:
+def _groups_table(title: str, name: str, groups: list[Group], limit: int = 30) -> Table:
     t = Table(title=title, title_justify="left", title_style="bold")
     for col, just in ((name, "left"), ("objects", "right"), ("accepted", "right"), ("bytes seen", "right"),
                       ("before", "right"), ("after", "right"), ("saved", "right"), ("saved %", "right")):
         t.add_column(col, justify=just)
-    key = "prefix" if name == "prefix" else "content_type"
     for g in groups[:limit]:
-        t.add_row(str(g[key]), f"{g['objects']:,}", f"{g['accepted']:,}", fmt_bytes(g["bytes_seen"]),
-                  fmt_bytes(g["bytes_before"]), fmt_bytes(g["bytes_after"]), fmt_bytes(g["saved"]), fmt_pct(g["saved_pct"]))
+        t.add_row(g.name, f"{g.objects:,}", f"{g.accepted:,}", fmt_bytes(g.bytes_seen), fmt_bytes(g.bytes_before),
+                  fmt_bytes(g.bytes_after), fmt_bytes(g.saved), fmt_pct(g.saved_pct))
     if len(groups) > limit:
         t.caption = f"{len(groups) - limit} more not shown (see --format csv/json)"
     return t
 
 
-def _dist_table(report: dict[str, Any]) -> Table:
+def _dist_cells(label: str, d: Distribution) -> list[str]:
+    """metric, n, min, p5, p25, median, p75, p95, max, mean (the table's and the HTML's columns)."""
+    p = d.percentiles
+    return [label, f"{d.count:,}", fmt_num(d.min), fmt_num(p.p5), fmt_num(p.p25), fmt_num(p.p50), fmt_num(p.p75),
+            fmt_num(p.p95), fmt_num(d.max), fmt_num(d.mean)]
+
+
+def _dist_rows(report: Report) -> list[list[str]]:
+    return [_dist_cells("PSNR (dB)", report.psnr), _dist_cells("bits per pixel", report.bpp)]
+
+
+def _dist_table(report: Report) -> Table:
     t = Table(title="Quality and size of accepted objects", title_justify="left", title_style="bold")
     t.add_column("metric")
     for c in ("n", "min", "p5", "p25", "median", "p75", "p95", "max", "mean"):
         t.add_column(c, justify="right")
-    for name, label in (("psnr", "PSNR (dB)"), ("bpp", "bits per pixel")):
-        d = report[name]
-        p = d["percentiles"]
-        t.add_row(label, f"{d['count']:,}", fmt_num(d["min"]), fmt_num(p["p5"]), fmt_num(p["p25"]), fmt_num(p["p50"]),
-                  fmt_num(p["p75"]), fmt_num(p["p95"]), fmt_num(d["max"]), fmt_num(d["mean"]))
+    for row in _dist_rows(report):
+        t.add_row(*row)
     return t
 
 
-def _outcome_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
-    c = report["counts"]
-    rows = [("objects seen", f"{c['seen']:,}"), ("accepted", f"{c['accepted']:,}")]
-    for status in ("rejected", "failed", "skipped"):
-        reasons = [r for r in report["reasons"] if r["status"] == status]
-        detail = ", ".join(f"{r['reason_code']}: {r['count']:,}" for r in reasons)
-        rows.append((status, f"{c[status]:,}" + (f"  ({detail})" if detail and status != "skipped" else "")))
-    if c.get("pending"):
-        rows.append(("pending", f"{c['pending']:,}"))
-    if c.get("superseded"):
-        rows.append(("superseded (archived again later; not in the savings)", f"{c['superseded']:,}"))
-    if c.get("retried"):
-        rows.append(("retried (met again later; counted by that outcome)", f"{c['retried']:,}"))
-    rows.append(("originals deleted (saving realised)", f"{c['originals_deleted']:,}"))
+def _outcome_rows(report: Report) -> list[tuple[str, str]]:
+    c = report.counts
+    rows = [("objects seen", f"{c.seen:,}"), ("accepted", f"{c.accepted:,}")]
+    for status, n in (("rejected", c.rejected), ("failed", c.failed), ("skipped", c.skipped)):
+        detail = ", ".join(f"{r.reason_code}: {r.count:,}" for r in report.reasons if r.status == status)
+        rows.append((status, f"{n:,}" + (f"  ({detail})" if detail and status != "skipped" else "")))
+    if c.pending:
+        rows.append(("pending", f"{c.pending:,}"))
+    if c.superseded:
+        rows.append(("superseded (archived again later; not in the savings)", f"{c.superseded:,}"))
+    if c.retried:
+        rows.append(("retried (met again later; counted by that outcome)", f"{c.retried:,}"))
+    rows.append(("originals deleted (saving realised)", f"{c.originals_deleted:,}"))
     return rows
 
 
-def _price_label(basis: str, assumptions: dict[str, Any]) -> str:
+def _price_label(basis: str, gpu_price_per_hour: float, cpu_price_per_hour: float) -> str:
     """The compute price(s) a report used, by its basis: GPU hours, CPU-machine hours, or both."""
-    gpu = f"${assumptions['gpu_price_per_hour']:g}/GPU-h"
-    cpu = f"${assumptions.get('cpu_price_per_hour', assumptions['gpu_price_per_hour']):g}/CPU-h"
+    gpu = f"${gpu_price_per_hour:g}/GPU-h"
+    cpu = f"${cpu_price_per_hour:g}/CPU-h"
     return {"gpu_seconds": gpu, "t_total": cpu}.get(basis, f"{gpu}, {cpu}")
 
 
-def _money_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
-    b, m, comp, a = report["bytes"], report["money"], report["compute"], report["assumptions"]
+def _money_rows(report: Report) -> list[tuple[str, str]]:
+    b, m, comp, a = report.bytes, report.money, report.compute, report.assumptions
     return [
-        ("bytes before -> after (accepted)", f"{fmt_bytes(b['before'])} -> {fmt_bytes(b['after'])}"),
-        ("saved", f"{fmt_bytes(b['saved'])}  ({fmt_pct(b['saved_pct'])} of accepted, "
-                  f"{fmt_pct(b['saved_pct_of_seen'])} of all seen)"),
-        (f"storage saved / month  @ ${a['price_per_gb_month']:g}/GB-month", fmt_money(m["storage_saving_per_month"])),
-        ("storage saved / year", fmt_money(m["storage_saving_per_year"])),
-        (f"compute ({comp['basis']})  @ {_price_label(comp['basis'], a)}",
-         f"{fmt_duration(comp['compute_seconds'])} -> {fmt_money(comp['cost'])}"),
-        ("net saving, first year", fmt_money(m["net_saving_first_year"])),
-        ("payback", fmt_months(m["payback_months"])),
+        ("bytes before -> after (accepted)", f"{fmt_bytes(b.before)} -> {fmt_bytes(b.after)}"),
+        ("saved", f"{fmt_bytes(b.saved)}  ({fmt_pct(b.saved_pct)} of accepted, "
+                  f"{fmt_pct(b.saved_pct_of_seen)} of all seen)"),
+        (f"storage saved / month  @ ${a.price_per_gb_month:g}/GB-month", fmt_money(m.storage_saving_per_month)),
+        ("storage saved / year", fmt_money(m.storage_saving_per_year)),
+        (f"compute ({comp.basis})  @ {_price_label(comp.basis, a.gpu_price_per_hour, a.cpu_price_per_hour)}",
+         f"{fmt_duration(comp.compute_seconds)} -> {fmt_money(comp.cost)}"),
+        ("net saving, first year", fmt_money(m.net_saving_first_year)),
+        ("payback", fmt_months(m.payback_months)),
     ]
 
 
-def _jobs_table(report: dict[str, Any]) -> Table:
+def _job_cells(report: Report, time_sep: str = "T") -> list[list[str]]:
+    """job, kind, status, model, min PSNR, min saving, source, created (the table's and the HTML's columns)."""
+    return [[str(j.id), j.kind, j.status, j.model_id, fmt_num(j.min_psnr),
+             fmt_pct(100 * j.min_saving if j.min_saving is not None else None, 0), j.source,
+             (j.created_at or "")[:19].replace("T", time_sep)] for j in report.jobs]
+
+
+def _jobs_table(report: Report) -> Table:
     t = Table(title="Jobs, models and thresholds", title_justify="left", title_style="bold")
     for col in ("job", "kind", "status", "model", "min PSNR", "min saving", "source", "created (UTC)"):
         t.add_column(col)
-    for j in report["jobs"]:
-        t.add_row(str(j["id"]), j["kind"], j["status"], j["model_id"], fmt_num(j["min_psnr"]),
-                  fmt_pct(100 * j["min_saving"] if j["min_saving"] is not None else None, 0), j["source"],
-                  (j["created_at"] or "")[:19])
+    for row in _job_cells(report):
+        t.add_row(*row)
     return t
 
 
-def print_report(report: dict[str, Any], console: Console | None = None) -> None:
+def print_report(report: Report, console: Console | None = None) -> None:
     console = console or Console()
     console.print(_kv_table("Outcomes", _outcome_rows(report)))
     console.print(_kv_table("Savings and cost", _money_rows(report)))
-    console.print(_groups_table("By content type", "content type", report["by_content_type"]))
-    console.print(_groups_table(f"By prefix (depth {report['prefix_depth']})", "prefix", report["by_prefix"]))
+    console.print(_groups_table("By content type", "content type", report.by_content_type))
+    console.print(_groups_table(f"By prefix (depth {report.prefix_depth})", "prefix", report.by_prefix))
     console.print(_dist_table(report))
     console.print(_jobs_table(report))
-    if report["excluded_jobs"]:
-        console.print(f"[dim]left out by default (pilots, dry runs): jobs {', '.join(map(str, report['excluded_jobs']))}; "
+    if report.excluded_jobs:
+        console.print(f"[dim]left out by default (pilots, dry runs): jobs {', '.join(map(str, report.excluded_jobs))}; "
                       "select them with --job[/dim]")
-    for note in report["assumptions"]["notes"]:
+    for note in report.assumptions.notes:
         console.print(f"[dim]* {note}[/dim]", highlight=False)
+
+
+def _pilot_price_label(p: dict[str, Any]) -> str:
+    """The pilot's compute price(s); a pilot dict without a CPU price shows its GPU price for both."""
+    gpu = p["assumptions"]["gpu_price_per_hour"]
+    return _price_label(p["compute_basis"], gpu, p["assumptions"].get("cpu_price_per_hour", gpu))
 
 
 def _with_range(mid: dict[str, Any], lo: dict[str, Any], hi: dict[str, Any], key: str) -> str:
@@ -254,7 +272,7 @@ def pilot_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
         (f"projected $/month  @ ${p['assumptions']['price_per_gb_month']:g}/GB-month",
          _with_range(pm, lo, hi, "storage_saving_per_month")),
         ("projected $/year", _with_range(pm, lo, hi, "storage_saving_per_year")),
-        (f"projected compute ({p['compute_basis']})  @ {_price_label(p['compute_basis'], p['assumptions'])}",
+        (f"projected compute ({p['compute_basis']})  @ {_pilot_price_label(p)}",
          f"{fmt_duration(p['projected_compute_seconds'])} -> {fmt_money(pm['compute_cost'])}"),
         ("projected payback", fmt_months(pm["payback_months"])),
         ("pilot job", f"{p['job_id']} (model {p['model_id']}, min PSNR {p['min_psnr']:g} dB, min saving {p['min_saving']:.0%})"),
@@ -477,51 +495,48 @@ def _page(title: str, subtitle: str, meta: str, body: str) -> str:
             f"</main></body></html>\n")
 
 
-def _group_rows(groups: list[dict[str, Any]], key: str, limit: int = 50) -> list[list[Any]]:
-    return [[g[key], f"{g['objects']:,}", f"{g['accepted']:,}", fmt_bytes(g["bytes_seen"]), fmt_bytes(g["bytes_before"]),
-             fmt_bytes(g["bytes_after"]), fmt_bytes(g["saved"]), fmt_pct(g["saved_pct"])] for g in groups[:limit]]
+def _group_rows(groups: list[Group], limit: int = 50) -> list[list[Any]]:
+    return [[g.name, f"{g.objects:,}", f"{g.accepted:,}", fmt_bytes(g.bytes_seen), fmt_bytes(g.bytes_before),
+             fmt_bytes(g.bytes_after), fmt_bytes(g.saved), fmt_pct(g.saved_pct)] for g in groups[:limit]]
 
 
 GROUP_HEADERS = ["objects", "accepted", "bytes seen", "before", "after", "saved", "saved %"]
 
 
-def _filters_text(f: dict[str, Any]) -> str:
-    parts = []
-    if f.get("job_ids"):
-        parts.append("jobs " + ", ".join(map(str, f["job_ids"])))
-    for k in ("since", "until", "bucket", "prefix", "model"):
-        if f.get(k):
-            parts.append(f"{k} {f[k]}")
+def _filters_text(f: ReportFilters) -> str:
+    """The report's scope in words; dates as in the JSON (ISO 8601, UTC)."""
+    parts = ["jobs " + ", ".join(map(str, f.job_ids))] if f.job_ids else []
+    parts += [f"{k} {v}" for k, v in f.as_dict().items() if k != "job_ids" and v]
     return "; ".join(parts) or "all recompress jobs"
 
 
-def report_html(report: dict[str, Any]) -> str:
+def report_html(report: Report) -> str:
     from . import charts
 
-    b, m, c, comp, a = report["bytes"], report["money"], report["counts"], report["compute"], report["assumptions"]
-    models = ", ".join(report["models"]) or "n/a"
-    thresholds = "; ".join(f"{t['model_id']}: PSNR >= {t['min_psnr']:g} dB, saving >= {100 * (t['min_saving'] or 0):.0f}%"
-                           for t in report["thresholds"] if t["min_psnr"] is not None) or "n/a"
-    meta = (f"Generated {_e(report['generated_at'][:19].replace('T', ' '))} UTC<br>Scope: {_e(_filters_text(report['filters']))}"
-            f"<br>Model(s): {_e(models)}")
+    b, m, c, comp, a = report.bytes, report.money, report.counts, report.compute, report.assumptions
+    models = ", ".join(report.models) or "n/a"
+    thresholds = "; ".join(f"{t.model_id}: PSNR >= {t.min_psnr:g} dB, saving >= {100 * (t.min_saving or 0):.0f}%"
+                           for t in report.thresholds if t.min_psnr is not None) or "n/a"
+    meta = (f"Generated {_e(report.generated_at[:19].replace('T', ' '))} UTC"
+            f"<br>Scope: {_e(_filters_text(report.filters))}<br>Model(s): {_e(models)}")
     kpis = "".join([
-        _kpi("kpi-bytes-saved", "Bytes saved", fmt_bytes(b["saved"]),
-             f"{fmt_bytes(b['before'])} -> {fmt_bytes(b['after'])}", good=True),
-        _kpi("kpi-saved-pct", "Saved", fmt_pct(b["saved_pct"]),
-             f"of accepted bytes; {fmt_pct(b['saved_pct_of_seen'])} of all seen"),
-        _kpi("kpi-per-year", "Storage saved / year", fmt_money(m["storage_saving_per_year"]),
-             f"{fmt_money(m['storage_saving_per_month'])}/month at ${a['price_per_gb_month']:g}/GB-month", good=True),
-        _kpi("kpi-payback", "Payback", fmt_months(m["payback_months"]),
-             f"compute {fmt_money(comp['cost'])} one-off; net 1st year {fmt_money(m['net_saving_first_year'])}"),
+        _kpi("kpi-bytes-saved", "Bytes saved", fmt_bytes(b.saved), f"{fmt_bytes(b.before)} -> {fmt_bytes(b.after)}",
+             good=True),
+        _kpi("kpi-saved-pct", "Saved", fmt_pct(b.saved_pct),
+             f"of accepted bytes; {fmt_pct(b.saved_pct_of_seen)} of all seen"),
+        _kpi("kpi-per-year", "Storage saved / year", fmt_money(m.storage_saving_per_year),
+             f"{fmt_money(m.storage_saving_per_month)}/month at ${a.price_per_gb_month:g}/GB-month", good=True),
+        _kpi("kpi-payback", "Payback", fmt_months(m.payback_months),
+             f"compute {fmt_money(comp.cost)} one-off; net 1st year {fmt_money(m.net_saving_first_year)}"),
     ])
-    pills = "".join(f'<span class="pill">{_e(label)} <b>{c.get(k, 0):,}</b></span>' for k, label in (
-        ("seen", "seen"), ("accepted", "accepted"), ("rejected", "rejected"), ("failed", "failed"),
-        ("skipped", "skipped"), ("originals_deleted", "originals deleted"))
-        + ((("superseded", "superseded"),) if c.get("superseded") else ())
-        + ((("retried", "retried"),) if c.get("retried") else ()))
+    pills = "".join(f'<span class="pill">{_e(label)} <b>{n:,}</b></span>' for label, n in (
+        ("seen", c.seen), ("accepted", c.accepted), ("rejected", c.rejected), ("failed", c.failed),
+        ("skipped", c.skipped), ("originals deleted", c.originals_deleted))
+        + ((("superseded", c.superseded),) if c.superseded else ())
+        + ((("retried", c.retried),) if c.retried else ()))
     chart_html = "".join([
         _img(charts.savings_by_prefix(report), "chart-savings-by-prefix", "Savings by prefix: bytes before and after",
-             f"Accepted objects grouped by the first {report['prefix_depth']} key component(s); label = % saved."),
+             f"Accepted objects grouped by the first {report.prefix_depth} key component(s); label = % saved."),
         _img(charts.psnr_histogram(report), "chart-psnr-histogram", "Histogram of verified PSNR",
              "PSNR measured by decoding the stored bitstream against the original pixels."),
         _img(charts.bytes_by_content_type(report), "chart-bytes-by-content-type", "Bytes before and after by content type",
@@ -531,25 +546,16 @@ def report_html(report: dict[str, Any]) -> str:
     ])
     outcome_rows = [[k, v] for k, v in _outcome_rows(report)]
     money_rows = [[k, v] for k, v in _money_rows(report)]
-    dist_rows = []
-    for name, label in (("psnr", "PSNR (dB)"), ("bpp", "bits per pixel")):
-        d, p = report[name], report[name]["percentiles"]
-        dist_rows.append([label, f"{d['count']:,}", fmt_num(d["min"]), fmt_num(p["p5"]), fmt_num(p["p25"]),
-                          fmt_num(p["p50"]), fmt_num(p["p75"]), fmt_num(p["p95"]), fmt_num(d["max"]), fmt_num(d["mean"])])
-    job_rows = [[j["id"], j["kind"], j["status"], j["model_id"], fmt_num(j["min_psnr"]),
-                 fmt_pct(100 * j["min_saving"] if j["min_saving"] is not None else None, 0), j["source"],
-                 (j["created_at"] or "")[:19].replace("T", " ")] for j in report["jobs"]]
-    notes = "".join(f"<li>{_e(n)}</li>" for n in a["notes"])
-    if report["excluded_jobs"]:
-        left_out = ", ".join(map(str, report["excluded_jobs"]))
+    notes = "".join(f"<li>{_e(n)}</li>" for n in a.notes)
+    if report.excluded_jobs:
+        left_out = ", ".join(map(str, report.excluded_jobs))
         notes += f"<li>Left out by default (pilot jobs and dry runs): jobs {_e(left_out)}.</li>"
-    types = _html_table("table-content-types", ["content type", *GROUP_HEADERS],
-                        _group_rows(report["by_content_type"], "content_type"))
-    prefixes = _html_table("table-prefixes", ["prefix", *GROUP_HEADERS], _group_rows(report["by_prefix"], "prefix"))
+    types = _html_table("table-content-types", ["content type", *GROUP_HEADERS], _group_rows(report.by_content_type))
+    prefixes = _html_table("table-prefixes", ["prefix", *GROUP_HEADERS], _group_rows(report.by_prefix))
     dists = _html_table("table-distributions", ["metric", "n", "min", "p5", "p25", "median", "p75", "p95", "max", "mean"],
-                        dist_rows)
+                        _dist_rows(report))
     jobs = _html_table("table-jobs", ["job", "kind", "status", "model", "min PSNR", "min saving", "source", "created (UTC)"],
-                       job_rows, left=(0, 1, 2, 3, 6), wrap=(6,))
+                       _job_cells(report, time_sep=" "), left=(0, 1, 2, 3, 6), wrap=(6,))
     body = (
         f'<section class="kpis">{kpis}</section><div class="counts" id="counts">{pills}</div>'
         f'<h2>Charts</h2><section class="charts">{chart_html}</section>'
@@ -557,7 +563,7 @@ def report_html(report: dict[str, Any]) -> str:
         f'{_html_table("table-outcomes", ["outcome", "objects"], outcome_rows)}'
         f'{_html_table("table-money", ["item", "value"], money_rows)}</section>'
         f'<h2>By content type</h2>{types}'
-        f'<h2>By prefix (depth {report["prefix_depth"]})</h2>{prefixes}'
+        f'<h2>By prefix (depth {report.prefix_depth})</h2>{prefixes}'
         f'<h2>Quality distributions (accepted objects)</h2>{dists}'
         f'<h2>Jobs, models and thresholds</h2><p class="subtitle">Thresholds: {_e(thresholds)}</p>{jobs}'
         f'<h2>Method and assumptions</h2><ul class="notes" id="assumptions">{notes}</ul>'
@@ -619,17 +625,23 @@ def pilot_html(p: dict[str, Any]) -> str:
                  meta, body)
 
 
-def render(data: dict[str, Any], fmt: str, *, pilot: bool = False) -> str:
-    """Render the report (or, with ``pilot``, a pilot projection) as csv/json/html text."""
+def render(data: Report | dict[str, Any], fmt: str, *, pilot: bool = False) -> str:
+    """Render the ROI report (a :class:`Report`) or, with ``pilot``, a pilot projection (a dict) as
+    table/csv/json/html text. A report's JSON and CSV are those of its ``as_dict()``."""
+    if isinstance(data, Report) == pilot:
+        raise TypeError("render takes build_report's Report, or with pilot=True a pilot projection's dict")
     if fmt == "json":
-        return to_json(data)
+        return to_json(data.as_dict() if isinstance(data, Report) else data)
     if fmt == "csv":
-        return to_csv(data)
+        return to_csv(data.as_dict() if isinstance(data, Report) else data)
     if fmt == "html":
-        return pilot_html(data) if pilot else report_html(data)
+        return report_html(data) if isinstance(data, Report) else pilot_html(data)
     if fmt == "table":
         buf = io.StringIO()
         console = Console(file=buf, width=140, force_terminal=False, color_system=None)
-        (print_pilot if pilot else print_report)(data, console)
+        if isinstance(data, Report):
+            print_report(data, console)
+        else:
+            print_pilot(data, console)
         return buf.getvalue()
     raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
