@@ -6,7 +6,6 @@ Thin: resolve settings and filters, call ``archiver.report``, write the chosen f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.markup import escape
@@ -30,15 +29,17 @@ def _check_html_out(fmt: str, out: str | None) -> None:
         raise click.UsageError("--format html needs --out FILE (the report is one self-contained .html file)")
 
 
-def _session_factory(db_url: str | None, st: Any, *, migrate: bool):
-    from ..db.session import require_schema, session_factory, upgrade
+def _session_factory(db_url: str | None, *, migrate: bool):  # noqa: ANN202 - a sessionmaker
+    """The ledger for ``--db`` / ``database_url``: a pilot brings the schema up to date, a report
+    only reads and refuses a database that has no archiver schema."""
+    from ..db.session import require_schema
+    from .runtime import runtime
 
-    url = db_url or st.database_url
-    if migrate:
-        upgrade(url)
-    else:
+    rt = runtime()
+    url = db_url or rt.settings.database_url
+    if not migrate:
         require_schema(url)
-    return session_factory(url)
+    return rt.session_factory(url, migrate=migrate)
 
 
 _price_options = [
@@ -83,14 +84,14 @@ def report(job_ids, since, until, bucket, prefix, model, prefix_depth, price_per
     price.
     """
     from ..report import Pricing, ReportFilters, build_report, parse_when, print_report, render
-    from ..settings import load_settings
+    from .runtime import settings
 
     _check_html_out(fmt, out)
-    st = load_settings()
+    st = settings()
     pricing = Pricing.from_settings(st, price_per_gb_month, gpu_price_per_hour, cpu_price_per_hour)
     filters = ReportFilters(job_ids=list(job_ids), since=parse_when(since), until=parse_when(until, end=True),
                             bucket=bucket, prefix=prefix, model=model)
-    factory = _session_factory(db_url, st, migrate=False)
+    factory = _session_factory(db_url, migrate=False)
     with factory() as s:
         data = build_report(s, filters, pricing, prefix_depth=prefix_depth)
     if fmt == "table" and not out:
@@ -156,7 +157,7 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
     st = settings()
     pricing = Pricing.from_settings(st, price_per_gb_month, gpu_price_per_hour, cpu_price_per_hour)
     if job_id is not None:
-        factory = _session_factory(db_url, st, migrate=False)
+        factory = _session_factory(db_url, migrate=False)
         with factory() as s:
             data = load_pilot(s, job_id, pricing)
     else:
@@ -167,7 +168,7 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
         from .runtime import runtime
 
         rt = runtime()
-        factory = _session_factory(db_url, st, migrate=True)
+        factory = _session_factory(db_url, migrate=True)
         src = rt.store(source)
         opts = PipelineOptions(
             min_psnr=min_psnr if min_psnr is not None else st.min_psnr,

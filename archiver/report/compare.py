@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .core import Pricing, ReportError, distribution, money, pct
+from ..vocabulary import ResultStatus
 
 OURS = "ours"
 OURS_LABEL = "ConvNeXt-ChARM"
@@ -192,11 +193,11 @@ def summarise(rows: list[Any], stored: dict[str, Any], *, population_objects: in
     images: dict[str, Any] = stored.get("images") or {}
     names = [n for n in CODEC_NAMES if n in (stored.get("codecs") or {})]
     x = [int(r.original_bytes or 0) for r in rows]
-    ours_y = [int(r.original_bytes - r.compressed_bytes) if r.status == "accepted" and r.compressed_bytes is not None
+    ours_y = [int(r.original_bytes - r.compressed_bytes) if r.status == ResultStatus.ACCEPTED and r.compressed_bytes is not None
               else 0 for r in rows]
     ours_label = OURS_LABEL
     ours_reached = sum(1 for r in rows if r.psnr is not None and r.psnr >= min_psnr)
-    ours_acc = sum(1 for r in rows if r.status == "accepted")
+    ours_acc = sum(1 for r in rows if r.status == ResultStatus.ACCEPTED)
     ours = _codec_summary(ours_label, x, ours_y, ours_reached, ours_acc, ours_seconds, ours_cost,
                           population_objects, population_bytes, pricing)
     ours["model_id"] = model_id

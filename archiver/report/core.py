@@ -50,7 +50,7 @@ from sqlalchemy.orm import Session, aliased
 
 from ..db.models import Job, Result, utcnow
 from ..errors import ArchiverError
-from ..vocabulary import PROCESSED
+from ..vocabulary import PROCESSED, ResultStatus
 
 GB = 10**9  # decimal gigabyte, as AWS bills storage
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -545,11 +545,11 @@ def _replaced(session: Session) -> tuple[Any, Any]:
     if unreal:
         same_object.append(later.job_id.not_in(unreal))
     own = [Result.job_id.not_in(unreal)] if unreal else []
-    superseded = and_(Result.status == "accepted", *own,
-                      exists().where(*same_object, later.status == "accepted", later.id > Result.id))
-    retried = and_(Result.status != "accepted", *own,
+    superseded = and_(Result.status == ResultStatus.ACCEPTED, *own,
+                      exists().where(*same_object, later.status == ResultStatus.ACCEPTED, later.id > Result.id))
+    retried = and_(Result.status != ResultStatus.ACCEPTED, *own,
                    exists().where(*same_object, later.id != Result.id,
-                                  or_(later.id > Result.id, later.status == "accepted")))
+                                  or_(later.id > Result.id, later.status == ResultStatus.ACCEPTED)))
     return superseded, retried
 
 
@@ -596,18 +596,18 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
         if status in REPLACED:
             continue  # the object's bytes are counted with the row that stands for it
         bytes_seen += _int(ob)
-        if status == "accepted":
+        if status == ResultStatus.ACCEPTED:
             before, after = _int(ob), _int(cb)
         deleted += _int(dl)
     counts = Counts.of(by_status, deleted)
     q = (select(Result.status, Result.reason_code, func.count())
-         .where(*where, Result.status.in_(("rejected", "failed", "skipped")), ~replaced)
+         .where(*where, Result.status.in_((ResultStatus.REJECTED, ResultStatus.FAILED, ResultStatus.SKIPPED)), ~replaced)
          .group_by(Result.status, Result.reason_code)
          .order_by(Result.status, func.count().desc(), Result.reason_code))
     reasons = [Reason(status=st, reason_code=rc or "(none)", count=int(n)) for st, rc, n in session.execute(q)]
 
     # --- per content type (SQL) ---------------------------------------------------------------
-    acc = and_(Result.status == "accepted", ~superseded)  # the accepted rows whose saving stands
+    acc = and_(Result.status == ResultStatus.ACCEPTED, ~superseded)  # the accepted rows whose saving stands
     by_type: dict[str, _GroupSums] = {}
     q = (select(Result.content_type, func.count(), func.sum(case((acc, 1), else_=0)), func.sum(Result.original_bytes),
                 func.sum(case((acc, Result.original_bytes), else_=0)), func.sum(case((acc, Result.compressed_bytes), else_=0)))
@@ -658,7 +658,7 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
             g = by_prefix[name] = _GroupSums()
         g.objects += 1
         g.bytes_seen += _int(ob)
-        if status == "accepted":
+        if status == ResultStatus.ACCEPTED:
             g.accepted += 1
             g.bytes_before += _int(ob)
             g.bytes_after += _int(cb)

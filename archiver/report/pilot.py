@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..db.models import Job, Result, utcnow
 from ..identity import Scope
 from ..storage import ObjectInfo, ObjectStore
-from ..vocabulary import DONE, PROCESSED
+from ..vocabulary import DONE, PROCESSED, ResultStatus
 from .compare import TaskCheck, measure_image, summarise
 from .core import Pricing, ReportError, assumptions, compute_basis, distribution, money, pct
 
@@ -124,7 +124,7 @@ def load_pilot(session: Session, job_id: int, pricing: Pricing | None = None) ->
         raise ReportError(f"job {job_id} is not a pilot job")
     rows = list(session.execute(select(Result).where(Result.job_id == job_id).order_by(Result.key)).scalars())
     x = [int(r.original_bytes or 0) for r in rows]
-    y = [int(r.original_bytes - r.compressed_bytes) if r.status == "accepted" and r.compressed_bytes is not None else 0
+    y = [int(r.original_bytes - r.compressed_bytes) if r.status == ResultStatus.ACCEPTED and r.compressed_bytes is not None else 0
          for r in rows]
     proj = ratio_projection(x, y, int(job.objects_listed or 0), int(job.bytes_listed or 0))
     X = int(job.bytes_listed or 0)
@@ -144,7 +144,7 @@ def load_pilot(session: Session, job_id: int, pricing: Pricing | None = None) ->
     reasons: dict[str, int] = {}
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
-        if r.status in ("rejected", "failed") and r.reason_code:
+        if r.status in (ResultStatus.REJECTED, ResultStatus.FAILED) and r.reason_code:
             reasons[r.reason_code] = reasons.get(r.reason_code, 0) + 1
     opts = (job.settings or {}).get("options") or {}
     out: dict[str, Any] = {
@@ -175,7 +175,7 @@ def load_pilot(session: Session, job_id: int, pricing: Pricing | None = None) ->
         "projected_money": money(int(round(proj["projected_saved"])), compute_cost, pricing),
         "money_low": money(int(round(proj["ci_low"])), compute_cost, pricing),
         "money_high": money(int(round(proj["ci_high"])), compute_cost, pricing),
-        "psnr": distribution([r.psnr for r in rows if r.status == "accepted" and r.psnr is not None], bins=12),
+        "psnr": distribution([r.psnr for r in rows if r.status == ResultStatus.ACCEPTED and r.psnr is not None], bins=12),
         "saving_pct_distribution": distribution([100.0 * yi / xi for xi, yi in zip(x, y) if xi], bins=12),
         "assumptions": assumptions(pricing, basis),
     }

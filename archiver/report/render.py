@@ -22,6 +22,7 @@ from rich.text import Text
 
 from .charts import human_bytes
 from .core import Distribution, Group, Report, ReportFilters
+from ..vocabulary import ResultStatus
 
 FORMATS = ("table", "csv", "json", "html")
 
@@ -183,7 +184,7 @@ def _outcome_rows(report: Report) -> list[tuple[str, str]]:
     rows = [("objects seen", f"{c.seen:,}"), ("accepted", f"{c.accepted:,}")]
     for status, n in (("rejected", c.rejected), ("failed", c.failed), ("skipped", c.skipped)):
         detail = ", ".join(f"{r.reason_code}: {r.count:,}" for r in report.reasons if r.status == status)
-        rows.append((status, f"{n:,}" + (f"  ({detail})" if detail and status != "skipped" else "")))
+        rows.append((status, f"{n:,}" + (f"  ({detail})" if detail and status != ResultStatus.SKIPPED else "")))
     if c.pending:
         rows.append(("pending", f"{c.pending:,}"))
     if c.superseded:
