@@ -15,22 +15,19 @@ Why these settings:
   does not have to exceed the longest batch. Configured in ``[workers]``.
 * The broker connection is retried forever, so a Redis restart pauses workers instead of
   killing them. Run Redis with ``appendonly yes`` so queued batches survive its restart.
-* The model is loaded once per worker *process*, after the fork (``worker_process_init``), never
-  in the parent: CUDA contexts and OpenMP thread pools do not survive ``fork``.
+* The model is loaded once per worker *process*, after the fork (``worker_process_init``, in
+  :mod:`workers.process`), never in the parent: CUDA contexts and OpenMP thread pools do not
+  survive ``fork``.
 """
 
 from __future__ import annotations
 
-import logging
-
-from celery import Celery, signals
+from celery import Celery
 from kombu import Exchange, Queue
 
 from archiver.schedules import TASK_NAME as SCHEDULE_TASK
 from archiver.schedules import beat_schedule, load_schedules
 from archiver.settings import Settings, load_settings
-
-log = logging.getLogger(__name__)
 
 QUEUES = ("recompress", "retrieve")
 ROUTES = {
@@ -96,27 +93,3 @@ def app_for(settings: Settings) -> Celery:
     if settings.broker_url == app.conf.broker_url:
         return app
     return make_app(settings)
-
-
-@signals.worker_process_init.connect
-def _load_model_in_child(**_: object) -> None:
-    """Runs in each prefork child right after the fork: fresh connections, then the model."""
-    from .process import current
-
-    rt = current().runtime  # built in this child: no connection of the parent's is reused
-    st = rt.settings
-    try:
-        rt.session_factory(migrate=True)
-    except Exception:  # the database may be down now; tasks retry when they need it
-        log.exception("could not prepare the database at worker start")
-    try:
-        import torch
-
-        from archiver.codec.api import apply_torch_threads
-
-        apply_torch_threads(st.torch_threads)
-        codec = rt.codec()
-        log.info("worker process ready: model %s on %s (%d torch threads)", codec.model_id, codec.device_name,
-                 torch.get_num_threads())
-    except Exception:  # an unknown model or bad weights: tasks will report it per batch
-        log.exception("could not load model %s", st.model_id)

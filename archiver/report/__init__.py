@@ -9,7 +9,8 @@ project the saving onto the whole source.
 from __future__ import annotations
 
 from .core import GB, Pricing, Report, ReportError, ReportFilters, build_report, parse_when, prefix_of
-from .pilot import load_pilot, ratio_projection, reservoir_sample, run_pilot
+from .pilot import load_pilot, run_pilot
+from .sampling import ratio_projection, reservoir_sample
 from .render import FORMATS, print_pilot, print_report, render
 
 __all__ = [

@@ -16,7 +16,7 @@ Summary (:func:`summarise`), per codec, with the same rules as ours so the rows 
 * ``bytes_before`` = the sample's bytes, ``bytes_after`` = before - saved,
   ``saving_pct`` = saved / before;
 * the projection to the whole source and its 95% interval use the pilot's ratio estimator
-  (:func:`archiver.report.pilot.ratio_projection`) with that codec's per-image savings;
+  (:func:`archiver.report.sampling.ratio_projection`) with that codec's per-image savings;
 * ``seconds`` = the sample's compute time (ours: as in the pilot; classical codecs: every encode,
   decode and PSNR of the quality search), projected by bytes and priced at the CPU price (the
   classical codecs run on CPU);
@@ -125,7 +125,7 @@ def measure_image(pixels: dict[str, np.ndarray], *, codecs: list[Any], floor: fl
 def _codec_summary(label: str, x: list[int], y: list[int], reached: int, accepted: int, seconds: float,
                    compute_cost: float, population_objects: int, population_bytes: int,
                    pricing: Pricing) -> dict[str, Any]:
-    from .pilot import ratio_projection
+    from .sampling import ratio_projection
 
     X = population_bytes
     before, saved = sum(x), sum(y)
@@ -155,7 +155,7 @@ def _codec_summary(label: str, x: list[int], y: list[int], reached: int, accepte
 
 def _advantage(name: str, label: str, x: list[int], diff: list[int], population_objects: int,
                population_bytes: int, ours_after: int, theirs_after: int) -> dict[str, Any]:
-    from .pilot import ratio_projection
+    from .sampling import ratio_projection
 
     X = population_bytes
     proj = ratio_projection(x, diff, population_objects, X, lower=-float(X))

@@ -1,10 +1,7 @@
 """Pilot: recompress a random sample in memory and project the saving onto the whole source.
 
-Sampling. One streaming pass over the listing (``iter_source``: our own containers left out)
-does three things at once: counts the objects, sums their bytes, and keeps a uniform random
-sample of ``n`` of them by reservoir sampling (Vitter's algorithm R with ``random.Random(seed)``).
-Memory is O(n) whatever the size of the bucket, and the same seed over the same listing gives
-the same sample (listings are in key order).
+Sampling: one streaming pass over the listing keeps a seeded uniform sample (reservoir sampling,
+:func:`.sampling.reservoir_sample`) and the population's object and byte totals.
 
 Measurement. Each sampled object goes through the real per-object step
 (:func:`archiver.pipeline.handle_object`) with ``dry_run=True``: fetched, encoded at the target
@@ -14,30 +11,17 @@ PSNR, the real bitstream decoded and verified, judged against the thresholds, an
 pilot jobs are left out of the ROI report by default, so a later real run can be compared with
 the pilot (``archiver report --job <pilot id>`` / ``load_pilot``).
 
-Projection (ratio estimator, Cochran, *Sampling Techniques*, 3rd ed., sections 6.2-6.4). With
-``x_i`` the sampled objects' bytes, ``y_i`` their saved bytes (0 when rejected or failed),
-``X`` the bytes listed and ``N`` the objects listed::
-
-    R      = sum(y) / sum(x)                      saved fraction of bytes in the sample
-    Y_hat  = R * X                                 projected saved bytes
-    d_i    = y_i - R * x_i                         residuals
-    SE     = N * sqrt((1 - n/N) / n * sum(d_i^2) / (n - 1))    (1 - n/N: finite population correction)
-    95% CI = Y_hat +/- t(0.975, n - 1) * SE, clipped to [0, X]
-
-Student's t rather than 1.96 because pilots are small. When the sample is the whole population
-(n = N) the interval has zero width: the projection is the census. With n < 2 there is no
-variance estimate and the interval is reported as [0, X].
+Projection: the ratio estimator with a finite-population-corrected Student-t interval
+(:func:`.sampling.ratio_projection`; its module docstring gives the formulas).
 """
 
 from __future__ import annotations
 
-import math
-import random
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -48,72 +32,16 @@ from ..storage import ObjectInfo, ObjectStore
 from ..vocabulary import DONE, PROCESSED, ResultStatus
 from .compare import TaskCheck, measure_image, summarise
 from .core import Pricing, ReportError, assumptions, compute_basis, distribution, money, pct
+from .sampling import ratio_projection, reservoir_sample
 
 if TYPE_CHECKING:  # the pipeline imports torch; only run_pilot needs it, so the report stays light
     from ..pipeline import Outcome, PipelineOptions
 
-T = TypeVar("T")
-
-CONFIDENCE = 0.95
 METHOD = ("Ratio estimator: projected saving = (sum of saved bytes / sum of original bytes over the sample) x total "
           "bytes listed. 95% CI = projection +/- t(0.975, n-1) x SE with SE = N x sqrt((1 - n/N)/n x s_d^2), "
           "s_d^2 = sample variance of d_i = saved_i - R x bytes_i (Cochran 1977, sec. 6.4; 1 - n/N is the finite "
           "population correction), clipped to [0, total bytes]. Sample: uniform, by reservoir sampling over one "
           "streaming pass of the listing (seeded).")
-
-
-def reservoir_sample(items: Iterable[T], k: int, seed: int = 0,
-                     size: Callable[[T], int] = lambda o: int(getattr(o, "size", 0))) -> tuple[list[T], int, int]:
-    """A uniform sample of ``k`` items from a stream, plus the stream's item count and total size.
-
-    Algorithm R: the first ``k`` items fill the reservoir; item ``i`` (0-based, ``i >= k``) then
-    replaces a random slot with probability ``k / (i + 1)``. Holds only ``k`` items at a time.
-    """
-    if k < 0:
-        raise ValueError("sample size must be >= 0")
-    rng = random.Random(seed)
-    reservoir: list[T] = []
-    count = total = 0
-    for item in items:
-        total += size(item)
-        if count < k:
-            reservoir.append(item)
-        else:
-            j = rng.randrange(count + 1)
-            if j < k:
-                reservoir[j] = item
-        count += 1
-    return reservoir, count, total
-
-
-def _t975(df: int) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(0.5 + CONFIDENCE / 2, df))
-
-
-def ratio_projection(x: list[int], y: list[int], population_objects: int, population_bytes: int, *,
-                     lower: float = 0.0) -> dict[str, Any]:
-    """Ratio estimate of the population total of ``y`` from a simple random sample (see module doc).
-
-    The interval is clipped to ``[lower, X]``: a saving is never below 0, but a *difference* of
-    savings (ours minus a classical codec's) may be, down to ``-X``.
-    """
-    n, N, X = len(x), population_objects, population_bytes
-    sx, sy = sum(x), sum(y)
-    r = sy / sx if sx else 0.0
-    est = r * X
-    if n >= N and n > 0:  # census
-        se, lo, hi = 0.0, est, est
-    elif n < 2:
-        se, lo, hi = math.nan, lower, float(X)
-    else:
-        s2 = sum((yi - r * xi) ** 2 for xi, yi in zip(x, y)) / (n - 1)
-        se = N * math.sqrt(max(0.0, 1 - n / N) / n * s2)
-        q = _t975(n - 1)
-        lo, hi = max(lower, est - q * se), min(float(X), est + q * se)
-    return {"ratio": r, "projected_saved": est, "standard_error": se, "ci_low": lo, "ci_high": hi,
-            "confidence": CONFIDENCE}
 
 
 def load_pilot(session: Session, job_id: int, pricing: Pricing | None = None) -> dict[str, Any]:
@@ -268,4 +196,4 @@ def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOp
         return load_pilot(s, job_id, pricing)
 
 
-__all__ = ["METHOD", "load_pilot", "ratio_projection", "reservoir_sample", "run_pilot"]
+__all__ = ["METHOD", "load_pilot", "run_pilot"]
