@@ -44,7 +44,8 @@ from .records import new_job as add_job_row
 from .restore import prepare_destination, unrestorable_reason
 from .storage import PROBE_PREFIX, ObjectInfo, ObjectStore
 from .storage.retries import GaveUp, with_retries  # noqa: F401 - GaveUp is part of this module's contract
-from .vocabulary import ARCHIVED, REJECTING_ERRORS, RESUMABLE_JOBS, JobKind, JobStatus, Reason, ResultStatus
+from .vocabulary import (ARCHIVED, NOT_ARCHIVED, REJECTING_ERRORS, RESUMABLE_JOBS, JobKind, JobStatus, Reason,
+                         ResultStatus)
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -326,7 +327,7 @@ class JobSummary:
         if out.status == ResultStatus.ACCEPTED:
             self.bytes_before += out.original_bytes
             self.bytes_after += out.compressed_bytes or 0
-        if out.reason_code and out.status in (ResultStatus.REJECTED, ResultStatus.FAILED):
+        if out.reason_code and out.status in NOT_ARCHIVED:
             self.reasons[out.reason_code] = self.reasons.get(out.reason_code, 0) + 1
             per = self.rejected_reasons if out.status == ResultStatus.REJECTED else self.failed_reasons
             per[out.reason_code] = per.get(out.reason_code, 0) + 1

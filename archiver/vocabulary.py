@@ -50,6 +50,8 @@ SETTLED: frozenset[ResultStatus] = frozenset({ResultStatus.ACCEPTED, ResultStatu
 #: Rows that count as done in a job's progress (``failed`` included: the object was looked at).
 DONE: tuple[ResultStatus, ...] = (ResultStatus.ACCEPTED, ResultStatus.REJECTED, ResultStatus.FAILED,
                                   ResultStatus.SKIPPED)
+#: Rows of an object looked at that got no archive: their reason code says why (reports count these).
+NOT_ARCHIVED: tuple[ResultStatus, ...] = (ResultStatus.REJECTED, ResultStatus.FAILED)
 #: Rows that spent compute on encoding (a skipped row did not).
 PROCESSED: tuple[ResultStatus, ...] = (ResultStatus.ACCEPTED, ResultStatus.REJECTED, ResultStatus.FAILED)
 

@@ -58,7 +58,8 @@ def test_only_front_doors_load_settings() -> None:
         if p.name in FRONT_DOORS and p.parent == PACKAGE:
             continue
         for node in ast.walk(_parse(p)):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "load_settings":
+            name = getattr(node.func, "id", getattr(node.func, "attr", None)) if isinstance(node, ast.Call) else None
+            if name == "load_settings":
                 calls.append(f"{p.relative_to(PACKAGE)}:{node.lineno}")
     assert calls == []
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from ..db.models import Job, Result, utcnow
 from ..errors import ArchiverError
 from ..records import aware
-from ..vocabulary import ACTIVE_JOBS, DONE, JobStatus, ResultStatus
+from ..vocabulary import ACTIVE_JOBS, DONE, NOT_ARCHIVED, JobStatus, ResultStatus
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -114,7 +114,7 @@ def _progress_of(s: Session, job: Job) -> JobProgress:
             p.bytes_before, p.bytes_after = int(before or 0), int(after or 0)
     for code, n in s.execute(
         select(Result.reason_code, func.count())
-        .where(Result.job_id == job.id, Result.status.in_((ResultStatus.REJECTED, ResultStatus.FAILED)))
+        .where(Result.job_id == job.id, Result.status.in_(NOT_ARCHIVED))
         .group_by(Result.reason_code)
     ):
         p.reasons[code or "unknown"] = int(n)

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..db.models import Job, Result, utcnow
 from ..identity import Scope
 from ..storage import ObjectInfo, ObjectStore
-from ..vocabulary import DONE, PROCESSED, ResultStatus
+from ..vocabulary import DONE, NOT_ARCHIVED, PROCESSED, ResultStatus
 from .compare import TaskCheck, measure_image, summarise
 from .core import Pricing, ReportError, assumptions, compute_basis, distribution, money, pct
 from .sampling import ratio_projection, reservoir_sample
@@ -72,7 +72,7 @@ def load_pilot(session: Session, job_id: int, pricing: Pricing | None = None) ->
     reasons: dict[str, int] = {}
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
-        if r.status in (ResultStatus.REJECTED, ResultStatus.FAILED) and r.reason_code:
+        if r.status in NOT_ARCHIVED and r.reason_code:
             reasons[r.reason_code] = reasons.get(r.reason_code, 0) + 1
     opts = (job.settings or {}).get("options") or {}
     out: dict[str, Any] = {
