@@ -93,7 +93,8 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
     Without SOURCE, runs on the sample images shipped with the package (copied to ./archive-demo).
     """
     from ..codec.api import apply_torch_threads
-    from ..pipeline import JobSummary, Outcome, PipelineOptions, run_job
+    from ..pipeline import PipelineOptions, run_job
+    from ..records import Outcome
     from .runtime import runtime
 
     try:

@@ -23,8 +23,8 @@ from ..db.models import Job, Result
 from ..errors import StorageError
 from ..identity import Scope
 from ..pipeline import PipelineOptions, handle_object
-from ..records import Outcome, finalize, job_state, ledger_row, mark_original_deleted, outcome_from_row, record, \
-    result_row
+from ..records import (Outcome, finalize, job_state, ledger_row, mark_original_deleted, outcome_from_row, record,
+                       result_row)
 from ..vocabulary import ARCHIVED, DONE, JobStatus, Reason, ResultStatus
 from .submit import Item
 

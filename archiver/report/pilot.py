@@ -35,7 +35,8 @@ from .core import Pricing, ReportError, assumptions, compute_basis, distribution
 from .sampling import ratio_projection, reservoir_sample
 
 if TYPE_CHECKING:  # the pipeline imports torch; only run_pilot needs it, so the report stays light
-    from ..pipeline import Outcome, PipelineOptions
+    from ..pipeline import PipelineOptions
+    from ..records import Outcome
 
 METHOD = ("Ratio estimator: projected saving = (sum of saved bytes / sum of original bytes over the sample) x total "
           "bytes listed. 95% CI = projection +/- t(0.975, n-1) x SE with SE = N x sqrt((1 - n/N)/n x s_d^2), "
