@@ -37,7 +37,7 @@ from PIL import Image, ImageStat
 from sqlalchemy import select
 
 from archiver.codec.default import DEFAULT_MODEL
-from archiver.report.core import Reason, Report, Threshold
+from archiver.report.core import ReasonCount, Report, Threshold
 from shared_paths import KODAK  # noqa: E402
 
 MIN_PSNR = 1.0
@@ -513,7 +513,7 @@ def test_outcomes_count_objects_not_the_jobs_that_met_them(db_url: str) -> None:
         pilot = build_report(s, ReportFilters(job_ids=[jobs[0].id]), Pricing(0.023, 3.6))
     c = everything.counts
     assert (c.seen, c.accepted, c.rejected, c.failed, c.skipped, c.retried) == (3, 2, 0, 1, 0, 4)
-    assert everything.reasons == [Reason(status="failed", reason_code="storage_error", count=1)]
+    assert everything.reasons == [ReasonCount(status="failed", reason_code="storage_error", count=1)]
     assert everything.bytes.seen == 1000 + 500 + 700
     assert everything.bytes.saved == (500 - 50) + (700 - 100)
     assert everything.bytes.saved_pct_of_seen == pytest.approx(100 * 1050 / 2200)

@@ -366,7 +366,7 @@ class Counts:
 
 
 @dataclass(frozen=True)
-class Reason:
+class ReasonCount:
     """How many standing rejected/failed/skipped objects gave one reason code."""
 
     status: str
@@ -467,7 +467,7 @@ class Report:
     models: list[str]
     thresholds: list[Threshold]
     counts: Counts
-    reasons: list[Reason]
+    reasons: list[ReasonCount]
     bytes: ByteTotals
     by_content_type: list[Group]
     by_prefix: list[Group]
@@ -604,7 +604,7 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
          .where(*where, Result.status.in_((ResultStatus.REJECTED, ResultStatus.FAILED, ResultStatus.SKIPPED)), ~replaced)
          .group_by(Result.status, Result.reason_code)
          .order_by(Result.status, func.count().desc(), Result.reason_code))
-    reasons = [Reason(status=st, reason_code=rc or "(none)", count=int(n)) for st, rc, n in session.execute(q)]
+    reasons = [ReasonCount(status=st, reason_code=rc or "(none)", count=int(n)) for st, rc, n in session.execute(q)]
 
     # --- per content type (SQL) ---------------------------------------------------------------
     acc = and_(Result.status == ResultStatus.ACCEPTED, ~superseded)  # the accepted rows whose saving stands
@@ -771,7 +771,7 @@ __all__ = [
     "Money",
     "Percentiles",
     "Pricing",
-    "Reason",
+    "ReasonCount",
     "Report",
     "ReportError",
     "ReportFilters",
