@@ -5,4 +5,4 @@ CLI's help texts read it from here, the registry re-exports it; so shipping a ne
 this one line plus ``config/archiver.toml`` (see docs/MODEL.md, GPU runbook step 2).
 """
 
-DEFAULT_MODEL = "compact-v5"
+DEFAULT_MODEL = "compact-v6"
