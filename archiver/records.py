@@ -18,7 +18,6 @@ never by hand.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import socket
@@ -290,10 +289,3 @@ def job_state(session_factory: sessionmaker[Session], job_id: int) -> str | None
     """The job's status now (``None`` for an unknown job): batches check it before each object."""
     with session_factory() as s:
         return s.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
-
-
-def aware(t: dt.datetime | None) -> dt.datetime | None:
-    """A stored time as UTC-aware (SQLite hands back naive datetimes)."""
-    if t is None:
-        return None
-    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)

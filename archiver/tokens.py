@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
-from .db.models import ApiToken, utcnow
+from .db.models import ApiToken, aware, utcnow
 from .errors import ArchiverError
 
 if TYPE_CHECKING:
@@ -68,21 +68,16 @@ class TokenInfo:
 
     def active(self, now: dt.datetime | None = None) -> bool:
         now = now or utcnow()
-        return self.revoked_at is None and (self.expires_at is None or _aware(self.expires_at) > now)
+        return self.revoked_at is None and (self.expires_at is None or aware(self.expires_at) > now)
 
     def allows(self, bucket: str, key: str) -> bool:
         return in_scope(self.scope, bucket, key)
 
 
-def _aware(t: dt.datetime) -> dt.datetime:
-    """SQLite hands datetimes back naive; they were written as UTC."""
-    return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)
-
-
 def _info(row: ApiToken) -> TokenInfo:
-    return TokenInfo(row.token_id, row.name, tuple(row.scope or ()), _aware(row.created_at),
-                     _aware(row.expires_at) if row.expires_at else None,
-                     _aware(row.revoked_at) if row.revoked_at else None)
+    return TokenInfo(row.token_id, row.name, tuple(row.scope or ()), aware(row.created_at),
+                     aware(row.expires_at) if row.expires_at else None,
+                     aware(row.revoked_at) if row.revoked_at else None)
 
 
 # ---- scope ----------------------------------------------------------------------------------
@@ -159,7 +154,7 @@ def create_token(sf: sessionmaker[Session], name: str, scope: Iterable[str], *,
         raise TokenError(f"token name {name[:80]!r}: use 1-128 letters, digits, '.', '_', '@' or '-', "
                          "starting with a letter or digit", code="bad_name")
     entries = parse_scope(scope)
-    if expires_at is not None and _aware(expires_at) <= utcnow():
+    if expires_at is not None and aware(expires_at) <= utcnow():
         raise TokenError("the expiry is in the past", code="bad_expiry")
     token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     with sf() as s, s.begin():

@@ -31,6 +31,13 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def aware(t: dt.datetime | None) -> dt.datetime | None:
+    """A stored time as UTC-aware: SQLite hands ``DateTime(timezone=True)`` columns back naive."""
+    if t is None:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)
+
+
 class Base(DeclarativeBase):
     pass
 

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, text
 
-from ..db.models import Job, utcnow
+from ..db.models import Job, aware, utcnow
 from ..pipeline import PipelineOptions
-from ..records import aware, new_job
+from ..records import new_job
 from ..schedules import Schedule
 from ..vocabulary import ACTIVE_JOBS, JobKind, JobStatus
 from .submit import Enqueue, distributed, enqueue_listing

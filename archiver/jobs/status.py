@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from ..db.models import Job, Result, utcnow
+from ..db.models import Job, Result, aware, utcnow
 from ..errors import ArchiverError
-from ..records import aware
 from ..vocabulary import ACTIVE_JOBS, DONE, NOT_ARCHIVED, JobStatus, ResultStatus
 
 if TYPE_CHECKING:

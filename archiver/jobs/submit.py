@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..db.models import ArchivedObject, Job, Result, utcnow
+from ..db.models import ArchivedObject, Job, Result, aware, utcnow
 from ..identity import Scope
 from ..pipeline import PipelineOptions, iter_source
-from ..records import Outcome, aware, fail_job, finalize, new_job, record_outcome
+from ..records import Outcome, fail_job, finalize, new_job, record_outcome
 from ..restore import prepare_destination
 from ..vocabulary import CONTENT_REJECTIONS, THRESHOLD_REJECTIONS, JobKind, JobStatus, Reason, ResultStatus
 
