@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .codec.api import Codec, QualityHints
+from .codec.default import DEFAULT_EFFORT
 from .db.models import ArchivedObject, Job, Result, utcnow
 from .decision import Container, Facts, Recorded, Step, decide, deletes_original
 from .errors import ArchiverError, ContainerError, ImageRejected, StorageError
@@ -68,6 +69,8 @@ class PipelineOptions:
     # new default model then archives new and changed objects only, so shipping one never turns
     # the next scheduled run into a re-encode of the whole archive; an upgrade is its own job.
     upgrade: bool = False
+    # encoder effort (codec/default.py EFFORTS); options saved before it existed take the default
+    effort: int = DEFAULT_EFFORT
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -79,12 +82,14 @@ class PipelineOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, min_psnr: float | None = None, min_saving: float | None = None,
-                      replace: bool = False, dry_run: bool = False, upgrade: bool = False) -> PipelineOptions:
+                      replace: bool = False, dry_run: bool = False, upgrade: bool = False,
+                      effort: int | None = None) -> PipelineOptions:
         """The configured floors and limits, with a front door's overrides (``None``: as configured)."""
         return cls(min_psnr=settings.min_psnr if min_psnr is None else min_psnr,
                    min_saving=settings.min_saving if min_saving is None else min_saving,
                    replace=replace, dry_run=dry_run, max_object_bytes=int(settings.max_object_bytes),
-                   max_pixels=settings.max_pixels, suffix=settings.container_suffix, upgrade=upgrade)
+                   max_pixels=settings.max_pixels, suffix=settings.container_suffix, upgrade=upgrade,
+                   effort=settings.effort if effort is None else effort)
 
     def merged(self, overrides: dict[str, Any]) -> PipelineOptions:
         """These options with the fields named in ``overrides`` replaced (a submit's partial dict)."""
@@ -176,7 +181,8 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
             gpu0 = codec.gpu_seconds
             target = opts.min_psnr + PSNR_MARGIN
             hint, spread = hints.get(codec.model_id, target) if hints is not None else (None, 0.0)
-            enc = codec.encode_detailed(img, target_psnr=target, quality_hint=hint, hint_spread=spread)
+            enc = codec.encode_detailed(img, target_psnr=target, quality_hint=hint, hint_spread=spread,
+                                        effort=opts.effort)
             if hints is not None:
                 hints.add(codec.model_id, target, enc.quality)
             out.timings["encode"] = time.perf_counter() - t1

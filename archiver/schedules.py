@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from .codec.default import EFFORTS
 from .errors import ConfigError
 
 TASK_NAME = "archiver.run_schedule"
@@ -56,6 +57,8 @@ class Schedule(BaseModel):
     chunk_size: int | None = Field(default=None, ge=1, le=10_000)
     # model id to archive with (a packaged model or one in the model store); unset: settings' model_id
     model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    # encoder effort (codec/default.py EFFORTS); unset: settings' effort
+    effort: int | None = Field(default=None, ge=min(EFFORTS), le=max(EFFORTS))
     enabled: bool = True
     # a run still "running" after this many hours no longer blocks the next one (it is marked
     # failed as stale), so a lost run cannot disable its schedule forever

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..codec.default import EFFORTS
 from ..errors import ArchiverError
 from .consoles import LogTicker, err_console as console, fail, table_console
 
@@ -33,7 +34,10 @@ def _progress() -> Progress:
 @click.option("--target-psnr", type=click.FloatRange(1, 99), help="smallest bitstream whose decoded PSNR meets this (dB)")
 @click.option("--model", default=None, help="model id (default from settings)")
 @click.option("--device", default="auto", show_default=True)
-def encode(src: Path, dst: Path, quality: float | None, target_psnr: float | None, model: str | None, device: str) -> None:
+@click.option("--effort", type=click.IntRange(min(EFFORTS), max(EFFORTS)), default=None,
+              help="encoder effort: 0 plain rounding, 1 rate-distortion optimised quantisation [settings: 1]")
+def encode(src: Path, dst: Path, quality: float | None, target_psnr: float | None, model: str | None, device: str,
+           effort: int | None) -> None:
     """Encode an image file into a .cxa container."""
     from ..codec import Codec
     from ..codec.registry import DEFAULT_MODEL
@@ -49,13 +53,15 @@ def encode(src: Path, dst: Path, quality: float | None, target_psnr: float | Non
         st = settings()
         img = load_image(src.read_bytes(), max_pixels=400_000_000)
         codec = Codec.load(model or st.model_id or DEFAULT_MODEL, device, settings=st)
-        res = codec.encode_detailed(img, quality=quality, target_psnr=target_psnr)
+        res = codec.encode_detailed(img, quality=quality, target_psnr=target_psnr,
+                                    effort=st.effort if effort is None else effort)
     except ArchiverError as e:
         fail(e)
     dst.write_bytes(res.data)
     console.print(
         f"{escape(src.name)}: {img.original_bytes:,} -> {len(res.data):,} bytes ({res.bpp:.3f} bpp), "
-        f"quality {res.quality:.2f}, PSNR {res.psnr:.2f} dB, {res.seconds:.2f} s"
+        f"quality {res.quality:.2f}, PSNR {res.psnr:.2f} dB, effort {st.effort if effort is None else effort}, "
+        f"{res.seconds:.2f} s"
     )
 
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .pipeline_cmds import human
+from ..codec.default import EFFORTS
 from ..errors import ArchiverError
 from ..vocabulary import DONE
 from .consoles import LogTicker, err_console as console, fail, table_console
@@ -42,7 +43,11 @@ def duration(seconds: float | None) -> str:
 @click.option("--upgrade", is_flag=True,
               help="also re-encode objects already archived with another (older) model")
 @click.option("--model", default=None, help="model id: packaged, or published in the model store [settings: model_id]")
-def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_days, db_url, upgrade, model) -> None:
+@click.option("--effort", type=click.IntRange(min(EFFORTS), max(EFFORTS)), default=None,
+              help="encoder effort: 0 plain rounding, 1 rate-distortion optimised quantisation (~4 % smaller, "
+                   "~1.3x encode time) [settings: 1]")
+def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_days, db_url, upgrade, model,
+           effort) -> None:
     """Queue a recompression job over SOURCE for the Celery workers; prints the job id."""
     from .. import jobs
     from ..model_store import require_model
@@ -53,7 +58,7 @@ def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_d
     st = rt.settings
     dest = dest or (st.dest if st.dest_mode == "prefix" else None)
     opts = PipelineOptions.from_settings(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace,
-                                         upgrade=upgrade)
+                                         upgrade=upgrade, effort=effort)
     if model:
         try:
             require_model(model, st)  # an unknown id fails here, not in every worker batch

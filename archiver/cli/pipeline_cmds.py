@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..codec.default import DEFAULT_MODEL
+from ..codec.default import DEFAULT_MODEL, EFFORTS
 from ..errors import ArchiverError
 from .consoles import LogTicker, err_console as console, fail, table_console
 
@@ -86,8 +86,11 @@ def summary_table(summary: JobSummary) -> Table:
 @click.option("--new-job", is_flag=True, help="start a new job even if an unfinished identical one exists")
 @click.option("--upgrade", is_flag=True,
               help="also re-encode objects already archived with another (older) model")
+@click.option("--effort", type=click.IntRange(min(EFFORTS), max(EFFORTS)), default=None,
+              help="encoder effort: 0 plain rounding, 1 rate-distortion optimised quantisation (~4 % smaller, "
+                   "~1.3x encode time) [settings: 1]")
 def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, workers, model, device, db_url, new_job,
-               upgrade) -> None:
+               upgrade, effort) -> None:
     """Recompress every image under SOURCE (s3://bucket/prefix, file:///dir or a path).
 
     Without SOURCE, runs on the sample images shipped with the package (copied to ./archive-demo).
@@ -108,7 +111,7 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
         dest_url = dest or (st.dest if st.dest_mode == "prefix" else None)
         dst = rt.store(dest_url, create=True) if dest_url else src
         opts = PipelineOptions.from_settings(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace,
-                                             dry_run=dry_run, upgrade=upgrade)
+                                             dry_run=dry_run, upgrade=upgrade, effort=effort)
         with console.status("loading model"):
             apply_torch_threads(st.torch_threads)
             codec = rt.codec(model, device)

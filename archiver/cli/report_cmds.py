@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from ..codec.default import DEFAULT_MODEL
+from ..codec.default import DEFAULT_MODEL, EFFORTS
 from ..report.render import FORMATS
 from .consoles import err_console as console, table_console
 
@@ -120,8 +120,11 @@ def report(job_ids, since, until, bucket, prefix, model, prefix_depth, price_per
               help="a function f(original_rgb, decoded_rgb) -> float called on every image for every codec; "
                    "the report shows its distribution per codec")
 @_with_options(_price_options)
+@click.option("--effort", type=click.IntRange(min(EFFORTS), max(EFFORTS)), default=None,
+              help="encoder effort: 0 plain rounding, 1 rate-distortion optimised quantisation (~4 % smaller, "
+                   "~1.3x encode time) [settings: 1]")
 def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, job_id, baselines, task_check,
-          price_per_gb_month, gpu_price_per_hour, cpu_price_per_hour, fmt, out, db_url) -> None:
+          effort, price_per_gb_month, gpu_price_per_hour, cpu_price_per_hour, fmt, out, db_url) -> None:
     """Recompress a random sample of SOURCE in memory and project the saving onto all of it.
 
     One streaming pass over the listing counts objects and bytes and keeps a seeded uniform
@@ -174,7 +177,7 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
             min_psnr=min_psnr if min_psnr is not None else st.min_psnr,
             min_saving=min_saving if min_saving is not None else st.min_saving,
             dry_run=True, max_object_bytes=int(st.max_object_bytes), max_pixels=st.max_pixels,
-            suffix=st.container_suffix,
+            suffix=st.container_suffix, effort=st.effort if effort is None else effort,
         )
         with console.status("loading model"):
             apply_torch_threads(st.torch_threads)

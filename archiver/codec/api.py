@@ -29,6 +29,9 @@ from ..images import LoadedImage, delivered, from_pil, to_pil  # noqa: F401 - de
 from ..metrics import psnr
 from . import container as cx
 from .entropy import TileCoder
+from .model import quality_to_lambda
+from .rdo import RdoParams, distortion_weight
+from .default import EFFORTS
 from .registry import DEFAULT_MODEL, load_model
 
 if TYPE_CHECKING:
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 PAD_MULTIPLE = 64
 DEFAULT_TILE = 1024
 assert DEFAULT_TILE <= cx.MAX_TILE_SIZE
+RDO_STRENGTH = 1.5  # lambda' multiplier of RDOQ (rdo.py): 0.7 / 1.0 / 1.5 / 2.5 measured in BENCHMARKS.md
 SEARCH_STEPS = 7  # bisection steps on [0, 100]: resolution under one quality unit
 
 
@@ -316,6 +320,13 @@ class Codec:
         x = torch.floor(x.clamp(0, 1) * 255.0 + 0.5)
         return x[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
 
+    def _rdo(self, quality: float, inv_gain: torch.Tensor, effort: int) -> RdoParams | None:
+        """The RDOQ setting of ``effort`` at ``quality`` (None: plain rounding, effort 0)."""
+        if effort <= 0:
+            return None
+        lam = quality_to_lambda(quality, self.model.preset)
+        return RdoParams(weight=distortion_weight(lam, inv_gain, RDO_STRENGTH))
+
     def _timed(self, fn):
         t = time.perf_counter()
         out = fn()
@@ -326,17 +337,18 @@ class Codec:
 
     @torch.inference_mode()
     def _encode_at(self, img: LoadedImage, latents: list[torch.Tensor], quality: float, dry: bool,
-                   recon: np.ndarray | None = None) -> tuple[list[cx.TilePayload], np.ndarray, str]:
+                   recon: np.ndarray | None = None, effort: int = 0) -> tuple[list[cx.TilePayload], np.ndarray, str]:
         """Code (or with ``dry`` only reconstruct) at ``quality``; a ``recon`` already made at this
         quality by a search probe is reused instead of running the synthesis again."""
         gain, inv_gain = self._gains(quality)
+        rdo = self._rdo(quality, inv_gain, effort)
         synth = recon is None
         if recon is None:
             recon = np.empty_like(img.rgb)
         tiles = []
         hasher = hashlib.sha256()
         for (r, c, rs, cs), y in zip(tile_grid(img.height, img.width, self.tile_size), latents):
-            coded = self._timed(lambda: self.coder.encode(y * gain, hasher, code=not dry))
+            coded = self._timed(lambda: self.coder.encode(y * gain, hasher, code=not dry, rdo=rdo))
             if synth:
                 recon[rs, cs] = self._timed(lambda: self._synth(coded.y_hat, inv_gain,
                                                                 rs.stop - rs.start, cs.stop - cs.start))
@@ -346,9 +358,14 @@ class Codec:
 
     def encode_detailed(self, image: Image.Image | LoadedImage, quality: float | None = None,
                         target_psnr: float | None = None, quality_hint: float | None = None,
-                        hint_spread: float = 0.0) -> EncodeResult:
+                        hint_spread: float = 0.0, effort: int = 0) -> EncodeResult:
         """Encode; with ``target_psnr`` return the smallest quality whose decoded image meets it
-        (``quality_hint``, where the search starts, only changes how many probes that takes)."""
+        (``quality_hint``, where the search starts, only changes how many probes that takes).
+        ``effort`` (``EFFORTS``): 0 rounds every latent, as every release before it did; higher
+        efforts spend encoder time on rate-distortion optimisation (rdo.py). Every effort writes
+        the same container version, decoded by the same decoder."""
+        if effort not in EFFORTS:
+            raise ValueError(f"effort must be one of {EFFORTS}, not {effort!r}")
         if (quality is None) == (target_psnr is None):
             raise ValueError("give exactly one of quality or target_psnr")
         t0 = time.perf_counter()
@@ -365,7 +382,7 @@ class Codec:
         def quality_psnr(q: float) -> float:
             nonlocal probes
             probes += 1
-            _, recon, _ = self._encode_at(img, latents, q, dry=True)
+            _, recon, _ = self._encode_at(img, latents, q, dry=True, effort=effort)
             p = psnr(target_rgb, delivered(recon, img.mode))
             if target_psnr is not None and p >= target_psnr:
                 kept.clear()
@@ -376,7 +393,8 @@ class Codec:
             quality = smallest_quality(quality_psnr, target_psnr, hint=quality_hint, spread=hint_spread)
         assert quality is not None
         quality = float(min(max(quality, 0.0), 100.0))
-        tiles, recon, latent_hash = self._encode_at(img, latents, quality, dry=False, recon=kept.get(quality))
+        tiles, recon, latent_hash = self._encode_at(img, latents, quality, dry=False, recon=kept.get(quality),
+                                                    effort=effort)
         meta = cx.ContainerMeta(
             model_id=self.model_id, weights_sha256=self.weights_sha256, quality=quality,
             width=img.width, height=img.height, mode=img.mode, content_type=img.content_type,
@@ -389,8 +407,8 @@ class Codec:
                             width=img.width, height=img.height, seconds=time.perf_counter() - t0, probes=probes + 1)
 
     def encode(self, image: Image.Image | LoadedImage, quality: float | None = None,
-               target_psnr: float | None = None) -> bytes:
-        return self.encode_detailed(image, quality=quality, target_psnr=target_psnr).data
+               target_psnr: float | None = None, effort: int = 0) -> bytes:
+        return self.encode_detailed(image, quality=quality, target_psnr=target_psnr, effort=effort).data
 
     # ------------------------------------------------------------------------------------------
     def decode(self, data: bytes, max_pixels: int = cx.DEFAULT_MAX_PIXELS, *, max_tile_size: int = cx.MAX_TILE_SIZE,

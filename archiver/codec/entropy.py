@@ -26,6 +26,7 @@ from ..errors import ContainerError
 from .container import CHECK_BYTES
 from .exact import round_half_up
 from .model import SYMBOL_LIMIT, ConvNeXtCharm, anchor_mask
+from .rdo import RateTable, RdoParams, choose
 
 
 @dataclass
@@ -72,6 +73,13 @@ class TileCoder:
         self.gc_len = gc._cdf_length.reshape(-1).int().tolist()
         self.gc_off = gc._offset.reshape(-1).int().tolist()
         self.medians = eb._get_medians().detach().reshape(1, -1, 1, 1).double()
+        self._rates: RateTable | None = None
+
+    def rates(self, device: torch.device) -> RateTable:
+        """Bits per symbol from the coder's own tables (for RDOQ; built on first use)."""
+        if self._rates is None:
+            self._rates = RateTable(self.gc_cdf, self.gc_len, self.gc_off)
+        return self._rates.to(device)
 
     def _code(self, enc: BufferedRansEncoder, sym: Tensor, idx: Tensor) -> None:
         enc.encode_with_indexes(sym.int().tolist(), idx.int().tolist(), self.gc_cdf, self.gc_len, self.gc_off)
@@ -86,10 +94,13 @@ class TileCoder:
         return np.repeat(np.arange(c, dtype=np.int64), h * w).tolist()
 
     @torch.no_grad()
-    def encode(self, y_g: Tensor, hasher: "hashlib._Hash", code: bool = True) -> CodedTile:
+    def encode(self, y_g: Tensor, hasher: "hashlib._Hash", code: bool = True,
+               rdo: RdoParams | None = None) -> CodedTile:
         """Code one tile's gained latent ``y_g`` (1, M, h, w). ``code=False`` only computes the
-        decoded latents (``y_hat``), for the quality search. Keeps no state between calls, so
-        several threads may code with one model (``workers.codec_slots``)."""
+        decoded latents (``y_hat``), for the quality search. ``rdo``: choose each symbol by rate
+        and distortion (rdo.py) instead of rounding it; the decoder is the same either way.
+        Keeps no state between calls, so several threads may code with one model
+        (``workers.codec_slots``)."""
         m = self.model
         th = _TileHasher(hasher)
         checks: list[bytes] = []
@@ -109,9 +120,15 @@ class TileCoder:
         enc = BufferedRansEncoder()
         decoded: list[Tensor] = []
         checkerboard = m.preset.context == "checkerboard"
+        rates = self.rates(y_g.device) if rdo is not None else None
+        sc = m.slice_ch
         for i, y_i in enumerate(y_g.double().chunk(m.preset.slices, dim=1)):
             mu, scale, mean_sup = m.slice_params(i, means_h, scales_h, decoded)
             sym = torch.clamp(round_half_up(y_i - mu), -SYMBOL_LIMIT, SYMBOL_LIMIT)
+            if rdo is not None:
+                assert rates is not None
+                weight = rdo.weight[:, i * sc:(i + 1) * sc]
+                sym = choose(y_i - mu, m.scale_indexes(scale), weight, rates, SYMBOL_LIMIT)
             if not checkerboard:
                 if code:
                     self._code(enc, sym.reshape(-1), m.scale_indexes(scale).reshape(-1))
@@ -122,7 +139,10 @@ class TileCoder:
                     self._code(enc, sym[anchors], m.scale_indexes(scale)[anchors])
                 mu2, scale2 = m.spatial(i, sym * anchors, mu, scale)
                 rest = ~anchors
-                sym2 = torch.clamp(round_half_up(y_i - mu2), -SYMBOL_LIMIT, SYMBOL_LIMIT)
+                if rdo is None:
+                    sym2 = torch.clamp(round_half_up(y_i - mu2), -SYMBOL_LIMIT, SYMBOL_LIMIT)
+                else:
+                    sym2 = choose(y_i - mu2, m.scale_indexes(scale2), weight, rates, SYMBOL_LIMIT)
                 if code:
                     self._code(enc, sym2[rest], m.scale_indexes(scale2)[rest])
                 sym, mu = torch.where(anchors, sym, sym2), torch.where(anchors, mu, mu2)
