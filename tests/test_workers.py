@@ -565,6 +565,55 @@ def test_poison_objects_are_recorded_failed_and_skipped(s3_server: str, pg_modul
     assert res.finished_job and job_status(pg_module_url, job_id) == "finished"
 
 
+def test_a_late_duplicate_delivery_never_downgrades_an_archived_row(s3_server: str, pg_module_url: str,
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window of issue 28, forced: delivery B reads ``head()`` while the original is there,
+    then, before its ``get()``, delivery A of the same batch archives the object, records it
+    accepted and deletes the original (``--replace``). B's ``get()`` then finds nothing. B must
+    keep A's accepted row (and say so), not record ``failed/not_found`` over it."""
+    from archiver import jobs
+    from archiver.storage import open_store
+
+    stack = Stack(s3_server, pg_module_url, "memory://", tmp_path)
+    bucket = stack.bucket({"x.png": noise_png(21)})
+    rt = runtime_for(stack.settings())
+    job_id = _running_job(pg_module_url, bucket, 1)
+    items = [["x.png", "", 0]]
+    opts = {**ACCEPT, "replace": True}
+    real_store = rt.store
+    state = {"raced": False}
+
+    class LateStore:
+        """The source as B sees it: the first ``get`` lets A run the whole batch first."""
+
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def get(self, key: str, **kw: Any) -> bytes:
+            if not state["raced"]:
+                state["raced"] = True
+                a = jobs.process_batch(job_id, bucket, None, items, opts, runtime=rt, io_threads=1)
+                assert [o.status for o in a.outcomes] == ["accepted"] and a.outcomes[0].original_deleted
+            return self._inner.get(key, **kw)
+
+    def store(url: str, create: bool = False) -> Any:
+        s = real_store(url, create=create)
+        return LateStore(s) if url == bucket and not state["raced"] else s
+
+    monkeypatch.setattr(rt, "store", store)
+    b = jobs.process_batch(job_id, bucket, None, items, opts, runtime=rt, io_threads=1)
+    assert state["raced"], "B never reached get(): the window was not forced"
+    rows = job_rows(pg_module_url, job_id)
+    assert [(r.key, r.status, r.original_deleted) for r in rows] == [("x.png", "accepted", True)]
+    assert [o.status for o in b.outcomes] == ["accepted"]  # B reports the row that stands
+    assert open_store(bucket, stack.settings()).head("x.png") is None
+    assert job_status(pg_module_url, job_id) == "finished"
+
+
 def test_batches_of_a_prefixed_source_record_full_keys(s3_server: str, pg_module_url: str, tmp_path: Path) -> None:
     """A batch of s3://b/cam1/ names its objects cam1/... in rows, the ledger and the attempt
     counter, so a later job over s3://b/ recognises them (dropped at submission, skipped here)."""
