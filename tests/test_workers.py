@@ -411,6 +411,86 @@ def test_second_trigger_cannot_start_a_second_run(db_url: str, s3_server: str, t
     assert again is not None and again != started[0]
 
 
+class FixedBroker:
+    """A BrokerView that reports the given job ids as having batches on the broker."""
+
+    def __init__(self, jobs_seen: set[int]) -> None:
+        self.seen = jobs_seen
+
+    def jobs_with_batches(self) -> set[int] | None:
+        return set(self.seen)
+
+
+def test_the_beat_resumes_a_stalled_scheduled_run(s3_server: str, pg_module_url: str, tmp_path: Path) -> None:
+    """Issue 28: a scheduled run whose submission broke off (broker down) is resumed by the next
+    trigger instead of blocking the schedule; a run whose queue was lost (running, quiet for
+    longer than visibility + margin, no batch on the broker) too, re-sending exactly the objects
+    without a final row; a running job whose batches are on the broker is left alone."""
+    import datetime as dt
+
+    from archiver import jobs
+    from archiver.db.models import Job
+    from archiver.errors import BrokerUnavailable
+    from archiver.records import Outcome, record
+    from archiver.identity import Scope
+    from archiver.storage import open_store
+
+    stack = Stack(s3_server, pg_module_url, "redis://127.0.0.1:1/0", tmp_path)
+    st = stack.settings()
+    rt = runtime_for(st)
+    bucket = stack.bucket({f"s{i}.png": noise_png(900 + i) for i in range(5)})
+    sched = {"name": f"stall-{uuid.uuid4().hex[:6]}", "cron": "0 3 * * *", "source": bucket, "older_than_days": 0,
+             "chunk_size": 2, **ACCEPT}
+    sent: list[list[Any]] = []
+
+    def down(*a: Any) -> None:
+        if len(sent) >= 1:
+            raise BrokerUnavailable("broker down")
+        sent.append(a[3])
+
+    with pytest.raises(BrokerUnavailable):
+        jobs.start_scheduled(sched, runtime=rt, enqueue=down)
+    with session_factory(pg_module_url)() as s:
+        job = s.execute(select(Job).where(Job.schedule_name == sched["name"])).scalar_one()
+        assert (job.status, job.objects_enqueued) == ("pending", 2)  # what was really sent
+        job_id = job.id
+    assert jobs.status(job_id, runtime=rt).state == "stalled"
+
+    sent.clear()
+    assert jobs.start_scheduled(sched, runtime=rt, enqueue=lambda *a: sent.append(a[3])) == job_id  # resumed
+    assert sorted(it[0] for c in sent for it in c) == [f"s{i}.png" for i in range(5)]  # no row yet: all again
+    assert jobs.status(job_id, runtime=rt).objects_enqueued == 5 and job_status(pg_module_url, job_id) == "running"
+
+    # two objects get final rows, then the queue is lost; the job has been quiet for long enough
+    scope = Scope.of(open_store(bucket, st))
+    for k in ("s0.png", "s1.png"):
+        record(rt.session_factory(), job_id, scope, st.model_id,
+               Outcome.settled_early(k, "rejected", "corrupt", "test"))
+    old = dt_now() - dt.timedelta(seconds=VISIBILITY + STALL_MARGIN + 1)
+    with session_factory(pg_module_url)() as s:
+        s.get(Job, job_id).started_at = old
+        s.execute(sa_update_results(job_id, old))
+        s.commit()
+    sent.clear()
+    busy = FixedBroker({job_id})
+    assert jobs.status(job_id, runtime=rt, broker=busy).state == "running"
+    assert jobs.start_scheduled(sched, runtime=rt, enqueue=lambda *a: sent.append(a[3]), broker=busy) is None
+    assert sent == []
+    lost = FixedBroker(set())
+    assert jobs.status(job_id, runtime=rt, broker=lost).state == "stalled"
+    assert jobs.start_scheduled(sched, runtime=rt, enqueue=lambda *a: sent.append(a[3]), broker=lost) == job_id
+    assert sorted(it[0] for c in sent for it in c) == ["s2.png", "s3.png", "s4.png"]
+    assert jobs.status(job_id, runtime=rt).objects_enqueued == 5
+
+
+def sa_update_results(job_id: int, when: Any) -> Any:
+    from sqlalchemy import update
+
+    from archiver.db.models import Result
+
+    return update(Result).where(Result.job_id == job_id).values(updated_at=when)
+
+
 def test_scheduled_runs_skip_new_and_archived_objects(s3_server: str, pg_module_url: str, tmp_path: Path) -> None:
     from archiver import jobs
     from archiver.db.models import ArchivedObject, Job
