@@ -14,7 +14,8 @@ The rows they write (results, ledger, jobs, and the conditional "finished" updat
 :mod:`archiver.records`'. Every operation takes the front door's :class:`~archiver.runtime.Runtime`
 (settings, session factories, stores, codecs); none loads settings or knows about Celery.
 
-Why a job is safe to kill anywhere: the row's counters are committed before each batch is sent;
+Why a job is safe to kill anywhere: the row counts a batch once it was sent, and the job stays
+``pending`` (which nothing finishes) until its listing is complete;
 a worker records one row per object (unique per job, bucket and key), so a redelivered batch
 updates rows instead of duplicating them; and a job becomes ``finished`` only by a conditional
 update once it has a finished row per enqueued object.

@@ -2,8 +2,11 @@
 
 :func:`submit` creates the ``jobs`` row (status ``pending`` while the listing is being enqueued),
 streams the listing and hands one batch per chunk of keys to ``enqueue``. The row's counters
-(``objects_enqueued``, ``objects_listed``, ``bytes_listed``) are committed *before* each chunk is
-sent, so a batch can never finish before it is counted; then the status becomes ``running``.
+(``objects_enqueued``, ``objects_listed``, ``bytes_listed``) grow once a chunk was sent, so they
+say what really reached the broker; only ``running`` jobs are finished, and the status becomes
+``running`` after the last chunk, so a batch can never end the job before it is counted. A
+submission that breaks off leaves the job resumable (:func:`resume`, and the same
+:func:`submit` again finds it).
 How the batches reach a worker is the front door's business: the CLI and the beat task pass
 ``workers.enqueue.celery_enqueue``, tests pass a list's ``append``.
 """
