@@ -31,11 +31,17 @@ def duration(seconds: float | None) -> str:
 
 
 def _broker_view():
-    """The workers' view of the broker's queues (``None`` for a broker that cannot be inspected)."""
-    from workers.inflight import broker_view  # a front door may know the workers; imported late
+    """The workers' view of the broker's queues (``None`` for a broker that cannot be inspected:
+    then a lost queue is not detected, an interrupted submission still is)."""
     from .runtime import settings
 
-    return broker_view(settings().broker_url)
+    try:
+        from workers.inflight import broker_view  # a front door may know the workers; imported late
+
+        return broker_view(settings().broker_url)
+    except Exception as e:  # noqa: BLE001 - e.g. a bad schedules file, which the workers' app validates
+        console.print(f"[yellow]note[/yellow]: cannot inspect the broker's queues ({escape(str(e))})", highlight=False)
+        return None
 
 
 @click.command()
