@@ -64,3 +64,9 @@ class KeyRefused(StorageError):
     """A key that would escape the store's root (``..``, absolute paths, symlinks out)."""
 
     code = "key_refused"
+
+
+class BrokerUnavailable(ArchiverError):
+    """The message broker could not be reached within ``workers.submit_broker_wait`` seconds."""
+
+    code = "broker_unavailable"

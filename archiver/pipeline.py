@@ -469,7 +469,10 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
                              archived_bytes=older.compressed_bytes if older else None, pixels=pixels, hints=hints)
         if out.reason_code == Reason.ARCHIVE_SMALLER and older is not None:
             out.dest_url, out.compressed_sha256, led = older.dest_url, older.compressed_sha256, older
-        prior_id = record(session_factory, job_id, scope, led.model_id if led else codec.model_id, out, worker).row_id
+        kept = record(session_factory, job_id, scope, led.model_id if led else codec.model_id, out, worker)
+        if kept.outcome is not out:  # another delivery archived it meanwhile: its row stands, and its delete
+            return kept.outcome
+        prior_id = kept.row_id
         if out.status == ResultStatus.ACCEPTED and not opts.dry_run:
             with session_factory() as s:
                 led = LedgerView.of(already_archived(s, scope, info, codec.model_id))

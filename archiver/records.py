@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .db.models import ArchivedObject, Job, Result, utcnow
 from .identity import Scope
-from .vocabulary import ACTIVE_JOBS, DONE, SETTLED, JobKind, JobStatus, ResultStatus
+from .vocabulary import ACTIVE_JOBS, ARCHIVED, DONE, SETTLED, JobKind, JobStatus, ResultStatus
 
 if TYPE_CHECKING:
     from .storage import ObjectInfo
@@ -200,13 +200,25 @@ def record(session_factory: sessionmaker[Session], job_id: int, scope: Scope, mo
     ``keep_settled``: a row this job already settled (accepted, rejected, skipped) is kept and
     returned instead of being overwritten. The worker's early outcomes use it: a redelivered batch
     may look at an object that was archived, and its original then deleted, by the first delivery.
+
+    Whatever ``keep_settled`` says, a row that already names an archive (accepted or skipped) is
+    never replaced by an outcome for the same version (or an unknown one) that does not: a late
+    duplicate delivery can read ``head()``
+    before the first delivery deleted the original and ``get()`` after, and its ``not_found``
+    must not turn an archived object into a failed one (nothing would ever correct it, since the
+    original is no longer listed). The row is locked (``FOR UPDATE``) while this is decided.
     A concurrent insert of the same row (two deliveries of one batch) is retried as an update.
     """
     with session_factory() as s:
         for attempt in range(3):
             try:
-                row = result_row(s, job_id, scope, out.key)
-                if keep_settled and row is not None and row.status in SETTLED:
+                row = s.execute(select(Result).where(
+                    Result.job_id == job_id, Result.bucket == scope.bucket, Result.key == scope.key(out.key))
+                    .with_for_update()).scalar_one_or_none()
+                if row is not None and (keep_settled and row.status in SETTLED or _downgrade(row, out)):
+                    if not keep_settled:
+                        log.warning("kept the %s row of %s (job %s): a later attempt found it %s (%s)",
+                                    row.status, out.key, job_id, out.status, out.reason_code)
                     return Recorded(row.id, outcome_from_row(row, scope))
                 row = record_outcome(s, job_id, scope, model_id, out, worker, row=row)
                 s.commit()
@@ -216,6 +228,13 @@ def record(session_factory: sessionmaker[Session], job_id: int, scope: Scope, mo
                 if attempt == 2:
                     raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _downgrade(row: Result, out: Outcome) -> bool:
+    """``out`` would take an archived row's version back to "not archived". An outcome for
+    another version (the object was overwritten since) is news, not a downgrade."""
+    same_version = out.etag is None or row.etag is None or out.etag == row.etag
+    return row.status in ARCHIVED and out.status not in ARCHIVED and same_version
 
 
 def mark_original_deleted(session: Session, ledger: ArchivedObject | None, result_ids: set[int | None]) -> None:

@@ -145,6 +145,13 @@ class WorkerSettings(BaseModel):
     # priority); a separate queue needs a worker consuming it (`-Q ...,<queue>`).
     schedule_queue: str = Field(default="recompress", pattern=r"^[A-Za-z0-9._-]+$")
 
+    # Seconds `archiver submit` (and a scheduled run) keeps retrying, with backoff, a broker that
+    # is down or restarting before it gives up with "broker_unavailable" (the job stays resumable).
+    submit_broker_wait: float = Field(default=120.0, ge=0)
+    # A running job is shown "stalled" once it made no progress and no batch of it is queued or
+    # held (a live lease) for visibility_timeout + stall_margin seconds: its queue was lost.
+    stall_margin: float = Field(default=120.0, ge=0)
+
     @model_validator(mode="after")
     def _timeouts_fit(self) -> WorkerSettings:
         # A retried batch waits out its countdown on a worker, unacknowledged and unrenewed: a

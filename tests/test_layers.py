@@ -183,8 +183,13 @@ def test_keep_settled_never_overwrites_a_finished_row(sf) -> None:  # noqa: ANN0
     gone = Outcome.settled_early("y.png", ResultStatus.FAILED, Reason.NOT_FOUND, "gone")
     kept = record(sf, job, scope, "m", gone, keep_settled=True)
     assert kept.outcome.status == "accepted" and kept.outcome.dest_url == "s3://b/y.png.cxa"
-    overwritten = record(sf, job, scope, "m", gone)  # without it, the newer outcome wins
-    assert overwritten.outcome.status == "failed"
+    # without keep_settled too: an archived row is never downgraded by the same (or an unknown) version
+    assert record(sf, job, scope, "m", gone).outcome.status == "accepted"
+    late = Outcome.settled_early("y.png", ResultStatus.FAILED, Reason.NOT_FOUND, "gone", etag="e")
+    assert record(sf, job, scope, "m", late).outcome.status == "accepted"
+    # a new version of the object (overwritten since) is news: its outcome replaces the row
+    newer = Outcome.settled_early("y.png", ResultStatus.REJECTED, "corrupt", "bad", etag="e2")
+    assert record(sf, job, scope, "m", newer).outcome.status == "rejected"
 
 
 def test_finalize_waits_for_a_row_per_enqueued_object(sf) -> None:  # noqa: ANN001

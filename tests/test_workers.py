@@ -38,6 +38,10 @@ FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", 
 ACCEPT = {"min_psnr": 1.0, "min_saving": 0.0}  # reachable by any working codec on noise PNGs
 VISIBILITY = 15  # seconds before a dead worker's batch is handed to another worker
 LEASE = 2  # seconds between a running batch's lease renewals
+BROKER_WAIT = 4  # seconds `archiver submit` retries a broker that is down
+STALL_MARGIN = 3  # a running job with no batch anywhere is stalled after VISIBILITY + this quiet
+#: objects in the outage scenarios (benchmarks/broker_outage.py runs them with more)
+OUTAGE_OBJECTS = int(os.environ.get("ARCHIVER_TEST_OUTAGE_OBJECTS", "10"))
 
 
 # ---- helpers --------------------------------------------------------------------------------------
@@ -213,6 +217,8 @@ class Stack:
             "ARCHIVER_WORKERS__RETRY_BACKOFF_MAX": "4",
             "ARCHIVER_WORKERS__SCHEDULES_FILE": str(self.schedules_file),
             "ARCHIVER_WORKERS__SCHEDULE_QUEUE": self.schedule_queue,
+            "ARCHIVER_WORKERS__SUBMIT_BROKER_WAIT": str(BROKER_WAIT),
+            "ARCHIVER_WORKERS__STALL_MARGIN": str(STALL_MARGIN),
             "PYTHONUNBUFFERED": "1",
         })
         return env
@@ -225,7 +231,8 @@ class Stack:
                             "access_key_id": "testing", "secret_access_key": "testing"},
                         workers={"visibility_timeout": VISIBILITY, "unacked_restore_interval": 1,
                                  "lease_heartbeat": LEASE, "retry_backoff": 0.5, "retry_backoff_max": 4,
-                                 "schedules_file": str(self.schedules_file), "schedule_queue": self.schedule_queue})
+                                 "schedules_file": str(self.schedules_file), "schedule_queue": self.schedule_queue,
+                                 "submit_broker_wait": BROKER_WAIT, "stall_margin": STALL_MARGIN})
 
     def env_for_test_process(self, monkeypatch: pytest.MonkeyPatch) -> None:
         for k, v in self.env().items():
@@ -404,6 +411,86 @@ def test_second_trigger_cannot_start_a_second_run(db_url: str, s3_server: str, t
     assert again is not None and again != started[0]
 
 
+class FixedBroker:
+    """A BrokerView that reports the given job ids as having batches on the broker."""
+
+    def __init__(self, jobs_seen: set[int]) -> None:
+        self.seen = jobs_seen
+
+    def jobs_with_batches(self) -> set[int] | None:
+        return set(self.seen)
+
+
+def test_the_beat_resumes_a_stalled_scheduled_run(s3_server: str, pg_module_url: str, tmp_path: Path) -> None:
+    """Issue 28: a scheduled run whose submission broke off (broker down) is resumed by the next
+    trigger instead of blocking the schedule; a run whose queue was lost (running, quiet for
+    longer than visibility + margin, no batch on the broker) too, re-sending exactly the objects
+    without a final row; a running job whose batches are on the broker is left alone."""
+    import datetime as dt
+
+    from archiver import jobs
+    from archiver.db.models import Job
+    from archiver.errors import BrokerUnavailable
+    from archiver.records import Outcome, record
+    from archiver.identity import Scope
+    from archiver.storage import open_store
+
+    stack = Stack(s3_server, pg_module_url, "redis://127.0.0.1:1/0", tmp_path)
+    st = stack.settings()
+    rt = runtime_for(st)
+    bucket = stack.bucket({f"s{i}.png": noise_png(900 + i) for i in range(5)})
+    sched = {"name": f"stall-{uuid.uuid4().hex[:6]}", "cron": "0 3 * * *", "source": bucket, "older_than_days": 0,
+             "chunk_size": 2, **ACCEPT}
+    sent: list[list[Any]] = []
+
+    def down(*a: Any) -> None:
+        if len(sent) >= 1:
+            raise BrokerUnavailable("broker down")
+        sent.append(a[3])
+
+    with pytest.raises(BrokerUnavailable):
+        jobs.start_scheduled(sched, runtime=rt, enqueue=down)
+    with session_factory(pg_module_url)() as s:
+        job = s.execute(select(Job).where(Job.schedule_name == sched["name"])).scalar_one()
+        assert (job.status, job.objects_enqueued) == ("pending", 2)  # what was really sent
+        job_id = job.id
+    assert jobs.status(job_id, runtime=rt).state == "stalled"
+
+    sent.clear()
+    assert jobs.start_scheduled(sched, runtime=rt, enqueue=lambda *a: sent.append(a[3])) == job_id  # resumed
+    assert sorted(it[0] for c in sent for it in c) == [f"s{i}.png" for i in range(5)]  # no row yet: all again
+    assert jobs.status(job_id, runtime=rt).objects_enqueued == 5 and job_status(pg_module_url, job_id) == "running"
+
+    # two objects get final rows, then the queue is lost; the job has been quiet for long enough
+    scope = Scope.of(open_store(bucket, st))
+    for k in ("s0.png", "s1.png"):
+        record(rt.session_factory(), job_id, scope, st.model_id,
+               Outcome.settled_early(k, "rejected", "corrupt", "test"))
+    old = dt_now() - dt.timedelta(seconds=VISIBILITY + STALL_MARGIN + 1)
+    with session_factory(pg_module_url)() as s:
+        s.get(Job, job_id).started_at = old
+        s.execute(sa_update_results(job_id, old))
+        s.commit()
+    sent.clear()
+    busy = FixedBroker({job_id})
+    assert jobs.status(job_id, runtime=rt, broker=busy).state == "running"
+    assert jobs.start_scheduled(sched, runtime=rt, enqueue=lambda *a: sent.append(a[3]), broker=busy) is None
+    assert sent == []
+    lost = FixedBroker(set())
+    assert jobs.status(job_id, runtime=rt, broker=lost).state == "stalled"
+    assert jobs.start_scheduled(sched, runtime=rt, enqueue=lambda *a: sent.append(a[3]), broker=lost) == job_id
+    assert sorted(it[0] for c in sent for it in c) == ["s2.png", "s3.png", "s4.png"]
+    assert jobs.status(job_id, runtime=rt).objects_enqueued == 5
+
+
+def sa_update_results(job_id: int, when: Any) -> Any:
+    from sqlalchemy import update
+
+    from archiver.db.models import Result
+
+    return update(Result).where(Result.job_id == job_id).values(updated_at=when)
+
+
 def test_scheduled_runs_skip_new_and_archived_objects(s3_server: str, pg_module_url: str, tmp_path: Path) -> None:
     from archiver import jobs
     from archiver.db.models import ArchivedObject, Job
@@ -563,6 +650,55 @@ def test_poison_objects_are_recorded_failed_and_skipped(s3_server: str, pg_modul
     assert by_key["ok.png"].status == "accepted"
     assert sorted(counter.finished) == ["ok.png", "poison.png"]
     assert res.finished_job and job_status(pg_module_url, job_id) == "finished"
+
+
+def test_a_late_duplicate_delivery_never_downgrades_an_archived_row(s3_server: str, pg_module_url: str,
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window of issue 28, forced: delivery B reads ``head()`` while the original is there,
+    then, before its ``get()``, delivery A of the same batch archives the object, records it
+    accepted and deletes the original (``--replace``). B's ``get()`` then finds nothing. B must
+    keep A's accepted row (and say so), not record ``failed/not_found`` over it."""
+    from archiver import jobs
+    from archiver.storage import open_store
+
+    stack = Stack(s3_server, pg_module_url, "memory://", tmp_path)
+    bucket = stack.bucket({"x.png": noise_png(21)})
+    rt = runtime_for(stack.settings())
+    job_id = _running_job(pg_module_url, bucket, 1)
+    items = [["x.png", "", 0]]
+    opts = {**ACCEPT, "replace": True}
+    real_store = rt.store
+    state = {"raced": False}
+
+    class LateStore:
+        """The source as B sees it: the first ``get`` lets A run the whole batch first."""
+
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def get(self, key: str, **kw: Any) -> bytes:
+            if not state["raced"]:
+                state["raced"] = True
+                a = jobs.process_batch(job_id, bucket, None, items, opts, runtime=rt, io_threads=1)
+                assert [o.status for o in a.outcomes] == ["accepted"] and a.outcomes[0].original_deleted
+            return self._inner.get(key, **kw)
+
+    def store(url: str, create: bool = False) -> Any:
+        s = real_store(url, create=create)
+        return LateStore(s) if url == bucket and not state["raced"] else s
+
+    monkeypatch.setattr(rt, "store", store)
+    b = jobs.process_batch(job_id, bucket, None, items, opts, runtime=rt, io_threads=1)
+    assert state["raced"], "B never reached get(): the window was not forced"
+    rows = job_rows(pg_module_url, job_id)
+    assert [(r.key, r.status, r.original_deleted) for r in rows] == [("x.png", "accepted", True)]
+    assert [o.status for o in b.outcomes] == ["accepted"]  # B reports the row that stands
+    assert open_store(bucket, stack.settings()).head("x.png") is None
+    assert job_status(pg_module_url, job_id) == "finished"
 
 
 def test_batches_of_a_prefixed_source_record_full_keys(s3_server: str, pg_module_url: str, tmp_path: Path) -> None:
@@ -851,3 +987,151 @@ def test_redis_outage_mid_job(stack: Stack, tmp_path: Path) -> None:
     finally:
         w.stop()
         redis.stop()
+
+
+def _figures(name: str, **figures: Any) -> None:
+    """Outage figures for benchmarks/broker_outage.py (written only when it asks for them)."""
+    out = os.environ.get("ARCHIVER_TEST_FIGURES")
+    if out:
+        import json
+
+        with open(out, "a") as fh:
+            fh.write(json.dumps({"scenario": name, **figures}) + "\n")
+
+
+def _duplicates_and_lost(stack: Stack, job_id: int, sources: dict[str, bytes]) -> tuple[int, int, int]:
+    rows = job_rows(stack.db_url, job_id)
+    keys = [r.key for r in rows]
+    return len(rows), len(keys) - len(set(keys)), len(set(sources) - set(keys))
+
+
+def test_submit_while_the_broker_is_down_then_the_same_command_finishes_the_job(
+        stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 28, 1: the broker is down for the whole submit. ``archiver submit`` retries for
+    workers.submit_broker_wait seconds, then exits 2 with one line; the job row says 0 enqueued
+    and the job is stalled (interrupted), not failed. Once the broker is up, the same command
+    finishes that job (no second job), each object exactly once."""
+    from click.testing import CliRunner
+
+    from archiver import jobs
+    from archiver.cli.job_cmds import status, submit
+    from archiver.db.models import Job
+
+    redis = RedisServer(tmp_path, durable=True)  # not started yet: the broker is down
+    own = Stack(stack.s3_endpoint, stack.db_url, redis.url, tmp_path)
+    sources = {f"d{i}.png": noise_png(700 + i) for i in range(OUTAGE_OBJECTS)}
+    bucket = own.bucket(sources)
+    own.env_for_test_process(monkeypatch)
+    args = [bucket, "--min-psnr", "1", "--min-saving", "0", "--replace", "--chunk-size", "3"]
+    t0 = time.monotonic()
+    res = CliRunner().invoke(submit, args)
+    waited = time.monotonic() - t0
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error (broker_unavailable): "), res.output
+    assert "Traceback" not in res.output
+    assert BROKER_WAIT <= waited < BROKER_WAIT + 15, waited
+    with session_factory(own.db_url)() as s:
+        job = s.execute(select(Job).where(Job.source == bucket)).scalar_one()
+        assert (job.status, job.objects_enqueued) == ("pending", 0)
+        assert "BrokerUnavailable" in job.settings["interrupted"]
+        job_id = job.id
+    rt = runtime_for(own.settings())
+    p = jobs.status(job_id, runtime=rt)
+    assert p.state == "stalled" and p.eta_seconds is None
+    out = CliRunner().invoke(status, [str(job_id)])
+    assert "stalled" in out.output and f"archiver submit --resume {job_id}" in out.output, out.output
+
+    redis.start()
+    w = own.start_worker()
+    try:
+        t1 = time.monotonic()
+        res = CliRunner().invoke(submit, args)  # the same command, the broker back
+        assert res.exit_code == 0, res.output
+        assert int(res.output.strip().splitlines()[-1]) == job_id  # that job, not a new one
+        wait_finished(own, job_id, 60 + 10 * OUTAGE_OBJECTS, [w])
+        recovered = time.monotonic() - t1
+        check_job(own, job_id, bucket, sources, replace=True)
+        with session_factory(own.db_url)() as s:
+            assert s.execute(select(Job).where(Job.source == bucket)).scalars().all()[0].id == job_id
+            assert len(s.execute(select(Job).where(Job.source == bucket)).scalars().all()) == 1
+        assert jobs.status(job_id, runtime=rt).objects_enqueued == len(sources)
+        rows, dups, lost = _duplicates_and_lost(own, job_id, sources)
+        _figures("broker down at submit", objects=len(sources), submit_gave_up_s=round(waited, 1),
+                 enqueued_after_outage=0, rerun_to_finished_s=round(recovered, 1), rows=rows, duplicates=dups,
+                 lost=lost, jobs=1)
+    finally:
+        w.stop()
+        redis.stop()
+
+
+def test_a_lost_queue_is_reported_stalled_and_resume_finishes_the_job(
+        stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 28, 2: Redis restarts *empty* mid-job (no persistence). The job made no progress and
+    no batch of it is queued or held: within visibility timeout + stall margin ``archiver status``
+    says ``stalled`` and names the command; that command (``archiver submit --resume JOB``)
+    re-enqueues exactly the objects without a final row and the job finishes, each object once."""
+    from click.testing import CliRunner
+
+    from archiver import jobs
+    from archiver.cli.job_cmds import status, submit
+    from workers.inflight import broker_view
+
+    redis = RedisServer(tmp_path, durable=False)  # comes back empty
+    redis.start()
+    own = Stack(stack.s3_endpoint, stack.db_url, redis.url, tmp_path)
+    w = own.start_worker()
+    try:
+        sources = {f"q{i}.png": noise_png(800 + i, 128, 128) for i in range(OUTAGE_OBJECTS)}
+        bucket = own.bucket(sources)
+        rt = runtime_for(own.settings())
+        job_id = jobs.submit(bucket, {**ACCEPT, "replace": True}, chunk_size=2, runtime=rt,
+                             enqueue=celery_enqueue(own.settings()))
+        view = broker_view(own.broker_url)
+        assert job_id in view.jobs_with_batches()  # its batches are seen on the broker
+        assert jobs.status(job_id, runtime=rt, broker=view).state == "running"
+        wait_until(lambda: job_rows(own.db_url, job_id), 120, "a first result", poll=0.1, on_timeout=w.log)
+        redis.crash()
+        redis.start()  # empty: the queued batches are gone
+        t_lost = time.monotonic()
+        n_lost = len(job_rows(own.db_url, job_id))
+        assert n_lost < len(sources), "the job finished before the queue was lost; make it longer"
+        p = wait_until(lambda: (q := jobs.status(job_id, runtime=rt, broker=view)).state == "stalled" and q,
+                       VISIBILITY + STALL_MARGIN + 60, "the job to be reported stalled", poll=0.5, on_timeout=w.log)
+        noticed = time.monotonic() - t_lost
+        assert "queue was lost" in p.stalled and p.eta_seconds is None
+        # not before the limit: the last progress was at least VISIBILITY + STALL_MARGIN ago
+        assert (dt_now() - p.last_progress).total_seconds() >= VISIBILITY + STALL_MARGIN
+        own.env_for_test_process(monkeypatch)
+        out = CliRunner().invoke(status, [str(job_id)])
+        assert out.exit_code == 0 and "stalled" in out.output, out.output
+        assert f"archiver submit --resume {job_id}" in out.output, out.output
+        done_before = len(job_rows(own.db_url, job_id))
+
+        sent: list[list[Any]] = []
+        real = celery_enqueue(own.settings())
+        import workers.enqueue as enq
+
+        monkeypatch.setattr(enq, "celery_enqueue", lambda st, **kw: lambda *a: (sent.append(a[3]), real(*a)))
+        t1 = time.monotonic()
+        res = CliRunner().invoke(submit, ["--resume", str(job_id)])
+        assert res.exit_code == 0, res.output
+        resent = sorted(it[0] for batch in sent for it in batch)
+        assert len(resent) == len(set(resent)) == len(sources) - done_before  # exactly those without a row
+        wait_finished(own, job_id, 60 + 10 * OUTAGE_OBJECTS, [w])
+        recovered = time.monotonic() - t1
+        check_job(own, job_id, bucket, sources, replace=True)
+        assert jobs.status(job_id, runtime=rt).objects_enqueued == len(sources)
+        rows, dups, lost = _duplicates_and_lost(own, job_id, sources)
+        _figures("queue lost mid-job", objects=len(sources), done_when_lost=n_lost,
+                 stalled_noticed_after_s=round(noticed, 1), limit_s=VISIBILITY + STALL_MARGIN,
+                 resent=len(resent), resume_to_finished_s=round(recovered, 1), rows=rows, duplicates=dups, lost=lost)
+    finally:
+        w.stop()
+        redis.stop()
+
+
+def dt_now() -> Any:
+    from archiver.db.models import utcnow
+
+    return utcnow()

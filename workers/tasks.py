@@ -86,9 +86,11 @@ def run_schedule(schedule: dict[str, Any]) -> int | None:
     from archiver import jobs
 
     from .enqueue import celery_enqueue
+    from .inflight import broker_view
 
     rt = current().runtime
-    return jobs.start_scheduled(schedule, runtime=rt, enqueue=celery_enqueue(rt.settings))
+    return jobs.start_scheduled(schedule, runtime=rt, enqueue=celery_enqueue(rt.settings),
+                                broker=broker_view(rt.settings.broker_url))
 
 
 @app.task(name="archiver.retrieve")

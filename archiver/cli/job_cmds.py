@@ -31,8 +31,24 @@ def duration(seconds: float | None) -> str:
     return str(dt.timedelta(seconds=int(seconds)))
 
 
+def _broker_view():
+    """The workers' view of the broker's queues (``None`` for a broker that cannot be inspected:
+    then a lost queue is not detected, an interrupted submission still is)."""
+    from .runtime import settings
+
+    try:
+        from workers.inflight import broker_view  # a front door may know the workers; imported late
+
+        return broker_view(settings().broker_url)
+    except Exception as e:  # noqa: BLE001 - e.g. a bad schedules file, which the workers' app validates
+        console.print(f"[yellow]note[/yellow]: cannot inspect the broker's queues ({escape(str(e))})", highlight=False)
+        return None
+
+
 @click.command()
-@click.argument("source")
+@click.argument("source", required=False)
+@click.option("--resume", "resume_job", type=int, default=None, metavar="JOB",
+              help="finish a stalled job: enqueue again exactly its objects without a final row")
 @click.option("--dest", default=None, help="write containers under this store URL instead of beside the originals")
 @click.option("--min-psnr", type=click.FloatRange(1, 99), default=None, help="verified PSNR floor in dB [settings]")
 @click.option("--min-saving", type=click.FloatRange(0, 0.99), default=None, help="minimum fractional saving [settings]")
@@ -46,14 +62,19 @@ def duration(seconds: float | None) -> str:
 @click.option("--effort", type=click.IntRange(min(EFFORTS), max(EFFORTS)), default=None,
               help="encoder effort: 0 plain rounding, 1 rate-distortion optimised quantisation (~4 % smaller, "
                    "~1.3x encode time) [settings: 1]")
-def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_days, db_url, upgrade, model,
-           effort) -> None:
-    """Queue a recompression job over SOURCE for the Celery workers; prints the job id."""
+def submit(source, resume_job, dest, min_psnr, min_saving, replace, chunk_size, older_than_days, db_url, upgrade,
+           model, effort) -> None:
+    """Queue a recompression job over SOURCE for the Celery workers; prints the job id.
+
+    The same command again after a broker outage finishes the job it interrupted; `--resume JOB`
+    finishes any stalled job (see `archiver status JOB`) with the options it was created with."""
     from .. import jobs
     from ..model_store import require_model
     from ..pipeline import PipelineOptions
     from .runtime import runtime
 
+    if (source is None) == (resume_job is None):
+        raise click.UsageError("give SOURCE, or --resume JOB (not both)")
     rt = runtime()
     st = rt.settings
     dest = dest or (st.dest if st.dest_mode == "prefix" else None)
@@ -74,9 +95,17 @@ def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_d
             if ticker.due():
                 console.print(f"submit: {listed:,} objects listed, {enqueued:,} enqueued", highlight=False)
 
-        job_id = jobs.submit(source, opts, dest=dest, chunk_size=chunk_size, db_url=db_url,
-                             older_than_days=older_than_days, runtime=rt, on_listed=on_listed, model_id=model,
-                             enqueue=celery_enqueue(st))
+        try:
+            if resume_job is not None:
+                _require_schema(db_url)
+                job_id = jobs.resume(resume_job, db_url, runtime=rt, on_listed=on_listed,
+                                     enqueue=celery_enqueue(st))
+            else:
+                job_id = jobs.submit(source, opts, dest=dest, chunk_size=chunk_size, db_url=db_url,
+                                     older_than_days=older_than_days, runtime=rt, on_listed=on_listed,
+                                     model_id=model, enqueue=celery_enqueue(st))
+        except ArchiverError as e:  # broker_unavailable: the job is left resumable, its row says so
+            fail(e)
     s = jobs.status(job_id, db_url, runtime=rt)
     console.print(f"job [bold]{job_id}[/bold]: {s.objects_enqueued} object(s) in batches of "
                   f"{chunk_size or st.workers.chunk_size} queued; follow with `archiver status {job_id}`")
@@ -95,18 +124,25 @@ def status(job, limit, as_json, db_url) -> None:
 
     _require_schema(db_url)
     rt = runtime()
-    rows = [jobs.status(job, db_url, runtime=rt)] if job is not None else jobs.recent_jobs(limit, db_url, runtime=rt)
+    broker = _broker_view()
+    rows = ([jobs.status(job, db_url, runtime=rt, broker=broker)] if job is not None
+            else jobs.recent_jobs(limit, db_url, runtime=rt, broker=broker))
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows] if job is None else rows[0].as_dict(), indent=2))
         return
     if job is not None:
         r = rows[0]
         t = Table(title=f"job {r.id} ({r.kind}{', ' + r.schedule_name if r.schedule_name else ''})", show_header=False)
-        t.add_row("status", r.status + (f" ({escape(r.error)})" if r.error else ""))
+        t.add_row("status", r.state + (f" ({escape(r.error)})" if r.error else ""))
+        if r.stalled:
+            t.add_row("stalled", escape(r.stalled))
+            t.add_row("recover", f"`{jobs.resume_command(r.id)}` (re-enqueues exactly the objects without a "
+                      "final row)")
         t.add_row("source -> dest", escape(f"{r.source} -> {r.dest or '(beside)'}"))
         t.add_row("model", r.model_id)
         left_out = r.objects_listed - r.objects_enqueued
-        why = ("  (still listing)" if r.status == "pending" else
+        why = ("  (listing interrupted)" if r.stalled and r.status == "pending" else
+               "  (still listing)" if r.status == "pending" else
                f"  ({left_out} left out at submission: too recent, already archived, or refused before "
                "for a reason that would repeat)" if r.kind == "scheduled" and left_out > 0 else "")
         t.add_row("listed / enqueued", f"{r.objects_listed} / {r.objects_enqueued}{why}")
@@ -125,7 +161,7 @@ def status(job, limit, as_json, db_url) -> None:
     t = Table("job", "kind", "status", "source", "done/enqueued", "acc", "rej", "fail", "skip", "saved", "rate/s",
               "ETA", title="recent jobs")
     for r in rows:
-        t.add_row(str(r.id), escape(r.schedule_name or r.kind), r.status, escape(r.source), f"{r.done}/{r.objects_enqueued}",
+        t.add_row(str(r.id), escape(r.schedule_name or r.kind), r.state, escape(r.source), f"{r.done}/{r.objects_enqueued}",
                   str(r.count("accepted")), str(r.count("rejected")), str(r.count("failed")), str(r.count("skipped")),
                   human(r.saved_bytes), f"{r.rate:.2f}", duration(r.eta_seconds))
     table_console().print(t)

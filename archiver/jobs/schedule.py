@@ -4,7 +4,8 @@ The check and the insert happen in one transaction under a database lock (a Post
 transaction lock; SQLite's ``BEGIN IMMEDIATE`` write lock), so two beats that fire together
 cannot both start a run. A run older than the schedule's ``max_runtime_hours`` no longer blocks:
 it is marked failed as stale, since a worker that died with it would otherwise stop the schedule
-for good.
+for good. A run that is stalled (its submission interrupted, or its queue lost) is resumed by the
+next trigger rather than waited on.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
-from ..db.models import Job, aware, utcnow
+from ..db.models import Job, Result, aware, utcnow
 from ..pipeline import PipelineOptions
 from ..records import new_job
 from ..schedules import Schedule
 from ..vocabulary import ACTIVE_JOBS, JobKind, JobStatus
-from .submit import Enqueue, distributed, enqueue_listing
+from .stalled import BrokerView, stall_reason
+from .submit import Enqueue, distributed, enqueue_listing, resume
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -34,10 +36,13 @@ def _lock_key(name: str) -> int:
 
 
 def start_scheduled(schedule: Schedule | dict[str, Any], db_url: str | None = None, *,
-                    runtime: Runtime, enqueue: Enqueue) -> int | None:
+                    runtime: Runtime, enqueue: Enqueue, broker: BrokerView | None = None) -> int | None:
     """Start a run of ``schedule`` unless a previous run is still pending/running.
 
-    Returns the new job id, or ``None`` when a run is still in progress.
+    Returns the new job id, or ``None`` when a run is still in progress. A previous run that is
+    stalled (:mod:`.stalled`: its submission was interrupted, or, with ``broker``, its queue was
+    lost) is resumed instead, and its id returned: the beat does what ``archiver submit
+    --resume`` would.
     """
     sched = schedule if isinstance(schedule, Schedule) else Schedule.model_validate(schedule)
     st = runtime.settings
@@ -54,13 +59,24 @@ def start_scheduled(schedule: Schedule | dict[str, Any], db_url: str | None = No
         running = s.execute(select(Job).where(Job.schedule_name == sched.name,
                                               Job.status.in_(ACTIVE_JOBS))).scalars().all()
         blocking = []
+        stalled: list[int] = []
+        seen = broker.jobs_with_batches() if broker is not None and running else None
         for job in running:
             started = aware(job.started_at or job.created_at)
             if started is not None and now - started > dt.timedelta(hours=sched.max_runtime_hours):
                 job.error = f"stale: still {job.status} after {sched.max_runtime_hours} h; superseded by a new run"
                 job.status, job.finished_at = JobStatus.FAILED, now
-            else:
-                blocking.append(job.id)
+                continue
+            blocking.append(job.id)
+            last = s.execute(select(func.max(Result.updated_at)).where(Result.job_id == job.id)).scalar_one()
+            progress = max((t for t in (aware(last), started) if t is not None), default=None)
+            why = stall_reason(job, progress, now, st, seen)
+            if why:
+                log.warning("schedule %s: run %s is stalled (%s); resuming it", sched.name, job.id, why)
+                stalled.append(job.id)
+        if stalled:
+            s.commit()  # (the lock is released here: resume is idempotent, two at once send twice)
+            return resume(stalled[0], db_url, runtime=runtime, enqueue=enqueue)
         if blocking:
             s.commit()
             log.warning("schedule %s: previous run (job %s) still running; not starting another",

@@ -18,9 +18,11 @@ from sqlalchemy.orm import Session
 from ..db.models import Job, Result, aware, utcnow
 from ..errors import ArchiverError
 from ..vocabulary import ACTIVE_JOBS, DONE, NOT_ARCHIVED, JobStatus, ResultStatus
+from .stalled import BrokerView, resume_command, stall_reason
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
+    from ..settings import Settings
 
 
 class NoSuchJob(ArchiverError):
@@ -49,6 +51,14 @@ class JobProgress:
     bytes_before: int = 0  # originals of accepted objects
     bytes_after: int = 0  # their containers
     reasons: dict[str, int] = field(default_factory=dict)
+    #: why the job will not get further by itself (:mod:`.stalled`), or None
+    stalled: str | None = None
+    last_progress: dt.datetime | None = None
+
+    @property
+    def state(self) -> str:
+        """``status``, or ``stalled`` for an active job that is stuck."""
+        return "stalled" if self.stalled and self.status in ACTIVE_JOBS else self.status
 
     @property
     def done(self) -> int:
@@ -76,7 +86,7 @@ class JobProgress:
 
     @property
     def eta_seconds(self) -> float | None:
-        if self.status not in ACTIVE_JOBS:
+        if self.status not in ACTIVE_JOBS or self.stalled:
             return None
         remaining = max(0, self.objects_enqueued - self.done)
         if remaining == 0:
@@ -95,10 +105,13 @@ class JobProgress:
             **{k: self.count(k) for k in DONE},
             "bytes_before": self.bytes_before, "bytes_after": self.bytes_after, "saved_bytes": self.saved_bytes,
             "rate_per_s": self.rate, "eta_s": self.eta_seconds, "reasons": self.reasons,
+            "state": self.state, "stalled": self.stalled,
+            "recover": resume_command(self.id) if self.stalled else None,
         }
 
 
-def _progress_of(s: Session, job: Job) -> JobProgress:
+def _progress_of(s: Session, job: Job, settings: Settings | None = None,
+                 broker_jobs: set[int] | None = None) -> JobProgress:
     p = JobProgress(id=job.id, kind=job.kind, status=job.status, source=job.source, dest=job.dest,
                     schedule_name=job.schedule_name, model_id=job.model_id, created_at=job.created_at,
                     started_at=job.started_at, finished_at=job.finished_at, objects_listed=job.objects_listed or 0,
@@ -117,21 +130,35 @@ def _progress_of(s: Session, job: Job) -> JobProgress:
         .group_by(Result.reason_code)
     ):
         p.reasons[code or "unknown"] = int(n)
+    if settings is not None and job.status in ACTIVE_JOBS:
+        last = s.execute(select(func.max(Result.updated_at)).where(Result.job_id == job.id)).scalar_one()
+        p.last_progress = max((t for t in (aware(last), aware(job.started_at or job.created_at)) if t is not None),
+                              default=None)
+        p.stalled = stall_reason(job, p.last_progress, utcnow(), settings, broker_jobs)
     return p
 
 
-def status(job_id: int, db_url: str | None = None, *, runtime: Runtime) -> JobProgress:
+def _broker_jobs(broker: BrokerView | None) -> set[int] | None:
+    return broker.jobs_with_batches() if broker is not None else None
+
+
+def status(job_id: int, db_url: str | None = None, *, runtime: Runtime,
+           broker: BrokerView | None = None) -> JobProgress:
+    """Where the job stands; ``broker`` (the front door's view of its queues) lets an active job
+    whose queue was lost be reported ``stalled`` (:mod:`.stalled`)."""
     with runtime.session_factory(db_url)() as s:
         job = s.get(Job, job_id)
         if job is None:
             raise NoSuchJob(f"no job {job_id}")
-        return _progress_of(s, job)
+        return _progress_of(s, job, runtime.settings, _broker_jobs(broker) if job.status in ACTIVE_JOBS else None)
 
 
-def recent_jobs(limit: int = 20, db_url: str | None = None, *, runtime: Runtime) -> list[JobProgress]:
+def recent_jobs(limit: int = 20, db_url: str | None = None, *, runtime: Runtime,
+                broker: BrokerView | None = None) -> list[JobProgress]:
     with runtime.session_factory(db_url)() as s:
         jobs = s.execute(select(Job).order_by(Job.id.desc()).limit(limit)).scalars().all()
-        return [_progress_of(s, j) for j in jobs]
+        seen = _broker_jobs(broker) if any(j.status in ACTIVE_JOBS for j in jobs) else None
+        return [_progress_of(s, j, runtime.settings, seen) for j in jobs]
 
 
 def cancel(job_id: int, db_url: str | None = None, *, runtime: Runtime) -> bool:
