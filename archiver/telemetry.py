@@ -77,7 +77,7 @@ SCHEDULED_RUNS = Counter("archiver_scheduled_runs_total",
 HTTP_REQUESTS = Counter("archiver_http_requests_total", "HTTP requests by route template, method and status",
                         ["route", "method", "status"])
 TOKEN_REQUESTS = Counter("archiver_http_token_requests_total",
-                         "Authenticated /objects requests by token name and status", ["token", "status"])
+                         "Authenticated requests (/objects, /metrics) by token name and status", ["token", "status"])
 DECODE_SECONDS = Histogram("archiver_server_decode_seconds",
                            "Seconds to fetch, check, decode and render one container (in a decode slot)",
                            buckets=_HTTP_BUCKETS)

@@ -382,6 +382,13 @@ def test_second_trigger_cannot_start_a_second_run(db_url: str, s3_server: str, t
     sched = {"name": "guarded", "interval_seconds": 1, "source": bucket, "older_than_days": 0, **ACCEPT}
     results: list[int | None] = []
     barrier = threading.Barrier(6)
+    from prometheus_client import REGISTRY
+
+    def runs(result: str) -> float:
+        return REGISTRY.get_sample_value("archiver_scheduled_runs_total",
+                                         {"schedule": "guarded", "result": result}) or 0.0
+
+    counted = {r: runs(r) for r in ("started", "skipped")}
 
     def trigger() -> None:
         barrier.wait()
@@ -400,6 +407,7 @@ def test_second_trigger_cannot_start_a_second_run(db_url: str, s3_server: str, t
     assert [j.id for j in rows] == started and rows[0].kind == "scheduled" and rows[0].status == "running"
     assert sum(len(c) for c in sent) == 3 == rows[0].objects_enqueued
     assert jobs.start_scheduled(sched, runtime=runtime_for(stack.settings()), enqueue=lambda *a: None) is None
+    assert (runs("started") - counted["started"], runs("skipped") - counted["skipped"]) == (1, 6)  # the metric
     jobs.cancel(started[0], runtime=runtime_for(stack.settings()))
     again = jobs.start_scheduled(sched, runtime=runtime_for(stack.settings()), enqueue=lambda *a: None)
     assert again is not None and again != started[0]
