@@ -87,7 +87,7 @@ app = make_app(load_settings())
 # metrics (multiprocess mode must be chosen before prometheus_client is imported) and log format
 from . import telemetry as _telemetry  # noqa: E402 - after the settings it needs
 
-_telemetry.prepare(app.conf.archiver_settings)
+_telemetry.configure(app.conf.archiver_settings)
 
 
 def app_for(settings: Settings) -> Celery:

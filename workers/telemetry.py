@@ -3,9 +3,9 @@
 Celery's prefork children each record their own metrics (:mod:`archiver.telemetry`); a scrape
 must see the sum. ``prometheus_client``'s multiprocess mode does that: every process writes its
 values to files in ``PROMETHEUS_MULTIPROC_DIR``, and the parent serves a registry that reads them
-all. The mode is fixed when ``prometheus_client`` is first imported, so :func:`prepare` runs when
-the app module is imported (before the children fork and before any task module imports the
-library's metrics); the HTTP server starts in the parent at ``worker_init``; a child that exits
+all. The mode is fixed when ``prometheus_client`` is first imported, so the directory is set at
+``celeryd_init`` (a worker's first signal, before its task modules import the library's
+metrics, and never in beat, which must not empty a worker's directory); the HTTP server starts in the parent at ``worker_init``; a child that exits
 normally removes its live gauges (``worker_process_shutdown``).
 """
 
@@ -29,13 +29,20 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _settings: Settings | None = None
 
 
-def prepare(settings: Settings) -> None:
-    """Before anything imports ``prometheus_client``: with a metrics port, make sure the values of
-    every process of this worker go to one directory (``$PROMETHEUS_MULTIPROC_DIR``, or a private
-    temporary one), emptied now: files left by an earlier run would be counted again."""
+def configure(settings: Settings) -> None:
+    """Called when the app module is imported (worker, beat, or a test importing the tasks)."""
     global _settings
     _settings = settings
-    if not settings.workers.metrics_port:
+
+
+@signals.celeryd_init.connect
+def _prepare(**_: Any) -> None:
+    """In a worker only (not beat), before its task modules are imported: with a metrics port,
+    make sure the values of every process of this worker go to one directory
+    (``$PROMETHEUS_MULTIPROC_DIR``, or a private temporary one), emptied now: files left by an
+    earlier run would be counted again."""
+    settings = _settings
+    if settings is None or not settings.workers.metrics_port:
         return
     if "prometheus_client" in sys.modules and not os.environ.get(MULTIPROC_ENV):
         log.warning("prometheus_client was imported before the worker set up its metrics; the prefork "
