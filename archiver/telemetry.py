@@ -227,8 +227,8 @@ def json_formatter() -> logging.Formatter:
         def process_log_record(self, log_data: dict) -> dict:
             return {k: log_data[k] for k in JSON_FIELDS if k in log_data}
 
-    return Fields("%(asctime)s %(levelname)s %(name)s %(message)s %(job_id)s %(key)s %(reason_code)s",
-                  rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}, timestamp=False)
+    return Fields("%(levelname)s %(name)s %(message)s %(job_id)s %(key)s %(reason_code)s",
+                  rename_fields={"levelname": "level", "name": "logger"}, timestamp="time")  # ISO 8601, UTC
 
 
 def use_json_logs(handlers: list[logging.Handler]) -> None:

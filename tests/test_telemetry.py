@@ -60,4 +60,5 @@ def test_json_log_lines_carry_job_key_and_reason_and_nothing_else() -> None:
     assert (first["job_id"], first["reason_code"]) == (7, "not_an_image")
     assert first["key"] == key[:telemetry.LOG_KEY_CHARS] + "..." and "data" not in first
     assert key not in stream.getvalue()
-    assert (second["job_id"], second["key"], second["reason_code"]) == (None, None, None) and second["time"]
+    assert (second["job_id"], second["key"], second["reason_code"]) == (None, None, None)
+    assert second["time"].endswith("+00:00") and "T" in second["time"]  # ISO 8601, UTC
