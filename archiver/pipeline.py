@@ -44,6 +44,7 @@ from .records import (LedgerView, Outcome, already_archived, finish_job, ledger_
 from .records import new_job as add_job_row
 from .restore import prepare_destination, unrestorable_reason
 from .storage import PROBE_PREFIX, ObjectInfo, ObjectStore
+from .telemetry import log_context
 from .storage.retries import GaveUp, with_retries  # noqa: F401 - GaveUp is part of this module's contract
 from .vocabulary import (ARCHIVED, NOT_ARCHIVED, REJECTING_ERRORS, RESUMABLE_JOBS, JobKind, JobStatus, Reason,
                          ResultStatus)
@@ -198,6 +199,7 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
         out.ms_ssim = ms_ssim(delivered(img.rgb, img.mode), dec.rgb)
         out.timings["verify"] = time.perf_counter() - t2
         out.quality = enc.quality
+        out.probes = enc.probes
         out.compressed_bytes = len(enc.data)
         out.compressed_sha256 = hashlib.sha256(enc.data).hexdigest()
         out.bpp = len(enc.data) * 8 / (img.width * img.height)
@@ -569,8 +571,9 @@ def run_job(*, src: ObjectStore, dst: ObjectStore, source_url: str, dest_url: st
     bytes_listed = 0
 
     def one(info: ObjectInfo) -> Outcome:
-        return handle_object(info, job_id=job_id, src=src, dst=dst, codec=codec, opts=opts,
-                             session_factory=session_factory, codec_lock=lock, hints=hints)
+        with log_context(job_id, info.key):
+            return handle_object(info, job_id=job_id, src=src, dst=dst, codec=codec, opts=opts,
+                                 session_factory=session_factory, codec_lock=lock, hints=hints)
 
     try:
         if not opts.dry_run:

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .db.models import ArchivedObject, Job, Result, utcnow
 from .identity import Scope
+from .telemetry import object_recorded
 from .vocabulary import ACTIVE_JOBS, ARCHIVED, DONE, SETTLED, JobKind, JobStatus, ResultStatus
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
     gpu_seconds: float | None = None
     device: str | None = None
+    probes: int | None = None  # quality-search probes of the encode (metrics only; not stored)
 
     @property
     def saved_bytes(self) -> int:
@@ -222,6 +224,7 @@ def record(session_factory: sessionmaker[Session], job_id: int, scope: Scope, mo
                     return Recorded(row.id, outcome_from_row(row, scope))
                 row = record_outcome(s, job_id, scope, model_id, out, worker, row=row)
                 s.commit()
+                object_recorded(out)  # counted once per row written, as the ledger counts
                 return Recorded(row.id, out)
             except IntegrityError:
                 s.rollback()

@@ -40,6 +40,7 @@ import ipaddress
 import logging
 import re
 import sys
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
@@ -50,6 +51,7 @@ from sqlalchemy import select, text
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import telemetry
 from .db.models import ArchivedObject
 from .errors import ArchiverError, ContainerError, StorageError, UnknownModelError
 from .server_limits import ClientGone, DecodeSlots, Refused, TokenLimiter, retry_after_header, wait_for_disconnect
@@ -297,6 +299,36 @@ def check_broker(url: str, timeout: float = 2.0) -> tuple[bool, str | None]:
         return False, _public_error(e)
 
 
+# ---- metrics ------------------------------------------------------------------------------------
+
+class CountRequests:
+    """ASGI middleware: every HTTP request is counted by route *template* (``no_route`` for a
+    URL that matches none, so a client cannot grow the label set), method and the status sent,
+    and, once authenticated, by token name (``scope["state"]["token_name"]``, set by the route)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = {"status": 500}
+
+        async def send_and_note(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "no_route"
+            method = scope.get("method", "")
+            method = method if method in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH") else "other"
+            telemetry.http_request(route, method, sent["status"], (scope.get("state") or {}).get("token_name"))
+
+
 # ---- the app ------------------------------------------------------------------------------------
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
@@ -345,6 +377,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                   docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
                   openapi_url="/openapi.json" if docs else None)
     cache_control = f"public, max-age={st.server.cache_max_age}, immutable"
+    app.add_middleware(CountRequests)
 
     @app.exception_handler(StarletteHTTPException)
     async def routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -382,6 +415,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         except HTTPProblem as e:
             log.info("refused %s: %s", request.url.path[:200], e.code)
             return _error_response(e)
+        request.state.token_name = token.name  # the requests counter's token label
         if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
             log.info("token %s: refused a %d-character key", token.name, len(key))
             return problem(400, "key_too_long", f"object keys are at most {MAX_KEY_BYTES} bytes (the S3 limit); "
@@ -417,7 +451,14 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                 if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
                     return Response(status_code=304, headers=headers)
             slots: DecodeSlots = app.state.decode_slots
-            body, used, sha = await slots.run(lambda: fetch_decode_render(rt, loc, fmt), gone,
+            queued = time.perf_counter()
+
+            def decode() -> tuple[bytes, str, str]:
+                telemetry.slot_waited(time.perf_counter() - queued)
+                with telemetry.decoding():
+                    return fetch_decode_render(rt, loc, fmt)
+
+            body, used, sha = await slots.run(decode, gone,
                                               wait_timeout=st.server.slot_wait_timeout_s,
                                               run_timeout=st.server.decode_timeout_s)
             headers["ETag"] = etag_for(sha, fmt)
@@ -431,6 +472,20 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             return _error_response(e)
         finally:
             gone.cancel()
+
+    if st.server.metrics != "off":
+        @app.get("/metrics")
+        async def metrics(request: Request) -> Response:
+            """Prometheus text format. With ``[server] metrics = "token"`` (the default) it needs an
+            active bearer token, like ``/objects``; ``"open"`` serves anyone who can reach the port."""
+            if st.server.metrics == "token":
+                try:
+                    token = await authorize(request)
+                except HTTPProblem as e:
+                    return _error_response(e)
+                request.state.token_name = token.name
+            body, content_type = await run_in_threadpool(telemetry.exposition)
+            return Response(body, media_type=content_type)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -459,9 +514,21 @@ def _version() -> str:
     return __version__
 
 
-def _log_to_stderr(level: str) -> None:
+def _log_to_stderr(level: str, log_format: str = "text") -> None:
     """uvicorn configures only its own loggers; the per-request lines of this module (token names,
-    refusals) need a handler too. Left alone if the embedding program configured one."""
+    refusals) need a handler too. Left alone if the embedding program configured one.
+
+    ``log_format = "json"``: this module's lines and uvicorn's go through one JSON handler (uvicorn
+    is then started without its own logging configuration)."""
+    if log_format == "json":
+        handler = logging.StreamHandler()
+        telemetry.use_json_logs([handler])
+        for name in ("archiver", "uvicorn"):
+            logger = logging.getLogger(name)
+            logger.handlers[:] = [handler]
+            logger.setLevel(level)
+            logger.propagate = False
+        return
     root = logging.getLogger("archiver")
     if not root.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
@@ -491,10 +558,11 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
 
     st = settings or load_settings()
     rt = Runtime(st)
-    _log_to_stderr(st.log_level)
+    _log_to_stderr(st.log_level, st.log_format)
     host, port = host or st.server.host, port or st.server.port
     issued = check_tokens_for_bind(rt, host)
     if issued is not None:
         shown_host = f"[{host}]" if ":" in host else host
         announce(*issued, f"http://{shown_host}:{port}")
-    uvicorn.run(create_app(runtime=rt), host=host, port=port, log_level=st.log_level.lower(), proxy_headers=True)
+    uvicorn.run(create_app(runtime=rt), host=host, port=port, log_level=st.log_level.lower(), proxy_headers=True,
+                **({"log_config": None} if st.log_format == "json" else {}))

@@ -144,6 +144,12 @@ class WorkerSettings(BaseModel):
     # Queue of the schedule triggers. On "recompress" they are taken before queued batches (higher
     # priority); a separate queue needs a worker consuming it (`-Q ...,<queue>`).
     schedule_queue: str = Field(default="recompress", pattern=r"^[A-Za-z0-9._-]+$")
+    # Prometheus metrics of this worker (all its prefork processes, summed through
+    # PROMETHEUS_MULTIPROC_DIR) served over HTTP by the worker's parent process; 0 = off.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Address the worker's metrics listen on; the endpoint has no authentication, so loopback
+    # unless the scraper needs another address (and only the scraper can reach it).
+    metrics_host: str = "127.0.0.1"
 
     # Seconds `archiver submit` (and a scheduled run) keeps retrying, with backoff, a broker that
     # is down or restarting before it gives up with "broker_unavailable" (the job stays resumable).
@@ -191,6 +197,9 @@ class ServerSettings(BaseModel):
     # Per-token rate limit: a token bucket refilled at token_rate_per_s, holding token_burst requests.
     token_rate_per_s: float = Field(default=10.0, gt=0)
     token_burst: int = Field(default=20, ge=1, le=100_000)
+    # GET /metrics (Prometheus): "token" = any active bearer token (as /objects), "open" = no token
+    # (only where nobody but the scraper can reach the port), "off" = no such route.
+    metrics: Literal["token", "open", "off"] = "token"
 
 
 class Settings(BaseSettings):
@@ -251,6 +260,9 @@ class Settings(BaseSettings):
     pilot_baselines: Literal["none", "fast", "all"] = "fast"
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Log lines of the workers and the server: "text", or "json" (one object per line, with the
+    # job id, the object key cut to 120 characters and the reason code as fields).
+    log_format: Literal["text", "json"] = "text"
     # Seconds between plain progress lines of long CLI commands when stderr is not a terminal (cron,
     # systemd, container logs), where a progress bar does not animate; 0 = none.
     log_progress_every: float = Field(default=30.0, ge=0)

@@ -634,3 +634,74 @@ def test_logs_name_tokens_never_their_secrets(archive: dict[str, Any], inproc: A
     assert any("invalid_token" in m for m in lines), lines
     for secret in tokens.values():
         assert not any(secret in m or secret.split("_")[-1] in m for m in lines)
+
+
+# ---- metrics ---------------------------------------------------------------------------------------
+
+OBJECTS_ROUTE = "/objects/{bucket}/{key:path}"
+
+
+def scrape(base: str, token: str | None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``{(sample name, sorted labels): value}`` from ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(r.text) for s in fam.samples}
+
+
+def test_metrics_move_with_real_requests(archive: dict[str, Any], gate: Gate, inproc: Any) -> None:
+    """Requests counted by route template and status (401, 404, 429, 503 included; a URL that
+    matches no route is ``no_route``, never its path), by token name once authenticated; decode
+    latency and slot wait observed once per decode; nothing left in flight; /metrics itself
+    needs a token."""
+    base, app = inproc(server={"token_rate_per_s": 0.01, "token_burst": 4, "max_concurrent_decodes": 1,
+                               "slot_wait_timeout_s": 1.0})
+    b, tokens = archive["bucket"], archive["tokens"]
+
+    def req(path: str, token: str | None) -> int:
+        return httpx.get(base + path, headers={"Authorization": f"Bearer {tokens[token]}"} if token else {},
+                         timeout=60).status_code
+
+    before = scrape(base, tokens["everything"])
+    assert req(f"/objects/{b}/cats/a.png", None) == 401
+    assert req(f"/no/such/{uuid.uuid4().hex}", None) == 404
+    assert [req(f"/objects/{b}/{p}", "reader") for p in ("cats/a.png", "nope1.png", "nope2.png", "nope3.png",
+                                                           "nope4.png")] == [200, 404, 404, 404, 429]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(req, f"/objects/{b}/alpha.png", "everything")
+        assert gate.started.wait(60)
+        assert req(f"/objects/{b}/cats/a.png", "cats") == 503  # server_busy: the only slot is held
+        gate.release.set()
+        assert held.result() == 200
+    assert req("/metrics", None) == 401
+    after = scrape(base, tokens["everything"])
+
+    def delta(name: str, **labels: str) -> float:
+        k = (name, tuple(sorted(labels.items())))
+        return after.get(k, 0.0) - before.get(k, 0.0)
+
+    http = "archiver_http_requests_total"
+    assert {s: delta(http, route=OBJECTS_ROUTE, method="GET", status=s) for s in ("200", "401", "404", "429", "503")} \
+        == {"200": 2, "401": 1, "404": 3, "429": 1, "503": 1}
+    assert delta(http, route="no_route", method="GET", status="404") == 1
+    assert not any("no/such" in dict(labels).get("route", "") for _, labels in after)
+    assert delta(http, route="/metrics", method="GET", status="401") == 1
+    assert delta(http, route="/metrics", method="GET", status="200") == 1  # the first scrape
+    tok = "archiver_http_token_requests_total"
+    assert [delta(tok, token="reader", status=s) for s in ("200", "404", "429")] == [1, 3, 1]
+    assert delta(tok, token="cats", status="503") == 1 and delta(tok, token="everything", status="200") == 2
+    assert delta("archiver_server_decode_seconds_count") == 2  # the refused request never decoded
+    assert delta("archiver_server_slot_wait_seconds_count") == 2
+    assert delta("archiver_server_decode_seconds_sum") > 0
+    assert after[("archiver_server_decodes_in_flight", ())] == 0
+    assert not any(secret in repr(after) for secret in tokens.values())
+
+
+def test_metrics_can_be_open_or_off(inproc: Any) -> None:
+    base, _ = inproc(server={"metrics": "open"})
+    assert "archiver_http_requests_total" in httpx.get(base + "/metrics", timeout=30).text
+    base, _ = inproc(server={"metrics": "off"})
+    r = httpx.get(base + "/metrics", timeout=30)
+    assert r.status_code == 404 and r.json()["code"] == "no_route"

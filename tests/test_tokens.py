@@ -95,9 +95,10 @@ def test_token_cli_create_list_revoke(db_url: str) -> None:
     assert res.exit_code == 0 and new_id in res.output
 
 
-def _serve(tmp_path: Path, db_url: str, host: str, port: int) -> subprocess.Popen[str]:
+def _serve(tmp_path: Path, db_url: str, host: str, port: int,
+           extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
-    env.update({"ARCHIVER_DATABASE_URL": db_url, "ARCHIVER_DEVICE": "cpu"})
+    env.update({"ARCHIVER_DATABASE_URL": db_url, "ARCHIVER_DEVICE": "cpu", **(extra_env or {})})
     return subprocess.Popen([sys.executable, "-m", "archiver", "serve", "--host", host, "--port", str(port)],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -191,6 +192,37 @@ def test_serve_starts_on_a_public_address_once_a_token_exists(tmp_path: Path) ->
         assert secret not in seen and secret.split("_", 2)[2] not in seen
     finally:
         _stop(proc)
+
+
+def test_serve_logs_json_lines_with_log_format_json(tmp_path: Path) -> None:
+    """``log_format = "json"``: uvicorn's lines and the server's own are JSON objects with the
+    documented fields; the per-request line names the token, never its secret."""
+    import json
+
+    import httpx
+
+    from archiver.tokens import create_token
+    from runtimes import session_factory as get_session_factory
+
+    db_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    _, secret = create_token(get_session_factory(db_url, migrate=True), "lb", ["media"])
+    port = _free_port()
+    proc = _serve(tmp_path, db_url, "127.0.0.1", port, {"ARCHIVER_LOG_FORMAT": "json"})
+    try:
+        lines = _Lines(proc)
+        lines.wait_for("Uvicorn running")
+        r = httpx.get(f"http://127.0.0.1:{port}/objects/media/a.jpg", headers={"Authorization": f"Bearer {secret}"},
+                      timeout=30)
+        assert r.status_code == 404
+        seen = lines.wait_for("token lb: GET", timeout=30)
+    finally:
+        _stop(proc)
+    records = [json.loads(line) for line in seen.splitlines() if line.startswith("{")]
+    assert any("Uvicorn running" in r["message"] and r["logger"].startswith("uvicorn") for r in records), seen
+    mine = [r for r in records if r["message"].startswith("token lb: GET")]
+    assert mine and mine[0]["logger"] == "archiver.server" and mine[0]["level"] == "INFO"
+    assert {"time", "job_id", "key", "reason_code"} <= mine[0].keys()
+    assert secret not in seen
 
 
 def test_expired_tokens_do_not_count_or_authenticate(migrated_db_url: str) -> None:

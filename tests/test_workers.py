@@ -239,13 +239,14 @@ class Stack:
             if k.startswith(("ARCHIVER_", "AWS_")):
                 monkeypatch.setenv(k, v)
 
-    def start_worker(self, queues: str = "recompress,retrieve", pool: str = "prefork") -> Proc:
+    def start_worker(self, queues: str = "recompress,retrieve", pool: str = "prefork",
+                     extra_env: dict[str, str] | None = None) -> Proc:
         self.n += 1
         name = f"w{self.n}-{uuid.uuid4().hex[:6]}"
         args = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queues, "-c", "1",
                 "--pool", pool, "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
                 "--without-mingle", "--without-heartbeat"]
-        w = Proc(args, self.env(), self.workdir / f"{name}.log")
+        w = Proc(args, {**self.env(), **(extra_env or {})}, self.workdir / f"{name}.log")
         w.name = f"{name}@{socket.gethostname()}"
 
         def ready() -> bool:
@@ -388,6 +389,13 @@ def test_second_trigger_cannot_start_a_second_run(db_url: str, s3_server: str, t
     sched = {"name": "guarded", "interval_seconds": 1, "source": bucket, "older_than_days": 0, **ACCEPT}
     results: list[int | None] = []
     barrier = threading.Barrier(6)
+    from prometheus_client import REGISTRY
+
+    def runs(result: str) -> float:
+        return REGISTRY.get_sample_value("archiver_scheduled_runs_total",
+                                         {"schedule": "guarded", "result": result}) or 0.0
+
+    counted = {r: runs(r) for r in ("started", "skipped")}
 
     def trigger() -> None:
         barrier.wait()
@@ -406,6 +414,7 @@ def test_second_trigger_cannot_start_a_second_run(db_url: str, s3_server: str, t
     assert [j.id for j in rows] == started and rows[0].kind == "scheduled" and rows[0].status == "running"
     assert sum(len(c) for c in sent) == 3 == rows[0].objects_enqueued
     assert jobs.start_scheduled(sched, runtime=runtime_for(stack.settings()), enqueue=lambda *a: None) is None
+    assert (runs("started") - counted["started"], runs("skipped") - counted["skipped"]) == (1, 6)  # the metric
     jobs.cancel(started[0], runtime=runtime_for(stack.settings()))
     again = jobs.start_scheduled(sched, runtime=runtime_for(stack.settings()), enqueue=lambda *a: None)
     assert again is not None and again != started[0]
@@ -1135,3 +1144,83 @@ def dt_now() -> Any:
     from archiver.db.models import utcnow
 
     return utcnow()
+# ---- metrics and JSON logs of a real worker -------------------------------------------------------
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``{(sample name, sorted labels): value}`` of a Prometheus text page."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = httpx.get(url, timeout=10)
+    assert r.status_code == 200, r.text
+    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+            for fam in text_string_to_metric_families(r.text) for smp in fam.samples}
+
+
+def test_a_workers_metrics_match_the_ledger_and_its_json_logs_name_job_key_and_reason(
+        s3_server: str, pg_module_url: str, tmp_path: Path) -> None:
+    """A real prefork worker with ``[workers] metrics_port`` and ``log_format = "json"``, on its own
+    Redis (no other worker takes its batches): after a job, the parent's scrape (the child's
+    values, through PROMETHEUS_MULTIPROC_DIR) counts exactly the job's rows by status and reason,
+    and the accepted bytes before and after as the ledger has them; the log lines are JSON with
+    the job id, the key cut to 120 characters and the reason code."""
+    import json
+
+    from archiver import jobs
+    from archiver.db.models import ArchivedObject
+
+    redis = RedisServer(tmp_path, durable=False)
+    redis.start()
+    stack = Stack(s3_server, pg_module_url, redis.url, tmp_path)
+    port = free_port()
+    w = stack.start_worker(extra_env={"ARCHIVER_WORKERS__METRICS_PORT": str(port), "ARCHIVER_LOG_FORMAT": "json",
+                                      "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")})
+    try:
+        long_key = "deep/" + "k" * 200 + ".png"
+        sources = {f"m{i}.png": noise_png(400 + i) for i in range(3)}
+        sources.update({long_key: noise_png(410), "notes.txt": b"not an image\n"})
+        bucket = stack.bucket(sources)
+        st = stack.settings()
+        url = f"http://127.0.0.1:{port}/metrics"
+        before = scrape(url)
+        assert before.get(("archiver_batches_in_flight", ()), 0) == 0
+        job_id = jobs.submit(bucket, ACCEPT, chunk_size=2, runtime=runtime_for(st), enqueue=celery_enqueue(st))
+        wait_finished(stack, job_id, 300, [w])
+        rows = check_job(stack, job_id, bucket, sources, replace=False)
+        # the gauge drops when the task returns, a moment after the job row says finished
+        after = wait_until(lambda: (m := scrape(url)).get(("archiver_batches_in_flight", ())) == 0 and m, 10,
+                           "the batches to leave the in-flight gauge")
+
+        counted = {dict(labels)["status"] + "/" + dict(labels)["reason"]: v
+                   for (name, labels), v in after.items() if name == "archiver_objects_total" and v}
+        expected: dict[str, float] = {}
+        for r in rows:
+            k = f"{r.status}/{r.reason_code or ''}"
+            expected[k] = expected.get(k, 0) + 1
+        assert counted == expected and expected.get("accepted/") == 4 and expected.get("rejected/not_an_image") == 1
+        with session_factory(stack.db_url)() as s:
+            ledger = s.execute(select(ArchivedObject).where(
+                ArchivedObject.bucket == bucket.removeprefix("s3://"))).scalars().all()
+        assert len(ledger) == 4
+        assert after[("archiver_accepted_original_bytes_total", ())] == sum(a.original_bytes for a in ledger)
+        assert after[("archiver_accepted_archived_bytes_total", ())] == sum(a.compressed_bytes for a in ledger)
+        for stage, n in (("fetch", 5), ("encode", 4), ("verify", 4), ("write", 4)):  # the text file is fetched
+            assert after[("archiver_stage_seconds_count", (("stage", stage),))] == n, stage
+        assert after[("archiver_quality_probes_count", ())] == 4
+        assert after[("archiver_quality_probes_sum", ())] >= 4
+        assert after[("archiver_worker_model_info", (("device", "cpu"), ("model_id", st.model_id)))] == 1
+
+        records = []
+        for line in w.log().splitlines():
+            if line.startswith("{"):
+                records.append(json.loads(line))
+        assert records and all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+        mine = [r for r in records if r.get("job_id") == job_id]
+        refused = [r for r in mine if r.get("reason_code") == "not_an_image"]
+        assert refused and refused[0]["key"] == "notes.txt", mine
+        long = [r for r in mine if (r.get("key") or "").startswith("deep/")]
+        assert long and all(r["key"] == long_key[:120] + "..." for r in long)
+        assert not any(long_key in line for line in w.log().splitlines())  # never the whole key
+    finally:
+        w.stop()
+        redis.stop()

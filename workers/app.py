@@ -84,6 +84,10 @@ def make_app(settings: Settings) -> Celery:
 
 #: The worker's front door: settings are loaded here, once, when the worker (or beat) starts.
 app = make_app(load_settings())
+# metrics (multiprocess mode must be chosen before prometheus_client is imported) and log format
+from . import telemetry as _telemetry  # noqa: E402 - after the settings it needs
+
+_telemetry.configure(app.conf.archiver_settings)
 
 
 def app_for(settings: Settings) -> Celery:

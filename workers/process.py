@@ -74,6 +74,9 @@ def _load_model_in_child(**_: object) -> None:
 
         apply_torch_threads(st.torch_threads)
         codec = rt.codec()
+        from archiver.telemetry import worker_model
+
+        worker_model(codec.model_id, codec.device_name)
         log.info("worker process ready: model %s on %s (%d torch threads)", codec.model_id, codec.device_name,
                  torch.get_num_threads())
     except Exception:  # an unknown model or bad weights: tasks will report it per batch

@@ -38,7 +38,7 @@ def backoff(retries: int, st: Settings) -> float:
 def recompress_batch(self: Any, job_id: int, source_url: str, dest_url: str | None,
                      keys_with_etags: list[list[Any]], options_dict: dict[str, Any]) -> dict[str, int]:
     """Recompress one batch of a job ([key, etag, size] items), then finalize the job if complete."""
-    from archiver import jobs
+    from archiver import jobs, telemetry
 
     from .lease import batch_lease
 
@@ -47,7 +47,7 @@ def recompress_batch(self: Any, job_id: int, source_url: str, dest_url: str | No
     worker = f"{self.request.hostname or 'worker'}"
     tag = (self.request.properties or {}).get("delivery_tag")
     try:
-        with batch_lease(st.broker_url, tag, st.workers.lease_heartbeat):
+        with telemetry.batch_in_flight(), batch_lease(st.broker_url, tag, st.workers.lease_heartbeat):
             res = jobs.process_batch(job_id, source_url, dest_url, keys_with_etags, options_dict, runtime=rt,
                                      attempts=proc.attempts, worker=worker)
     except Exception as e:
@@ -57,7 +57,9 @@ def recompress_batch(self: Any, job_id: int, source_url: str, dest_url: str | No
         if retries < st.workers.max_retries:
             log.warning("job %s batch: transient error (%s); retry %d/%d", job_id, e, retries + 1,
                         st.workers.max_retries)
+            telemetry.batch_retried()
             raise self.retry(exc=e, countdown=backoff(retries, st)) from None
+        telemetry.batch_retried(gave_up=True)
         try:  # give up on this batch: record what is left as failed so the job can finish
             n = jobs.fail_unfinished(job_id, source_url, keys_with_etags, getattr(e, "code", "transient_error"),
                                      f"gave up after {retries} retries: {type(e).__name__}: {e}", runtime=rt,

@@ -23,6 +23,7 @@ from ..db.models import Job, Result
 from ..errors import StorageError
 from ..identity import Scope
 from ..pipeline import PipelineOptions, handle_object
+from ..telemetry import cut_key, log_context
 from ..records import (Outcome, finalize, job_state, ledger_row, mark_original_deleted, outcome_from_row, record,
                        result_row)
 from ..vocabulary import ARCHIVED, DONE, JobStatus, Reason, ResultStatus
@@ -106,6 +107,14 @@ def process_batch(job_id: int, source_url: str, dest_url: str | None, items: Ite
     early = _EarlyOutcomes(sf, job_id, scope, worker)
 
     def one(item: Item) -> Outcome | None:
+        with log_context(job_id, item[0]):
+            out = object_step(item)
+            if out is not None:
+                log.info("job %s: %s %s%s", job_id, cut_key(item[0]), out.status,
+                         f" ({out.reason_code})" if out.reason_code else "", extra={"reason_code": out.reason_code})
+            return out
+
+    def object_step(item: Item) -> Outcome | None:
         key = item[0]
         if job_state(sf, job_id) == JobStatus.CANCELLED:
             raise _Cancelled()

@@ -21,6 +21,7 @@ from ..db.models import Job, Result, aware, utcnow
 from ..pipeline import PipelineOptions
 from ..records import new_job
 from ..schedules import Schedule
+from ..telemetry import scheduled_run
 from ..vocabulary import ACTIVE_JOBS, JobKind, JobStatus
 from .stalled import BrokerView, stall_reason
 from .submit import Enqueue, distributed, enqueue_listing, resume
@@ -81,6 +82,7 @@ def start_scheduled(schedule: Schedule | dict[str, Any], db_url: str | None = No
             s.commit()
             log.warning("schedule %s: previous run (job %s) still running; not starting another",
                         sched.name, ", ".join(map(str, blocking)))
+            scheduled_run(sched.name, started=False)
             return None
         job = new_job(s, kind=JobKind.SCHEDULED, source=sched.source, dest=sched.dest,
                       model_id=sched.model or st.model_id, options=opts.as_dict(), status=JobStatus.PENDING,
@@ -88,6 +90,7 @@ def start_scheduled(schedule: Schedule | dict[str, Any], db_url: str | None = No
         s.commit()
         job_id = job.id
     log.info("schedule %s: started job %s", sched.name, job_id)
+    scheduled_run(sched.name, started=True)
     enqueue_listing(job_id, sched.source, sched.dest, opts, sf, runtime, chunk_size=size,
                     older_than_days=sched.older_than_days, skip_archived=True,
                     skip_rejected=not sched.retry_rejected, enqueue=enqueue)
