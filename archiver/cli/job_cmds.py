@@ -42,7 +42,11 @@ def duration(seconds: float | None) -> str:
 @click.option("--upgrade", is_flag=True,
               help="also re-encode objects already archived with another (older) model")
 @click.option("--model", default=None, help="model id: packaged, or published in the model store [settings: model_id]")
-def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_days, db_url, upgrade, model) -> None:
+@click.option("--policy", type=click.Choice(("lossy", "lossless", "best")), default=None,
+              help="tiers to store: lossy (neural codec), lossless (JPEG originals as bit-exact JPEG XL only), "
+                   "best (the smaller verified archive per object) [settings: best]")
+def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_days, db_url, upgrade, model,
+           policy) -> None:
     """Queue a recompression job over SOURCE for the Celery workers; prints the job id."""
     from .. import jobs
     from ..model_store import require_model
@@ -53,7 +57,7 @@ def submit(source, dest, min_psnr, min_saving, replace, chunk_size, older_than_d
     st = rt.settings
     dest = dest or (st.dest if st.dest_mode == "prefix" else None)
     opts = PipelineOptions.from_settings(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace,
-                                         upgrade=upgrade)
+                                         upgrade=upgrade, policy=policy)
     if model:
         try:
             require_model(model, st)  # an unknown id fails here, not in every worker batch
