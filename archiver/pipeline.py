@@ -71,8 +71,13 @@ class PipelineOptions:
     upgrade: bool = False
     # Which tiers may be stored (archiver.lossless.Policy: lossy | lossless | best) and, under
     # best, how much larger the bit-exact JPEG XL may be than the neural stream and still be kept.
-    policy: str = "best"
+    # The default here is "lossy" on purpose: it is what an options dict saved with a job, or sent
+    # in a batch, before the tiers existed meant. New jobs take the setting `policy` (default
+    # "best") through from_settings, as every front door builds its options.
+    policy: str = "lossy"
     lossless_margin: float = 0.0
+    # Also try the lossless transcode under policy lossy, to report its size (the pilot's row)
+    measure_lossless: bool = False
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -187,7 +192,7 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
         policy = Policy(opts.policy)
         lossless: Transcoded | None = None
         refused: LosslessRefused | None = None
-        if policy is not Policy.LOSSY:
+        if policy is not Policy.LOSSY or opts.measure_lossless:
             t1 = time.perf_counter()
             if out.content_type == "image/jpeg":
                 try:
@@ -198,6 +203,8 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
                 refused = LosslessRefused(f"{out.content_type} original: the bit-exact tier is for JPEG originals only",
                                           code=Refusal.NOT_JPEG)
             out.timings["lossless"] = time.perf_counter() - t1
+            out.lossless_bytes = len(lossless.data) if lossless is not None else None
+            out.lossless_refusal = refused.code if refused is not None else None
         if policy is Policy.LOSSLESS:
             if lossless is None:
                 out.status, out.reason_code, out.reason = ResultStatus.REJECTED, refused.code, str(refused)

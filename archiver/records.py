@@ -58,6 +58,10 @@ class Outcome:
     compressed_sha256: str | None = None
     tier: str | None = None  # archiver.lossless.Tier of what was (or would be) stored
     original_sha256: str | None = None  # of the bytes archived (kept in the ledger row only)
+    # the verified lossless transcode's size, or why there is none, when it was tried (not a column:
+    # the pilot keeps them with its job to show the lossless tier beside the others)
+    lossless_bytes: int | None = None
+    lossless_refusal: str | None = None
     psnr: float | None = None
     ms_ssim: float | None = None
     bpp: float | None = None
