@@ -356,7 +356,7 @@ def test_report_cli_formats(corpus: Any, tmp_path: Path) -> None:
     assert json.dumps(_strip_volatile(got)) == json.dumps(_strip_volatile(json.loads(render(expected, "json"))))
     assert list(got) == ["generated_at", "filters", "excluded_jobs", "assumptions", "jobs", "models", "thresholds",
                          "counts", "reasons", "bytes", "by_content_type", "by_prefix", "prefix_depth", "psnr", "bpp",
-                         "timeline", "compute", "money"]
+                         "timeline", "compute", "money", "by_format", "by_tier"]
 
     out = tmp_path / "r.csv"
     res = runner.invoke(report, [*base, "--format", "csv", "--out", str(out)])

@@ -504,14 +504,15 @@ class Report:
             "bytes": asdict(self.bytes),
             "by_content_type": [g.as_dict("content_type") for g in self.by_content_type],
             "by_prefix": [g.as_dict("prefix") for g in self.by_prefix],
-            "by_format": [g.as_dict("format") for g in self.by_format],
-            "by_tier": [g.as_dict("tier") for g in self.by_tier],
             "prefix_depth": self.prefix_depth,
             "psnr": asdict(self.psnr),
             "bpp": asdict(self.bpp),
             "timeline": asdict(self.timeline),
             "compute": asdict(self.compute),
             "money": asdict(self.money),
+            # added with the storage tiers (issue 26); at the end, so earlier keys keep their order
+            "by_format": [g.as_dict("format") for g in self.by_format],
+            "by_tier": [g.as_dict("tier") for g in self.by_tier],
         }
 
 
