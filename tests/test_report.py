@@ -741,7 +741,9 @@ PILOT_KEYS_WITHOUT_BASELINES = {
     "standard_error", "ci_low", "ci_high", "confidence", "projected_saved_pct", "ci_low_pct", "ci_high_pct", "method",
     "sample_counts", "sample_reasons", "sample_keys", "compute_basis", "sample_compute_seconds",
     "projected_compute_seconds", "projected_money", "money_low", "money_high", "psnr", "saving_pct_distribution",
-    "assumptions"}
+    "assumptions",
+    # the storage tiers (issue 26): the policy, the lossless row, the tiers stored and savings by format
+    "policy", "lossless", "tiers", "by_format"}
 
 
 def _run_pilot(corpus: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefix: str, *args: str,
