@@ -38,6 +38,7 @@ from .decision import Container, Facts, Recorded, Step, decide, deletes_original
 from .errors import ArchiverError, ContainerError, ImageRejected, StorageError
 from .identity import Scope
 from .images import delivered, load_image, sniff
+from .lossless import JXL_MEDIA_TYPE, LosslessRefused, Policy, Refusal, Tier, Transcoded, reconstruct, transcode
 from .metrics import ms_ssim, psnr
 from .records import (LedgerView, Outcome, already_archived, finish_job, ledger_row, mark_original_deleted,
                       outcome_from_row, record, result_row)
@@ -72,6 +73,15 @@ class PipelineOptions:
     upgrade: bool = False
     # encoder effort (codec/default.py EFFORTS); options saved before it existed take the default
     effort: int = DEFAULT_EFFORT
+    # Which tiers may be stored (archiver.lossless.Policy: lossy | lossless | best) and, under
+    # best, how much larger the bit-exact JPEG XL may be than the neural stream and still be kept.
+    # The default here is "lossy" on purpose: it is what an options dict saved with a job, or sent
+    # in a batch, before the tiers existed meant. New jobs take the setting `policy` (default
+    # "best") through from_settings, as every front door builds its options.
+    policy: str = "lossy"
+    lossless_margin: float = 0.0
+    # Also try the lossless transcode under policy lossy, to report its size (the pilot's row)
+    measure_lossless: bool = False
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -84,13 +94,14 @@ class PipelineOptions:
     @classmethod
     def from_settings(cls, settings: Settings, *, min_psnr: float | None = None, min_saving: float | None = None,
                       replace: bool = False, dry_run: bool = False, upgrade: bool = False,
-                      effort: int | None = None) -> PipelineOptions:
+                      effort: int | None = None, policy: str | None = None) -> PipelineOptions:
         """The configured floors and limits, with a front door's overrides (``None``: as configured)."""
         return cls(min_psnr=settings.min_psnr if min_psnr is None else min_psnr,
                    min_saving=settings.min_saving if min_saving is None else min_saving,
                    replace=replace, dry_run=dry_run, max_object_bytes=int(settings.max_object_bytes),
                    max_pixels=settings.max_pixels, suffix=settings.container_suffix, upgrade=upgrade,
-                   effort=settings.effort if effort is None else effort)
+                   effort=settings.effort if effort is None else effort,
+                   policy=Policy(policy or settings.policy).value, lossless_margin=settings.best_lossless_margin)
 
     def merged(self, overrides: dict[str, Any]) -> PipelineOptions:
         """These options with the fields named in ``overrides`` replaced (a submit's partial dict)."""
@@ -130,10 +141,20 @@ def _refuse_foreign(dst: ObjectStore, key: str, source_id: str, source_etag: str
     )
 
 
-def _verify_stored(dst: ObjectStore, key: str, data_len: int, sha: str, max_bytes: int) -> None:
+def _verify_stored(dst: ObjectStore, key: str, data_len: int, sha: str, max_bytes: int,
+                   rebuilds: str | None = None) -> None:
+    """Read ``key`` back and compare size and sha256; with ``rebuilds`` (a lossless archive), also
+    reconstruct the original JPEG from the bytes read back and compare its sha256 with that."""
     back = dst.get(key, max_bytes=max(max_bytes, data_len))
     if len(back) != data_len or hashlib.sha256(back).hexdigest() != sha:
         raise StorageError(f"read-back of {key} does not match what was written", code="readback_mismatch", transient=True)
+    if rebuilds is not None:
+        try:
+            same = hashlib.sha256(reconstruct(back)).hexdigest() == rebuilds
+        except ArchiverError as e:
+            raise StorageError(f"the stored {key} does not rebuild the original: {e}", code="lossless_mismatch") from None
+        if not same:
+            raise StorageError(f"the JPEG rebuilt from the stored {key} is not the original", code="lossless_mismatch")
 
 
 def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: Codec, opts: PipelineOptions,
@@ -171,55 +192,73 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
                             f"fetching {info.key}")
         out.timings["fetch"] = time.perf_counter() - t0
         out.original_bytes = len(data)
+        out.original_sha256 = hashlib.sha256(data).hexdigest()
         out.content_type = sniff(data)
-        img = load_image(data, max_pixels=opts.max_pixels)
-        out.width, out.height = img.width, img.height
-        if pixels is not None:
-            pixels["original"] = delivered(img.rgb, img.mode)
-        lock = codec_lock or _NULL_LOCK
-        t1 = time.perf_counter()
-        with lock:
-            gpu0 = codec.gpu_seconds
-            target = opts.min_psnr + PSNR_MARGIN
-            hint, spread = hints.get(codec.model_id, target) if hints is not None else (None, 0.0)
-            enc = codec.encode_detailed(img, target_psnr=target, quality_hint=hint, hint_spread=spread,
-                                        effort=opts.effort)
-            if hints is not None:
-                hints.add(codec.model_id, target, enc.quality)
-            out.timings["encode"] = time.perf_counter() - t1
-            t2 = time.perf_counter()
-            dec = codec.decode(enc.data, max_pixels=opts.max_pixels)  # the real bitstream, through the real decoder
-            out.gpu_seconds = codec.gpu_seconds - gpu0 if codec.device.type == "cuda" else 0.0
-        # dec.rgb is what a user gets back (gray modes as gray); img.rgb of a gray image is the
-        # gray replicated to three channels, i.e. already in that form.
-        p = psnr(delivered(img.rgb, img.mode), dec.rgb)
-        out.psnr = p
-        if pixels is not None:
-            pixels["decoded"] = dec.rgb
-        out.ms_ssim = ms_ssim(delivered(img.rgb, img.mode), dec.rgb)
-        out.timings["verify"] = time.perf_counter() - t2
-        out.quality = enc.quality
-        out.probes = enc.probes
-        out.compressed_bytes = len(enc.data)
-        out.compressed_sha256 = hashlib.sha256(enc.data).hexdigest()
-        out.bpp = len(enc.data) * 8 / (img.width * img.height)
-        if (dec.alpha is None) != (img.alpha is None) or (
-                img.alpha is not None and not np.array_equal(dec.alpha, img.alpha)):
-            raise ContainerError("alpha plane did not survive the round trip", code="alpha_mismatch")
-        if p < opts.min_psnr:
-            out.status, out.reason_code = ResultStatus.REJECTED, Reason.PSNR_BELOW_THRESHOLD
-            out.reason = f"verified PSNR {p:.2f} dB < {opts.min_psnr:.2f} dB"
-            return out
-        saving = 1.0 - len(enc.data) / max(1, len(data))
+        policy = Policy(opts.policy)
+        lossless: Transcoded | None = None
+        refused: LosslessRefused | None = None
+        if policy is not Policy.LOSSY or opts.measure_lossless:
+            t1 = time.perf_counter()
+            if out.content_type == "image/jpeg":
+                try:
+                    lossless = transcode(data, max_pixels=opts.max_pixels)  # verified: rebuilds the same bytes
+                except LosslessRefused as e:
+                    refused = e
+            else:
+                refused = LosslessRefused(f"{out.content_type} original: the bit-exact tier is for JPEG originals only",
+                                          code=Refusal.NOT_JPEG)
+            out.timings["lossless"] = time.perf_counter() - t1
+            out.lossless_bytes = len(lossless.data) if lossless is not None else None
+            out.lossless_refusal = refused.code if refused is not None else None
+        if policy is Policy.LOSSLESS:
+            if lossless is None:
+                out.status, out.reason_code, out.reason = ResultStatus.REJECTED, refused.code, str(refused)
+                return out
+            out.width, out.height = lossless.info.width, lossless.info.height
+            payload, tier = lossless.data, Tier.LOSSLESS
+        else:
+            try:
+                neural = _encode_neural(data, out, codec, opts, codec_lock, pixels, hints)
+            except ArchiverError as e:
+                if lossless is None:
+                    raise
+                neural = e  # best: the neural path cannot take it (an image it refuses, a floor out of reach)
+            if lossless is not None and isinstance(neural, bytes) and out.psnr is not None and out.psnr < opts.min_psnr:
+                neural = ArchiverError(f"verified PSNR {out.psnr:.2f} dB < {opts.min_psnr:.2f} dB",
+                                       code=Reason.PSNR_BELOW_THRESHOLD)  # best: the exact copy is kept instead
+            if lossless is not None and (not isinstance(neural, bytes)
+                                         or len(lossless.data) <= len(neural) * (1.0 + opts.lossless_margin)):
+                payload, tier = lossless.data, Tier.LOSSLESS
+                out.width, out.height = lossless.info.width, lossless.info.height
+                out.quality = None
+                out.reason = (None if not isinstance(neural, bytes) else
+                              f"lossless {len(lossless.data):,} bytes vs neural {len(neural):,} bytes")
+            elif isinstance(neural, bytes):
+                payload, tier = neural, Tier.LOSSY
+            else:
+                raise neural
+            if tier is Tier.LOSSY and out.psnr is not None and out.psnr < opts.min_psnr:
+                out.status, out.reason_code = ResultStatus.REJECTED, Reason.PSNR_BELOW_THRESHOLD
+                out.reason = f"verified PSNR {out.psnr:.2f} dB < {opts.min_psnr:.2f} dB"
+                return out
+        if tier is Tier.LOSSLESS:
+            out.psnr, out.ms_ssim = None, 1.0  # identical bytes: no PSNR to speak of
+        out.tier = tier.value
+        out.compressed_bytes = len(payload)
+        out.compressed_sha256 = hashlib.sha256(payload).hexdigest()
+        if out.width and out.height:
+            out.bpp = len(payload) * 8 / (out.width * out.height)
+        saving = 1.0 - len(payload) / max(1, len(data))
         if saving < opts.min_saving:
             out.status, out.reason_code = ResultStatus.REJECTED, Reason.INSUFFICIENT_SAVING
-            out.reason = f"saving {saving:.1%} < {opts.min_saving:.1%} ({len(data):,} -> {len(enc.data):,} bytes)"
+            out.reason = (f"saving {saving:.1%} < {opts.min_saving:.1%} ({len(data):,} -> {len(payload):,} bytes, "
+                          f"{tier.value})")
             return out
-        if archived_bytes is not None and len(enc.data) >= archived_bytes:
+        if archived_bytes is not None and len(payload) >= archived_bytes:
             out.status, out.reason_code = ResultStatus.SKIPPED, Reason.ARCHIVE_SMALLER
             out.reason = (f"the existing archive ({archived_bytes:,} bytes) is not larger than {codec.model_id}'s "
-                          f"({len(enc.data):,} bytes): kept")
-            out.compressed_bytes = out.compressed_sha256 = None
+                          f"({len(payload):,} bytes, {tier.value}): kept")
+            out.compressed_bytes = out.compressed_sha256 = out.tier = None
             return out
         if not opts.dry_run:
             t3 = time.perf_counter()
@@ -228,10 +267,12 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
 
             def write_and_verify() -> None:
                 _refuse_foreign(dst, k, source_id, info.etag)
-                dst.put(k, enc.data, metadata={"sha256": out.compressed_sha256, "source-etag": info.etag or "",
-                                               SOURCE_ID_META: source_id, "model-id": codec.model_id},
-                        content_type="application/x-cxa")
-                _verify_stored(dst, k, len(enc.data), out.compressed_sha256, opts.max_object_bytes)
+                dst.put(k, payload, metadata={"sha256": out.compressed_sha256, "source-etag": info.etag or "",
+                                              SOURCE_ID_META: source_id, "model-id": codec.model_id,
+                                              "tier": tier.value},
+                        content_type=JXL_MEDIA_TYPE if tier is Tier.LOSSLESS else "application/x-cxa")
+                _verify_stored(dst, k, len(payload), out.compressed_sha256, opts.max_object_bytes,
+                               rebuilds=out.original_sha256 if tier is Tier.LOSSLESS else None)
 
             with_retries(write_and_verify, f"writing {dst.url_for(k)}")
             out.dest_url = dst.url_for(k)
@@ -255,6 +296,48 @@ def process_object(info: ObjectInfo, src: ObjectStore, dst: ObjectStore, codec: 
         return out
     finally:
         out.timings["total"] = time.perf_counter() - t0
+
+
+def _encode_neural(data: bytes, out: Outcome, codec: Codec, opts: PipelineOptions,
+                   codec_lock: AbstractContextManager | None, pixels: dict[str, np.ndarray] | None,
+                   hints: QualityHints | None) -> bytes:
+    """Decode the original's pixels, encode them at the floor and verify the real bitstream.
+
+    Fills ``out`` (size, PSNR, MS-SSIM, quality, timings) and returns the verified bitstream.
+    A PSNR below the floor is *not* raised: the caller decides (under ``best`` the lossless
+    transcode may still be kept); image refusals and an unreachable floor raise as before.
+    """
+    img = load_image(data, max_pixels=opts.max_pixels)
+    out.width, out.height = img.width, img.height
+    if pixels is not None:
+        pixels["original"] = delivered(img.rgb, img.mode)
+    lock = codec_lock or _NULL_LOCK
+    t1 = time.perf_counter()
+    with lock:
+        gpu0 = codec.gpu_seconds
+        target = opts.min_psnr + PSNR_MARGIN
+        hint, spread = hints.get(codec.model_id, target) if hints is not None else (None, 0.0)
+        enc = codec.encode_detailed(img, target_psnr=target, quality_hint=hint, hint_spread=spread,
+                                    effort=opts.effort)
+        if hints is not None:
+            hints.add(codec.model_id, target, enc.quality)
+        out.timings["encode"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        dec = codec.decode(enc.data, max_pixels=opts.max_pixels)  # the real bitstream, through the real decoder
+        out.gpu_seconds = codec.gpu_seconds - gpu0 if codec.device.type == "cuda" else 0.0
+    # dec.rgb is what a user gets back (gray modes as gray); img.rgb of a gray image is the
+    # gray replicated to three channels, i.e. already in that form.
+    out.psnr = psnr(delivered(img.rgb, img.mode), dec.rgb)
+    if pixels is not None:
+        pixels["decoded"] = dec.rgb
+    out.ms_ssim = ms_ssim(delivered(img.rgb, img.mode), dec.rgb)
+    out.timings["verify"] = time.perf_counter() - t2
+    out.quality = enc.quality
+    out.probes = enc.probes
+    if (dec.alpha is None) != (img.alpha is None) or (
+            img.alpha is not None and not np.array_equal(dec.alpha, img.alpha)):
+        raise ContainerError("alpha plane did not survive the round trip", code="alpha_mismatch")
+    return enc.data
 
 
 class _NullLock:
@@ -297,7 +380,12 @@ def delete_original(session_factory: sessionmaker, src: ObjectStore, dst: Object
     if led.dest_url != dst.url_for(dk):
         raise StorageError(f"not deleting {key}: its container is recorded at {led.dest_url}, not at "
                            f"{dst.url_for(dk)}", code="dest_mismatch")
-    with_retries(lambda: _verify_stored(dst, dk, led.compressed_bytes, led.compressed_sha256, opts.max_object_bytes),
+    if led.tier == Tier.LOSSLESS and not led.original_sha256:
+        raise StorageError(f"not deleting {key}: its lossless archive has no recorded original sha256 to check",
+                           code="lossless_unverifiable")
+    # a lossless archive is deleted against only once the JPEG it rebuilds is the original, byte for byte
+    with_retries(lambda: _verify_stored(dst, dk, led.compressed_bytes, led.compressed_sha256, opts.max_object_bytes,
+                                        rebuilds=led.original_sha256 if led.tier == Tier.LOSSLESS else None),
                  f"re-verifying {dst.url_for(dk)}")
     current = with_retries(lambda: src.head(key), f"checking {key}")
     if current is not None:
@@ -463,7 +551,7 @@ def handle_object(info: ObjectInfo, *, job_id: int, src: ObjectStore, dst: Objec
         out = Outcome(key=info.key, status=ResultStatus.SKIPPED, original_bytes=info.size, etag=info.etag,
                       version_id=info.version_id, reason_code=Reason.ALREADY_ARCHIVED,
                       reason=f"unchanged since archived with {led.model_id}", dest_url=led.dest_url,
-                      compressed_sha256=led.compressed_sha256, device=codec.device_name)
+                      compressed_sha256=led.compressed_sha256, device=codec.device_name, tier=led.tier)
         prior_id = record(session_factory, job_id, scope, led.model_id, out, worker).row_id
     else:
         older = _intact(found, info, dst, opts) if decision.upgrade_over_archive else None

@@ -57,6 +57,12 @@ class Outcome:
     height: int | None = None
     compressed_bytes: int | None = None
     compressed_sha256: str | None = None
+    tier: str | None = None  # archiver.lossless.Tier of what was (or would be) stored
+    original_sha256: str | None = None  # of the bytes archived (kept in the ledger row only)
+    # the verified lossless transcode's size, or why there is none, when it was tried (not a column:
+    # the pilot keeps them with its job to show the lossless tier beside the others)
+    lossless_bytes: int | None = None
+    lossless_refusal: str | None = None
     psnr: float | None = None
     ms_ssim: float | None = None
     bpp: float | None = None
@@ -96,7 +102,8 @@ def outcome_from_row(r: Result, scope: Scope | None = None) -> Outcome:
                    etag=r.etag, version_id=r.version_id, reason_code=r.reason_code, reason=r.reason,
                    content_type=r.content_type, width=r.width, height=r.height, compressed_bytes=r.compressed_bytes,
                    compressed_sha256=r.compressed_sha256, psnr=r.psnr, ms_ssim=r.ms_ssim, bpp=r.bpp,
-                   quality=r.quality, dest_url=r.dest_url, original_deleted=r.original_deleted, device=r.device)
+                   quality=r.quality, dest_url=r.dest_url, original_deleted=r.original_deleted, device=r.device,
+                   tier=r.tier)
 
 
 # ---- result and ledger rows ------------------------------------------------------------------
@@ -139,18 +146,20 @@ class LedgerView:
     dest_url: str
     compressed_sha256: str
     compressed_bytes: int
+    tier: str = "lossy"
+    original_sha256: str | None = None
 
     @classmethod
     def of(cls, row: ArchivedObject | None) -> LedgerView | None:
         if row is None:
             return None
         return cls(row.id, row.etag, row.model_id, row.result_id, row.dest_url, row.compressed_sha256,
-                   row.compressed_bytes)
+                   row.compressed_bytes, row.tier or "lossy", row.original_sha256)
 
 
 _RESULT_FIELDS = ("etag", "version_id", "content_type", "width", "height", "original_bytes", "compressed_bytes",
                   "psnr", "ms_ssim", "bpp", "quality", "status", "reason_code", "reason", "dest_url",
-                  "compressed_sha256", "original_deleted", "gpu_seconds", "device")
+                  "compressed_sha256", "original_deleted", "gpu_seconds", "device", "tier")
 _TIMINGS = {"t_fetch": "fetch", "t_encode": "encode", "t_verify": "verify", "t_write": "write", "t_total": "total"}
 
 
@@ -183,6 +192,8 @@ def record_outcome(session: Session, job_id: int, scope: Scope, model_id: str, o
         ledger.compressed_sha256 = out.compressed_sha256 or ""
         ledger.compressed_bytes = out.compressed_bytes or 0
         ledger.original_bytes = out.original_bytes
+        ledger.tier = out.tier or "lossy"
+        ledger.original_sha256 = out.original_sha256
         ledger.original_deleted = False  # we just read the original: it exists
     return row
 

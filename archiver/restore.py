@@ -11,8 +11,9 @@ from typing import Protocol
 from .codec.api import Codec, DecodedImage
 from .codec.container import DEFAULT_MAX_PIXELS, read_meta
 from .errors import ArchiverError
-from .images import save_image
+from .images import load_image, save_image, to_pil
 from .errors import StorageError
+from .lossless import is_jpegxl, reconstruct
 from .storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,27 @@ def render(decoded: DecodedImage, fmt: str) -> tuple[bytes, str]:
     if fmt not in MEDIA_TYPES:
         raise ArchiverError(f"unsupported output format {fmt!r}", code="bad_format")
     return save_image(decoded.image, fmt, icc=decoded.icc, exif=decoded.exif), fmt
+
+
+def restore_image(data: bytes, codecs: CodecSource, fmt: str, device: str | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS, *, time_budget_s: float | None = None) -> tuple[bytes, str]:
+    """An archived object (either tier) as delivered bytes; returns ``(bytes, format used)``.
+
+    The one function every front door (``restore``, the retrieve task, ``serve``) turns a stored
+    object into an image with. A lossless-tier object (a JPEG XL file, told apart from a ``.cxa``
+    by its signature) gives back the original JPEG **byte for byte** for ``original`` and
+    ``jpeg``; ``png`` / ``webp`` decode that JPEG (its ICC profile and EXIF carried over). A
+    ``.cxa`` is decoded by :func:`decode_container` and rendered by :func:`render`.
+    """
+    if is_jpegxl(data):
+        jpeg = reconstruct(data)
+        if fmt in ("original", "jpeg"):
+            return jpeg, "jpeg"
+        if fmt not in MEDIA_TYPES:
+            raise ArchiverError(f"unsupported output format {fmt!r}", code="bad_format")
+        img = load_image(jpeg, max_pixels=max_pixels)
+        return save_image(to_pil(img.rgb, img.alpha, img.mode), fmt, icc=img.icc, exif=img.exif), fmt
+    return render(decode_container(data, codecs, device, max_pixels=max_pixels, time_budget_s=time_budget_s), fmt)
 
 
 def prepare_destination(dst: ObjectStore) -> None:
@@ -146,6 +168,9 @@ def restore_all(src: ObjectStore, dst: ObjectStore, *, codecs: CodecSource, fmt:
                 overwrite: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Restored]:
     """Decode every container under ``src`` into ``dst``; a bad container is reported, not fatal.
 
+    Lossless-tier archives (JPEG XL) come back as the original JPEG's exact bytes with
+    ``original`` or ``jpeg`` (:func:`restore_image`).
+
     The original's name is kept when it was re-created in its own format, e.g. ``a/b.jpg.cxa``
     -> ``a/b.jpg`` with ``fmt="original"``; otherwise the extension is the written format's.
     An object already at the output key is never replaced unless ``overwrite``: restoring into
@@ -166,9 +191,8 @@ def restore_all(src: ObjectStore, dst: ObjectStore, *, codecs: CodecSource, fmt:
             if known is not None and not overwrite and dst.head(known) is not None:
                 item = Restored(info.key, known, True, skipped=True)
             else:
-                dec = decode_container(src.get(info.key, max_bytes=max(info.size, 1)), codecs, device,
-                                       max_pixels=max_pixels)
-                data, used = render(dec, fmt)
+                data, used = restore_image(src.get(info.key, max_bytes=max(info.size, 1)), codecs, fmt, device,
+                                           max_pixels=max_pixels)
                 out_key = known or restored_key(info.key, suffix, fmt, used)
                 if known is None and not overwrite and dst.head(out_key) is not None:
                     item = Restored(info.key, out_key, True, skipped=True)

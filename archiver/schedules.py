@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -51,6 +51,8 @@ class Schedule(BaseModel):
     replace: bool = False
     # also re-encode objects archived with an older model (see PipelineOptions.upgrade)
     upgrade: bool = False
+    # tiers this schedule may store: lossy | lossless | best (unset: the setting `policy`)
+    policy: Literal["lossy", "lossless", "best"] | None = None
     # try again the object versions an earlier job rejected for a reason that would repeat
     # (default: leave them out; see jobs.rejection_repeats)
     retry_rejected: bool = False

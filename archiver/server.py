@@ -187,7 +187,7 @@ def locate(rt: Runtime, sf: Any, bucket: str, key: str) -> Located | None:
 def fetch_decode_render(rt: Runtime, loc: Located, fmt: str) -> tuple[bytes, str, str]:
     """Fetch, check, decode and encode for delivery; returns (body, format used, container sha256)."""
     from .storage import split_object_url
-    from .restore import decode_container, render
+    from .restore import restore_image
 
     store_url, ckey = split_object_url(loc.url)
     st = rt.settings
@@ -196,10 +196,10 @@ def fetch_decode_render(rt: Runtime, loc: Located, fmt: str) -> tuple[bytes, str
     if loc.sha256 and sha != loc.sha256:
         raise ContainerError(f"stored container {loc.url} does not match the sha256 recorded when it was "
                              f"verified ({sha[:16]}... != {loc.sha256[:16]}...)", code="checksum_mismatch")
-    # the codec's own budget stops a runaway decode between slices, so an abandoned one frees the CPU too
-    decoded = decode_container(data, rt, max_pixels=st.max_pixels, time_budget_s=st.server.decode_timeout_s)
+    # the codec's own budget stops a runaway decode between slices, so an abandoned one frees the CPU too;
+    # a lossless-tier archive (JPEG XL) gives back the original JPEG's exact bytes for original/jpeg
     try:
-        body, used = render(decoded, fmt)
+        body, used = restore_image(data, rt, fmt, max_pixels=st.max_pixels, time_budget_s=st.server.decode_timeout_s)
     except ValueError as e:  # e.g. "original" for a format we cannot write
         raise HTTPProblem(406, "format_unavailable", str(e)) from None
     return body, used, sha

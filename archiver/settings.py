@@ -227,6 +227,14 @@ class Settings(BaseSettings):
     # rate-distortion optimised quantisation (about 4 % fewer bytes at equal PSNR, ~1.3x the
     # encoder time). The decoder is the same for every level.
     effort: int = Field(default=DEFAULT_EFFORT, ge=min(EFFORTS), le=max(EFFORTS))
+    # Which tiers a job may store (archiver.lossless.Policy): lossy (the neural codec), lossless
+    # (JPEG originals as bit-exact JPEG XL, everything else skipped) or best (per object the smaller
+    # verified archive of the two).
+    policy: Literal["lossy", "lossless", "best"] = "best"
+    # Under policy best, the lossless transcode is kept when it is at most this fraction larger
+    # than the neural stream (0: only on a tie, so best never stores more than the smaller tier;
+    # 0.05 would keep an exact copy of the original for up to 5 % more bytes).
+    best_lossless_margin: float = Field(default=0.0, ge=0, lt=1)
     # Where models made after the package shipped (`archiver finetune`) are published and every
     # decode host fetches them from: a directory or s3://bucket/prefix/ (unset: packaged models only).
     model_store: str | None = None

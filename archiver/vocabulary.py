@@ -94,6 +94,11 @@ CONTENT_REJECTIONS: frozenset[str] = frozenset({"not_an_image", "empty", "corrup
 #: Decided by the model and the thresholds: they repeat only with the same model and floors no lower.
 THRESHOLD_REJECTIONS: frozenset[str] = frozenset({"psnr_unreachable", Reason.PSNR_BELOW_THRESHOLD,
                                                   Reason.INSUFFICIENT_SAVING})
+#: Why an object got no bit-exact archive (archiver.lossless.Refusal). Decided by the bytes, but they
+#: reject only under ``policy = "lossless"``: a later run under ``best`` or ``lossy`` tries them again.
+LOSSLESS_REFUSALS: frozenset[str] = frozenset({"not_jpeg", "jpeg_arithmetic", "jpeg_lossless_process", "jpeg_components",
+                                               "jpeg_truncated", "jpeg_malformed", "jpeg_unsupported",
+                                               "lossless_mismatch"})
 #: Error codes (``ArchiverError.code``) that mean "cannot be archived under the policy" (status
 #: ``rejected``); any other error is a ``failed`` object that a rerun may fix.
 REJECTING_ERRORS: frozenset[str] = frozenset({"psnr_unreachable", "too_large"})

@@ -895,8 +895,8 @@ def test_recompress_without_argument_runs_the_demo(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "summary" in proc.stdout and "objects seen" in proc.stdout
     # stderr is a pipe, as under cron or systemd: the bar does not animate, plain lines say how far
-    assert "recompress: 5 objects | ok " in proc.stderr and " obj/s | " in proc.stderr, proc.stderr
-    assert re.search(r"5/\? ok \d+ rej \d+ .* obj/s \d+:\d\d:\d\d", proc.stderr), proc.stderr  # the bar's last frame, whole
+    assert "recompress: 7 objects | ok " in proc.stderr and " obj/s | " in proc.stderr, proc.stderr
+    assert re.search(r"7/\? ok \d+ rej \d+ .* obj/s \d+:\d\d:\d\d", proc.stderr), proc.stderr  # the bar's last frame, whole
     # A newcomer's first run: no third-party warnings, and messages stay on one line in a log
     # (rich would otherwise break this one, with its long temporary path, at 80 columns).
     assert "Warning" not in proc.stderr, proc.stderr
@@ -915,11 +915,16 @@ def test_recompress_without_argument_runs_the_demo(tmp_path: Path) -> None:
         if r.status == "accepted":  # if it is accepted it must be real
             assert (src / (r.key + ".cxa")).is_file()
     # The shipped default earns its place at the default 40 dB floor: every shipped photo is
-    # archived, verified at >= 40 dB, and the archive is less than half the originals' size
-    # (compact-v5: 452 KiB -> 101 KiB; compact-v4 accepted none of them).
+    # archived, and the archive is less than half the originals' size (compact-v5: 452 KiB ->
+    # 101 KiB on the four photos before the JPEGs; compact-v4 accepted none of them). Under the
+    # default policy `best` a photo is either verified at >= 40 dB (lossy) or stored as a JPEG XL
+    # that rebuilds the original JPEG byte for byte (lossless): the q75 JPEG goes lossless.
     photos = [r for k, r in rows.items() if k != "not-an-image.jpg"]
-    assert [r.status for r in photos] == ["accepted"] * 4, [(r.key, r.status, r.reason_code) for r in photos]
-    assert all(r.psnr >= 40.0 for r in photos)
+    assert [r.status for r in photos] == ["accepted"] * 6, [(r.key, r.status, r.reason_code) for r in photos]
+    assert all(r.psnr >= 40.0 for r in photos if r.tier == "lossy")
+    assert all(r.psnr is None and r.content_type == "image/jpeg" for r in photos if r.tier == "lossless")
+    assert rows["lighthouse-q75.jpg"].tier == "lossless"
+    assert {r.tier for r in photos if r.content_type == "image/png"} == {"lossy"}
     assert sum(r.compressed_bytes for r in photos) < 0.5 * sum(r.original_bytes for r in photos)
     assert "saved" in proc.stdout
     factory.kw["bind"].dispose()

@@ -43,9 +43,11 @@ from shared_paths import KODAK  # noqa: E402
 MIN_PSNR = 1.0
 MIN_SAVING = 0.0
 MODEL = DEFAULT_MODEL
-CHART_IDS = ("chart-savings-by-prefix", "chart-psnr-histogram", "chart-bytes-by-content-type", "chart-cumulative-savings")
+CHART_IDS = ("chart-savings-by-prefix", "chart-psnr-histogram", "chart-bytes-by-content-type", "chart-savings-by-format",
+             "chart-cumulative-savings")
 KPI_IDS = ("kpi-bytes-saved", "kpi-saved-pct", "kpi-per-year", "kpi-payback")
-TABLE_IDS = ("table-outcomes", "table-money", "table-content-types", "table-prefixes", "table-distributions", "table-jobs")
+TABLE_IDS = ("table-outcomes", "table-money", "table-content-types", "table-formats", "table-tiers", "table-prefixes",
+             "table-distributions", "table-jobs")
 N_PHOTOS, PILOT_SAMPLE, PILOT_SEED = 12, 8, 0
 CHROMIUM = "/usr/bin/chromium"
 
@@ -356,7 +358,7 @@ def test_report_cli_formats(corpus: Any, tmp_path: Path) -> None:
     assert json.dumps(_strip_volatile(got)) == json.dumps(_strip_volatile(json.loads(render(expected, "json"))))
     assert list(got) == ["generated_at", "filters", "excluded_jobs", "assumptions", "jobs", "models", "thresholds",
                          "counts", "reasons", "bytes", "by_content_type", "by_prefix", "prefix_depth", "psnr", "bpp",
-                         "timeline", "compute", "money"]
+                         "timeline", "compute", "money", "by_format", "by_tier"]
 
     out = tmp_path / "r.csv"
     res = runner.invoke(report, [*base, "--format", "csv", "--out", str(out)])
@@ -739,7 +741,9 @@ PILOT_KEYS_WITHOUT_BASELINES = {
     "standard_error", "ci_low", "ci_high", "confidence", "projected_saved_pct", "ci_low_pct", "ci_high_pct", "method",
     "sample_counts", "sample_reasons", "sample_keys", "compute_basis", "sample_compute_seconds",
     "projected_compute_seconds", "projected_money", "money_low", "money_high", "psnr", "saving_pct_distribution",
-    "assumptions"}
+    "assumptions",
+    # the storage tiers (issue 26): the policy, the lossless row, the tiers stored and savings by format
+    "policy", "lossless", "tiers", "by_format"}
 
 
 def _run_pilot(corpus: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefix: str, *args: str,
@@ -878,7 +882,8 @@ def test_pilot_baselines_side_by_side(corpus: Any, tmp_path: Path, monkeypatch: 
     assert res.exit_code == 0, res.output
     page_text = html_out.read_text()
     _no_external_refs(page_text)
-    ids = ("chart-pilot-projection", "chart-pilot-savings", "chart-codec-savings", "chart-rd-points")
+    ids = ("chart-pilot-projection", "chart-pilot-savings", "chart-savings-by-format", "chart-codec-savings",
+           "chart-rd-points")
     for ident in ids:
         img = _data_png(page_text, ident)
         assert _not_blank(img), ident
@@ -888,7 +893,8 @@ def test_pilot_baselines_side_by_side(corpus: Any, tmp_path: Path, monkeypatch: 
         assert np.all(np.abs(px - (217, 119, 6)) < 30, axis=1).sum() > 30, ident
     dom = _chromium("--dump-dom", html_out.resolve().as_uri(), profile=tmp_path / "profile-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
-    for ident in (*ids, "table-codecs", "table-advantage", "table-per-image", "table-task-check"):
+    for ident in (*ids, "table-codecs", "table-advantage", "table-per-image", "table-task-check", "table-by-format",
+                  "table-tiers"):
         assert f'id="{ident}"' in dom.stdout, ident
     shot = tmp_path / "pilot.png"
     res2 = _chromium(f"--screenshot={shot}", "--window-size=1280,2400", html_out.resolve().as_uri(),

@@ -123,6 +123,16 @@ def archive(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[st
                       codec=shared_codec(st.model_id, "cpu"), opts=opts, session_factory=sf)
     assert summary.accepted == 1, summary
 
+    # a JPEG original archived in the lossless tier (a JPEG XL file that rebuilds it byte for byte)
+    photo = kodak_jpeg(3, 75)
+    client = make_client(st.s3)
+    client.put_object(Bucket=bucket, Key="jpegs/photo.jpg", Body=photo)
+    client.close()
+    jpegs = open_store(f"s3://{bucket}/jpegs", st)
+    summary = run_job(src=jpegs, dst=jpegs, source_url=jpegs.url, dest_url=None, codec=shared_codec(st.model_id, "cpu"),
+                      opts=PipelineOptions(min_psnr=1.0, min_saving=0.0, policy="lossless"), session_factory=sf)
+    assert summary.accepted == 1, summary
+
     good = store.get("cats/a.png.cxa")
     bad = bytearray(good)
     for i in range(len(bad) // 2, len(bad) // 2 + 16):
@@ -152,7 +162,7 @@ def archive(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     revoke_token(sf, "revoked")
     AUTH["Authorization"] = f"Bearer {tokens['reader']}"
     return {"env": env, "bucket": bucket, "sha": hashlib.sha256(good).hexdigest(), "tokens": tokens,
-            "never": never}
+            "never": never, "photo": photo}
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +194,33 @@ def server(archive: dict[str, Any]) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def kodak_jpeg(n: int, quality: int) -> bytes:
+    """A real photo as a camera would save it: a Kodak crop as a 4:2:0 JPEG at ``quality``."""
+    from shared_paths import KODAK
+
+    buf = io.BytesIO()
+    Image.open(KODAK / f"kodim{n:02d}.png").convert("RGB").crop((0, 0, 192, 128)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_lossless_tier_serves_the_original_jpeg_bytes(server: str, archive: dict[str, Any]) -> None:
+    """A lossless-tier archive is served as the original JPEG, byte for byte, as image/jpeg (for
+    ``format=original``, ``format=jpeg`` or ``Accept: image/jpeg``), with an ETag that
+    revalidates; ``format=png`` decodes that JPEG's pixels."""
+    url, photo = f"{server}/objects/{archive['bucket']}/jpegs/photo.jpg", archive["photo"]
+    for kw in ({"params": {"format": "original"}}, {"params": {"format": "jpeg"}}, {"headers": {"Accept": "image/jpeg"}}):
+        r = get(url, timeout=60, **kw)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "image/jpeg"
+        assert hashlib.sha256(r.content).hexdigest() == hashlib.sha256(photo).hexdigest()
+        assert get(url, timeout=60, headers={"If-None-Match": r.headers["etag"], **kw.get("headers", {})},
+                   params=kw.get("params")).status_code == 304
+    r = get(url, params={"format": "png"}, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")),
+                          np.asarray(Image.open(io.BytesIO(photo)).convert("RGB")))
 
 
 def test_formats_decode_to_the_right_size(server: str, archive: dict[str, Any]) -> None:

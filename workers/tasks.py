@@ -99,14 +99,14 @@ def run_schedule(schedule: dict[str, Any]) -> int | None:
 def retrieve(url_of_container: str, fmt: str = "png", dest: str | None = None) -> dict[str, Any]:
     """Decode one container. Without ``dest``: returns the image base64-encoded; with ``dest``
     (an object URL such as ``s3://bucket/out/key.png``) writes it there and returns its URL."""
-    from archiver.restore import MEDIA_TYPES, decode_container, render
+    from archiver.restore import MEDIA_TYPES, restore_image
     from archiver.storage import split_object_url
 
     rt = current().runtime
     st = rt.settings
     store_url, key = split_object_url(url_of_container)
     data = rt.store(store_url).get(key, max_bytes=int(st.max_object_bytes))
-    image, used = render(decode_container(data, rt, max_pixels=st.max_pixels), fmt)
+    image, used = restore_image(data, rt, fmt, max_pixels=st.max_pixels)  # lossless tier: the original JPEG
     out: dict[str, Any] = {"format": used, "media_type": MEDIA_TYPES[used], "bytes": len(image)}
     if dest:
         dest_store, dest_key = split_object_url(dest)

@@ -3,6 +3,7 @@ over archiver.codec (and, for ``models --db``, the ledger)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -76,7 +77,20 @@ def decode(src: Path, dst: Path, device: str) -> None:
     from ..restore import decode_container
     from .runtime import runtime
 
+    from ..lossless import is_jpegxl
+    from ..restore import restore_image
+
     data = src.read_bytes()
+    fmt = {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(dst.suffix.lower().lstrip("."), "png")
+    if is_jpegxl(data):  # a lossless-tier archive: the original JPEG, byte for byte, for a .jpg name
+        try:
+            out, used = restore_image(data, None, fmt, max_pixels=int(runtime().settings.max_pixels))
+        except ArchiverError as e:
+            fail(e)
+        dst.write_bytes(out)
+        console.print(f"{escape(src.name)} -> {escape(str(dst))} (lossless tier: "
+                      f"{'the original JPEG, byte for byte' if used == 'jpeg' else 'decoded from the original JPEG'})")
+        return
     try:
         rt = runtime()
         st = rt.settings
@@ -85,7 +99,6 @@ def decode(src: Path, dst: Path, device: str) -> None:
         dec = decode_container(data, rt, device, max_pixels=st.max_pixels)
     except ArchiverError as e:
         fail(e)
-    fmt = {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(dst.suffix.lower().lstrip("."), "png")
     dst.write_bytes(save_image(dec.image, fmt, icc=dec.icc, exif=dec.exif))
     console.print(f"{escape(src.name)} -> {escape(str(dst))} ({meta.width}x{meta.height} {meta.mode}, {dec.seconds:.2f} s)")
 
@@ -99,14 +112,28 @@ def info(src: Path, as_json: bool) -> None:
 
     from ..codec.container import read_meta
 
+    from ..lossless import Tier, is_jpegxl, probe_jpeg, reconstruct
+
     data = src.read_bytes()
     try:
-        meta = read_meta(data)
+        if is_jpegxl(data):  # a lossless-tier archive: describe the JPEG it rebuilds
+            jpeg = reconstruct(data)
+            j = probe_jpeg(jpeg)
+            d = {"tier": Tier.LOSSLESS.value, "format": "JPEG XL (JPEG reconstruction)", "width": j.width,
+                 "height": j.height, "components": j.components, "progressive": j.progressive,
+                 "original_content_type": "image/jpeg", "original_bytes": len(jpeg),
+                 "original_sha256": hashlib.sha256(jpeg).hexdigest(), "container_bytes": len(data),
+                 "saving_pct": round(100 * (1 - len(data) / len(jpeg)), 2),
+                 "bpp": round(len(data) * 8 / max(1, j.width * j.height), 4)}
+            meta = None
+        else:
+            meta = read_meta(data)
     except ArchiverError as e:
         fail(e)
-    d = asdict(meta)
-    d["container_bytes"] = len(data)
-    d["bpp"] = round(len(data) * 8 / (meta.width * meta.height), 4)
+    if meta is not None:
+        d = {"tier": Tier.LOSSY.value, **asdict(meta)}
+        d["container_bytes"] = len(data)
+        d["bpp"] = round(len(data) * 8 / (meta.width * meta.height), 4)
     if as_json:
         click.echo(json.dumps(d, indent=2, sort_keys=True))
         return

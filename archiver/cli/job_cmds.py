@@ -62,8 +62,11 @@ def _broker_view():
 @click.option("--effort", type=click.IntRange(min(EFFORTS), max(EFFORTS)), default=None,
               help="encoder effort: 0 plain rounding, 1 rate-distortion optimised quantisation (~4 % smaller, "
                    "~1.3x encode time) [settings: 1]")
+@click.option("--policy", type=click.Choice(("lossy", "lossless", "best")), default=None,
+              help="tiers to store: lossy (neural codec), lossless (JPEG originals as bit-exact JPEG XL only), "
+                   "best (the smaller verified archive per object) [settings: best]")
 def submit(source, resume_job, dest, min_psnr, min_saving, replace, chunk_size, older_than_days, db_url, upgrade,
-           model, effort) -> None:
+           model, effort, policy) -> None:
     """Queue a recompression job over SOURCE for the Celery workers; prints the job id.
 
     The same command again after a broker outage finishes the job it interrupted; `--resume JOB`
@@ -79,7 +82,7 @@ def submit(source, resume_job, dest, min_psnr, min_saving, replace, chunk_size, 
     st = rt.settings
     dest = dest or (st.dest if st.dest_mode == "prefix" else None)
     opts = PipelineOptions.from_settings(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace,
-                                         upgrade=upgrade, effort=effort)
+                                         upgrade=upgrade, effort=effort, policy=policy)
     if model:
         try:
             require_model(model, st)  # an unknown id fails here, not in every worker batch

@@ -89,8 +89,11 @@ def summary_table(summary: JobSummary) -> Table:
 @click.option("--effort", type=click.IntRange(min(EFFORTS), max(EFFORTS)), default=None,
               help="encoder effort: 0 plain rounding, 1 rate-distortion optimised quantisation (~4 % smaller, "
                    "~1.3x encode time) [settings: 1]")
+@click.option("--policy", type=click.Choice(("lossy", "lossless", "best")), default=None,
+              help="tiers to store: lossy (neural codec), lossless (JPEG originals as bit-exact JPEG XL only), "
+                   "best (the smaller verified archive per object) [settings: best]")
 def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, workers, model, device, db_url, new_job,
-               upgrade, effort) -> None:
+               upgrade, effort, policy) -> None:
     """Recompress every image under SOURCE (s3://bucket/prefix, file:///dir or a path).
 
     Without SOURCE, runs on the sample images shipped with the package (copied to ./archive-demo).
@@ -111,11 +114,11 @@ def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, work
         dest_url = dest or (st.dest if st.dest_mode == "prefix" else None)
         dst = rt.store(dest_url, create=True) if dest_url else src
         opts = PipelineOptions.from_settings(st, min_psnr=min_psnr, min_saving=min_saving, replace=replace,
-                                             dry_run=dry_run, upgrade=upgrade, effort=effort)
+                                             dry_run=dry_run, upgrade=upgrade, effort=effort, policy=policy)
         with console.status("loading model"):
             apply_torch_threads(st.torch_threads)
             codec = rt.codec(model, device)
-        console.print(f"model {codec.model_id} on {codec.device_name}; PSNR >= {opts.min_psnr} dB, "
+        console.print(f"policy {opts.policy}; model {codec.model_id} on {codec.device_name}; PSNR >= {opts.min_psnr} dB, "
                       f"saving >= {opts.min_saving:.0%}{'; DRY RUN' if dry_run else ''}{'; REPLACE originals' if replace else ''}"
                       f"{'; UPGRADE older archives' if upgrade else ''}")
         progress = Progress(TextColumn("[bold]recompress"), BarColumn(), MofNCompleteColumn(),

@@ -119,12 +119,14 @@ def report(job_ids, since, until, bucket, prefix, model, prefix_depth, price_per
 @click.option("--task-check", "task_check", default=None, metavar="MODULE:FUNCTION",
               help="a function f(original_rgb, decoded_rgb) -> float called on every image for every codec; "
                    "the report shows its distribution per codec")
+@click.option("--policy", type=click.Choice(("lossy", "lossless", "best")), default=None,
+              help="tiers the projected run would store (see recompress --policy) [settings: best]")
 @_with_options(_price_options)
 @click.option("--effort", type=click.IntRange(min(EFFORTS), max(EFFORTS)), default=None,
               help="encoder effort: 0 plain rounding, 1 rate-distortion optimised quantisation (~4 % smaller, "
                    "~1.3x encode time) [settings: 1]")
 def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, job_id, baselines, task_check,
-          effort, price_per_gb_month, gpu_price_per_hour, cpu_price_per_hour, fmt, out, db_url) -> None:
+          effort, policy, price_per_gb_month, gpu_price_per_hour, cpu_price_per_hour, fmt, out, db_url) -> None:
     """Recompress a random sample of SOURCE in memory and project the saving onto all of it.
 
     One streaming pass over the listing counts objects and bytes and keeps a seeded uniform
@@ -145,8 +147,8 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
     _check_html_out(fmt, out)
     if (source is None) == (job_id is None):
         raise click.UsageError("give SOURCE to run a pilot, or --job ID to show a recorded one")
-    if job_id is not None and (baselines is not None or task_check is not None):
-        raise click.UsageError("--baselines and --task-check run with a new pilot; --job shows what was recorded")
+    if job_id is not None and (baselines is not None or task_check is not None or policy is not None):
+        raise click.UsageError("--baselines, --task-check and --policy run with a new pilot; --job shows what was recorded")
     check = None
     if task_check is not None:
         import sys
@@ -173,12 +175,8 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
         rt = runtime()
         factory = _session_factory(db_url, migrate=True)
         src = rt.store(source)
-        opts = PipelineOptions(
-            min_psnr=min_psnr if min_psnr is not None else st.min_psnr,
-            min_saving=min_saving if min_saving is not None else st.min_saving,
-            dry_run=True, max_object_bytes=int(st.max_object_bytes), max_pixels=st.max_pixels,
-            suffix=st.container_suffix, effort=st.effort if effort is None else effort,
-        )
+        opts = PipelineOptions.from_settings(st, min_psnr=min_psnr, min_saving=min_saving, dry_run=True,
+                                             policy=policy, effort=effort)
         with console.status("loading model"):
             apply_torch_threads(st.torch_threads)
             codec = rt.codec(model, device)
@@ -186,7 +184,7 @@ def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, jo
         from ..baselines import CODEC_NAMES, LABELS
 
         n_codecs = 0 if mode == "none" else len(CODEC_NAMES)
-        console.print(f"pilot: model {codec.model_id} on {codec.device_name}; PSNR >= {opts.min_psnr} dB, "
+        console.print(f"pilot: policy {opts.policy}; model {codec.model_id} on {codec.device_name}; PSNR >= {opts.min_psnr} dB, "
                       f"saving >= {opts.min_saving:.0%}; sample {sample} (seed {seed}); nothing is written to storage")
         if n_codecs:
             console.print(f"baselines ({mode}): {', '.join(LABELS[n] for n in CODEC_NAMES)} at the same PSNR floor"

@@ -104,6 +104,9 @@ class Result(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     dest_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     compressed_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # archiver.lossless.Tier of what was (or would be) stored: "lossy" (.cxa) or "lossless" (JPEG XL);
+    # None when nothing was chosen (rejected, failed). Migration 0004.
+    tier: Mapped[str | None] = mapped_column(String(16), nullable=True)
     original_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # timings in seconds
@@ -139,6 +142,12 @@ class ArchivedObject(Base):
     compressed_sha256: Mapped[str] = mapped_column(String(64))
     compressed_bytes: Mapped[int] = mapped_column(BigInteger)
     original_bytes: Mapped[int] = mapped_column(BigInteger)
+    # archiver.lossless.Tier: "lossy" (a .cxa container) or "lossless" (a JPEG XL file that rebuilds
+    # the original JPEG byte for byte; compressed_* describe that file). Rows before 0004 are lossy.
+    tier: Mapped[str] = mapped_column(String(16), default="lossy", server_default="lossy")
+    # sha256 of the original's bytes as archived (0004; null before): a lossless archive must
+    # reconstruct exactly these bytes, re-checked before the original is deleted
+    original_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     original_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     archived_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -49,7 +49,8 @@ def start_scheduled(schedule: Schedule | dict[str, Any], db_url: str | None = No
     st = runtime.settings
     sf = runtime.session_factory(db_url, migrate=True)
     opts = PipelineOptions.from_settings(st, min_psnr=sched.min_psnr, min_saving=sched.min_saving,
-                                         replace=sched.replace, upgrade=sched.upgrade, effort=sched.effort)
+                                         replace=sched.replace, upgrade=sched.upgrade, effort=sched.effort,
+                                         policy=sched.policy)
     size = sched.chunk_size or st.workers.chunk_size
     with sf() as s:
         # Serialise check-and-insert per schedule. SQLite: the session's BEGIN IMMEDIATE already

@@ -27,8 +27,8 @@ from ..identity import Scope
 from ..pipeline import PipelineOptions, iter_source
 from ..records import Outcome, fail_job, finalize, new_job, record_outcome
 from ..restore import prepare_destination
-from ..vocabulary import (ACTIVE_JOBS, CONTENT_REJECTIONS, DONE, THRESHOLD_REJECTIONS, JobKind, JobStatus, Reason,
-                          ResultStatus)
+from ..vocabulary import (ACTIVE_JOBS, CONTENT_REJECTIONS, DONE, LOSSLESS_REFUSALS, THRESHOLD_REJECTIONS, JobKind,
+                          JobStatus, Reason, ResultStatus)
 from .stalled import resume_command
 
 if TYPE_CHECKING:
@@ -307,6 +307,8 @@ def rejection_repeats(reason_code: str | None, then_model: str, then_options: di
     model, looser thresholds, settings-dependent or unknown reasons) is tried again."""
     if reason_code in CONTENT_REJECTIONS:
         return True
+    if reason_code in LOSSLESS_REFUSALS:  # the same bytes are refused again by the lossless-only policy
+        return then_options.get("policy") == "lossless" and opts.policy == "lossless"
     if reason_code not in THRESHOLD_REJECTIONS or then_model != model_id:
         return False
     then_psnr, then_saving = then_options.get("min_psnr"), then_options.get("min_saving")

@@ -56,6 +56,13 @@ GB = 10**9  # decimal gigabyte, as AWS bills storage
 PERCENTILES = (5, 25, 50, 75, 95)
 ROOT_PREFIX = "(root)"
 UNKNOWN_TYPE = "(unknown)"
+#: the original formats savings are broken down by (a JPEG archive and a PNG archive are different buyers)
+FORMATS = ("JPEG", "PNG", "TIFF", "other")
+
+
+def format_of(content_type: str | None) -> str:
+    """The breakdown's format of a sniffed content type: JPEG, PNG, TIFF or other."""
+    return {"image/jpeg": "JPEG", "image/png": "PNG", "image/tiff": "TIFF"}.get(content_type or "", "other")
 REPLACED = ("superseded", "retried")  # rows another row of the same object stands in for
 
 COMPUTE_BASIS_TEXT = {
@@ -477,6 +484,10 @@ class Report:
     timeline: SavingsTimeline
     compute: Compute
     money: Money
+    #: savings by original format (JPEG, PNG, TIFF, other): the by_content_type rows merged
+    by_format: list[Group] = field(default_factory=list)
+    #: accepted objects by stored tier (``lossy`` .cxa, ``lossless`` JPEG XL)
+    by_tier: list[Group] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The report as the plain JSON-serialisable dict of ``archiver report --format json``."""
@@ -499,6 +510,9 @@ class Report:
             "timeline": asdict(self.timeline),
             "compute": asdict(self.compute),
             "money": asdict(self.money),
+            # added with the storage tiers (issue 26); at the end, so earlier keys keep their order
+            "by_format": [g.as_dict("format") for g in self.by_format],
+            "by_tier": [g.as_dict("tier") for g in self.by_tier],
         }
 
 
@@ -621,6 +635,24 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
         g.bytes_before += _int(bb)
         g.bytes_after += _int(ab)
     content_types = sorted((g.finish(name) for name, g in by_type.items()), key=lambda g: (-g.bytes_seen, g.name))
+    by_fmt: dict[str, _GroupSums] = {}
+    for name, g in by_type.items():
+        f = by_fmt.setdefault(format_of(None if name == UNKNOWN_TYPE else name), _GroupSums())
+        f.objects, f.accepted = f.objects + g.objects, f.accepted + g.accepted
+        f.bytes_seen, f.bytes_before, f.bytes_after = (f.bytes_seen + g.bytes_seen, f.bytes_before + g.bytes_before,
+                                                       f.bytes_after + g.bytes_after)
+    formats = [by_fmt[f].finish(f) for f in FORMATS if f in by_fmt]
+    by_tier_sums: dict[str, _GroupSums] = {}
+    q = (select(Result.tier, func.count(), func.sum(Result.original_bytes), func.sum(Result.compressed_bytes))
+         .where(*where, ~replaced, acc).group_by(Result.tier))
+    for tier, n, ob, cb in session.execute(q):
+        g = by_tier_sums.setdefault(tier or "lossy", _GroupSums())  # rows before the tiers were all lossy
+        g.objects += int(n)
+        g.accepted += int(n)
+        g.bytes_seen += _int(ob)
+        g.bytes_before += _int(ob)
+        g.bytes_after += _int(cb)
+    tiers = [g.finish(name) for name, g in sorted(by_tier_sums.items())]
 
     # --- compute (SQL) ------------------------------------------------------------------------
     gpu_objects = cpu_objects = 0
@@ -689,6 +721,8 @@ def build_report(session: Session, filters: ReportFilters | None = None, pricing
         bytes=ByteTotals(seen=bytes_seen, before=before, after=after, saved=saved,
                          saved_pct=pct(saved, before), saved_pct_of_seen=pct(saved, bytes_seen)),
         by_content_type=content_types,
+        by_format=formats,
+        by_tier=tiers,
         by_prefix=prefixes,
         prefix_depth=prefix_depth,
         psnr=Distribution.of(psnrs, bins),

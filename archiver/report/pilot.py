@@ -108,12 +108,87 @@ def load_pilot(session: Session, job_id: int, pricing: Pricing | None = None) ->
         "saving_pct_distribution": distribution([100.0 * yi / xi for xi, yi in zip(x, y) if xi], bins=12),
         "assumptions": assumptions(pricing, basis),
     }
+    out["policy"] = opts.get("policy") or "lossy"  # pilots before the tiers ran the neural codec only
+    out.update(tier_breakdown(rows, ((job.settings or {}).get("pilot") or {}).get("lossless"),
+                              population_objects=int(job.objects_listed or 0), population_bytes=X,
+                              min_saving=float(opts.get("min_saving") or 0.0), pricing=pricing))
     stored = ((job.settings or {}).get("pilot") or {}).get("comparison")
     if stored:
         out.update(summarise(rows, stored, population_objects=int(job.objects_listed or 0), population_bytes=X,
                              ours_seconds=sample_compute, ours_cost=compute_cost,
                              min_psnr=float(opts.get("min_psnr") or 0.0), min_saving=float(opts.get("min_saving") or 0.0),
                              model_id=job.model_id, pricing=pricing))
+    return out
+
+
+LOSSLESS_LABEL = "Lossless JPEG -> JPEG XL (bit-exact)"
+
+
+def tier_breakdown(rows: list[Result], lossless: dict[str, Any] | None, *, population_objects: int,
+                   population_bytes: int, min_saving: float, pricing: Pricing) -> dict[str, Any]:
+    """The pilot's lossless row, its stored tiers and its savings by original format.
+
+    * ``lossless``: the bit-exact tier alone, as if the run stored it wherever it could (every
+      sampled JPEG that transcodes and saves at least ``min_saving``; anything else keeps its
+      original), with the same ratio-estimator projection as the other rows. ``None`` for a
+      pilot recorded before the tier existed.
+    * ``tiers``: what the pilot's policy chose per accepted object, by tier.
+    * ``by_format``: per original format (JPEG, PNG, TIFF, other), the sample's objects and bytes
+      before and after under the pilot's policy, and how many went to the lossless tier.
+    """
+    from .compare import _codec_summary
+    from .core import FORMATS, format_of
+
+    out: dict[str, Any] = {}
+    if lossless is not None:
+        x, y, reached, accepted, secs = [], [], 0, 0, 0.0
+        for r in rows:
+            d = lossless.get(r.key) or {}
+            b = d.get("bytes")
+            ob = int(r.original_bytes or 0)
+            x.append(ob)
+            secs += float(d.get("seconds") or 0.0)
+            ok = b is not None and ob > 0 and 1.0 - b / ob >= min_saving
+            reached += b is not None
+            accepted += ok
+            y.append(ob - int(b) if ok else 0)
+        scale = population_bytes / sum(x) if sum(x) else 0.0
+        row = _codec_summary(LOSSLESS_LABEL, x, y, reached, accepted, secs, pricing.compute_cost(0.0, secs * scale),
+                             population_objects, population_bytes, pricing)
+        row["jpeg_images"] = sum(1 for r in rows if r.content_type == "image/jpeg")
+        refusals: dict[str, int] = {}
+        for d in lossless.values():
+            if d.get("refusal") and d["refusal"] != "not_jpeg":
+                refusals[d["refusal"]] = refusals.get(d["refusal"], 0) + 1
+        row["refusals"] = refusals
+        out["lossless"] = row
+    tiers: dict[str, dict[str, int]] = {}
+    fmts = {f: {"format": f, "objects": 0, "accepted": 0, "lossless": 0, "bytes_before": 0, "bytes_after": 0,
+                "saved": 0, "saving_pct": None} for f in FORMATS}
+    for r in rows:
+        f = fmts[format_of(r.content_type)]
+        ob = int(r.original_bytes or 0)
+        took = r.status == ResultStatus.ACCEPTED and r.compressed_bytes is not None
+        after = int(r.compressed_bytes) if took else ob
+        f["objects"] += 1
+        f["bytes_before"] += ob
+        f["bytes_after"] += after
+        if took:
+            f["accepted"] += 1
+            tier = r.tier or "lossy"
+            f["lossless"] += tier == "lossless"
+            t = tiers.setdefault(tier, {"objects": 0, "bytes_before": 0, "bytes_after": 0})
+            t["objects"] += 1
+            t["bytes_before"] += ob
+            t["bytes_after"] += after
+    for f in fmts.values():
+        f["saved"] = f["bytes_before"] - f["bytes_after"]
+        f["saving_pct"] = pct(f["saved"], f["bytes_before"])
+    for t in tiers.values():
+        t["saved"] = t["bytes_before"] - t["bytes_after"]
+        t["saving_pct"] = pct(t["saved"], t["bytes_before"])
+    out["tiers"] = dict(sorted(tiers.items()))
+    out["by_format"] = [f for f in fmts.values() if f["objects"]]
     return out
 
 
@@ -143,7 +218,9 @@ def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOp
     codecs = baseline_codecs(baselines)
     compare = bool(codecs) or task_check is not None
     measured: dict[str, Any] = {}
-    opts = replace(opts, dry_run=True, replace=False)  # a pilot never writes or deletes anything
+    lossless: dict[str, Any] = {}  # full key -> {"bytes": verified JPEG XL size or None, "refusal": code}
+    # a pilot never writes or deletes anything; it measures the lossless tier on every JPEG whatever the policy
+    opts = replace(opts, dry_run=True, replace=False, measure_lossless=True)
     chosen, n_listed, bytes_listed = reservoir_sample(iter_source(src, opts), sample, seed)
     chosen.sort(key=lambda o: o.key)
     if on_listed:
@@ -172,6 +249,10 @@ def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOp
             pixels.clear()  # the pixels are not kept beyond this object
             with measured_lock:
                 measured[scope.key(info.key)] = rec  # keyed as the results rows are: by full key
+        if out.content_type is not None:
+            with measured_lock:
+                lossless[scope.key(info.key)] = {"bytes": out.lossless_bytes, "refusal": out.lossless_refusal,
+                                                 "seconds": out.timings.get("lossless", 0.0)}
         if on_outcome:
             on_outcome(out)
         return out
@@ -182,6 +263,12 @@ def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOp
     except BaseException as e:
         finish_job(session_factory, job_id, JobStatus.FAILED, f"{type(e).__name__}: {e}")
         raise
+    with session_factory() as s:
+        job = s.get(Job, job_id)
+        settings = dict(job.settings or {})
+        settings["pilot"] = {**settings.get("pilot", {}), "lossless": lossless}
+        job.settings = settings  # a new dict: the JSON column sees the change
+        s.commit()
     if compare:
         with session_factory() as s:
             job = s.get(Job, job_id)
@@ -197,4 +284,4 @@ def run_pilot(*, src: ObjectStore, source_url: str, codec: Any, opts: PipelineOp
         return load_pilot(s, job_id, pricing)
 
 
-__all__ = ["METHOD", "load_pilot", "run_pilot"]
+__all__ = ["LOSSLESS_LABEL", "METHOD", "load_pilot", "run_pilot", "tier_breakdown"]

@@ -238,6 +238,10 @@ def print_report(report: Report, console: Console | None = None) -> None:
     console.print(_kv_table("Outcomes", _outcome_rows(report)))
     console.print(_kv_table("Savings and cost", _money_rows(report)))
     console.print(_groups_table("By content type", "content type", report.by_content_type))
+    if report.by_format:
+        console.print(_groups_table("By original format", "format", report.by_format))
+    if report.by_tier:
+        console.print(_groups_table("By stored tier (accepted objects)", "tier", report.by_tier))
     console.print(_groups_table(f"By prefix (depth {report.prefix_depth})", "prefix", report.by_prefix))
     console.print(_dist_table(report))
     console.print(_jobs_table(report))
@@ -289,7 +293,32 @@ TASK_HEADERS = ["codec", "images", "min", "median", "mean", "max", "errors"]
 
 
 def _codecs(p: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    return [("ours", p["ours"]), *p.get("baselines", {}).items()]
+    lossless = [("lossless", p["lossless"])] if p.get("lossless") else []
+    return [("ours", p["ours"]), *lossless, *p.get("baselines", {}).items()]
+
+
+FORMAT_HEADERS = ["format", "objects", "archived", "of them lossless", "bytes before -> after", "saved", "saved %"]
+TIER_HEADERS = ["stored tier", "objects", "bytes before -> after", "saved", "saved %"]
+
+
+def format_rows(p: dict[str, Any]) -> list[list[str]]:
+    """The pilot's savings by original format (JPEG, PNG, TIFF, other) under its policy."""
+    return [[f["format"], f"{f['objects']:,}", f"{f['accepted']:,}", f"{f['lossless']:,}",
+             f"{fmt_bytes(f['bytes_before'])} -> {fmt_bytes(f['bytes_after'])}", fmt_bytes(f["saved"]),
+             fmt_pct(f["saving_pct"])] for f in p.get("by_format", [])]
+
+
+def tier_rows(p: dict[str, Any]) -> list[list[str]]:
+    """The pilot's archived objects by stored tier, and the lossless tier on its own (every JPEG)."""
+    rows = [[t, f"{d['objects']:,}", f"{fmt_bytes(d['bytes_before'])} -> {fmt_bytes(d['bytes_after'])}",
+             fmt_bytes(d["saved"]), fmt_pct(d["saving_pct"])] for t, d in p.get("tiers", {}).items()]
+    c = p.get("lossless")
+    if c:
+        rows.append([f"{c['label']}, alone (projected {fmt_pct(c['projected_saved_pct'])})",
+                     f"{c['accepted']:,} of {c['jpeg_images']:,} JPEGs",
+                     f"{fmt_bytes(c['bytes_before'])} -> {fmt_bytes(c['bytes_after'])}", fmt_bytes(c["saved_bytes"]),
+                     fmt_pct(c["saving_pct"])])
+    return rows
 
 
 def codec_rows(p: dict[str, Any]) -> list[list[str]]:
@@ -393,6 +422,10 @@ def _rich_table(title: str, headers: list[str], rows: list[list[str]], caption: 
 def print_pilot(p: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     console.print(_kv_table("Pilot projection", pilot_rows(p)))
+    if p.get("by_format"):
+        console.print(_rich_table(f"Savings by original format (policy {p.get('policy', 'lossy')})", FORMAT_HEADERS,
+                                  format_rows(p)))
+        console.print(_rich_table("Stored tiers", TIER_HEADERS, tier_rows(p)))
     if p.get("baselines"):
         console.print(_rich_table(f"ConvNeXt-ChARM and the classical codecs at PSNR >= {p['min_psnr']:g} dB",
                                   CODEC_HEADERS, codec_rows(p)))
@@ -542,6 +575,9 @@ def report_html(report: Report) -> str:
              "PSNR measured by decoding the stored bitstream against the original pixels."),
         _img(charts.bytes_by_content_type(report), "chart-bytes-by-content-type", "Bytes before and after by content type",
              "Content type sniffed from the bytes (not the object's declared type)."),
+        _img(charts.savings_by_format([g.as_dict("format") for g in report.by_format]), "chart-savings-by-format",
+             "Savings by original format", "JPEG, PNG, TIFF and other originals: bytes seen, and after archiving "
+             "(objects not archived keep their bytes); label: saving of all bytes seen."),
         _img(charts.cumulative_savings(report), "chart-cumulative-savings", "Cumulative savings over time",
              "Cumulative saved bytes by the time each result was recorded."),
     ])
@@ -564,6 +600,8 @@ def report_html(report: Report) -> str:
         f'{_html_table("table-outcomes", ["outcome", "objects"], outcome_rows)}'
         f'{_html_table("table-money", ["item", "value"], money_rows)}</section>'
         f'<h2>By content type</h2>{types}'
+        f'<h2>By original format</h2>{_html_table("table-formats", ["format", *GROUP_HEADERS], _group_rows(report.by_format))}'
+        f'<h2>By stored tier</h2>{_html_table("table-tiers", ["tier", *GROUP_HEADERS], _group_rows(report.by_tier))}'
         f'<h2>By prefix (depth {report.prefix_depth})</h2>{prefixes}'
         f'<h2>Quality distributions (accepted objects)</h2>{dists}'
         f'<h2>Jobs, models and thresholds</h2><p class="subtitle">Thresholds: {_e(thresholds)}</p>{jobs}'
@@ -595,6 +633,13 @@ def pilot_html(p: dict[str, Any]) -> str:
              "Per sampled object: saved bytes / original bytes (0 for rejected or failed objects)."),
     ])
     compare = ""
+    if p.get("by_format"):
+        chart_html += _img(charts.savings_by_format(p["by_format"], f"Savings by original format (policy {p.get('policy', 'lossy')})"),
+                           "chart-savings-by-format", "Savings by original format",
+                           "Sampled objects per original format: bytes before, and after archiving under the pilot's "
+                           "policy (objects not archived keep their original bytes); label: saving, lossless count.")
+        compare += (f'<h2>Savings by original format</h2>{_html_table("table-by-format", FORMAT_HEADERS, format_rows(p))}'
+                    f'<h2>Stored tiers</h2>{_html_table("table-tiers", TIER_HEADERS, tier_rows(p), wrap=(0,))}')
     if p.get("baselines"):
         chart_html += "".join([
             _img(charts.codec_savings(p), "chart-codec-savings", "Saving per sampled image, by codec",
