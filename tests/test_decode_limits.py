@@ -9,6 +9,7 @@ forged 1024² tile with 8-byte streams, and 32 s / 3.7 GB for a 2048² tile.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import subprocess
@@ -42,10 +43,22 @@ def codec() -> Codec:
 
 
 @pytest.fixture(scope="module")
-def honest_1024(codec: Codec) -> bytes:
-    """An honest one-tile 1024x1024 container (kodim01 enlarged), for real z streams and checks."""
+def honest_both(codec: Codec) -> dict[int, bytes]:
+    """An honest one-tile 1024x1024 container (kodim01 enlarged), for real z streams and checks,
+    as the encoder writes it (version 3) and the same tile written as version 2 (what the encoder
+    wrote before issue 27: the pack call is watched to get the tile's checkpoint digests)."""
     img = Image.open(KODAK / "kodim01.png").convert("RGB").resize((1024, 1024), Image.BICUBIC)
-    return codec.encode(img, quality=40)
+    seen: list[cx.Container] = []
+    pack = cx.pack
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cx, "pack", lambda c: seen.append(c) or pack(c))
+        v3 = codec.encode(img, quality=40)
+    return {3: v3, 2: pack(dataclasses.replace(seen[0], version=2))}
+
+
+@pytest.fixture(scope="module")
+def honest_1024(honest_both: dict[int, bytes]) -> bytes:
+    return honest_both[3]
 
 
 def _first_tile(data: bytes) -> cx.TilePayload:
@@ -89,11 +102,11 @@ def test_many_huge_declared_tiles_are_refused_as_well(codec: Codec) -> None:
     assert e.value.code == "tile_too_large"
 
 
-def test_garbage_after_a_real_tile_header_fails_in_the_first_slice(codec: Codec, honest_1024: bytes,
+def test_garbage_after_a_real_tile_header_fails_in_the_first_slice(codec: Codec, honest_both: dict[int, bytes],
                                                                    tmp_path: Path) -> None:
     """Version 2: a real tile's z stream and checks, then garbage y bytes of an honest length.
     The z check passes; the first y slice's check fails: one slice's work, no synthesis."""
-    t = _first_tile(honest_1024)
+    t = _first_tile(honest_both[2])
     data = forged.garbage_after_header(codec.model_id, codec.weights_sha256, 1024, t.z, len(t.y[0]), version=2,
                                        checks=t.checks)
     with pytest.raises(ContainerError, match="after y slice 0") as e:
@@ -132,11 +145,11 @@ def test_wrong_number_of_tile_checks_is_refused(codec: Codec, honest_1024: bytes
 
 
 # --- honest containers: both versions decode, new ones carry checks -------------------------------
-def test_new_containers_are_version_2_and_decode_like_version_1(codec: Codec) -> None:
+def test_new_containers_are_version_3_and_decode_like_version_1(codec: Codec) -> None:
     img = Image.open(KODAK / "kodim05.png").convert("RGB").crop((0, 0, 160, 96))
     data = codec.encode(img, quality=50)
     c = cx.unpack(data)
-    assert c.version == 2 and [len(t.checks) for t in c.tiles] == [codec.coder.n_checks()]
+    assert c.version == 3 and [len(t.checks) for t in c.tiles] == [codec.coder.n_checks()]
     old = cx.pack(cx.Container(meta=c.meta, tiles=[cx.TilePayload(t.row, t.col, t.z, t.y) for t in c.tiles],
                                version=1))
     assert len(old) == len(data) - 2 - 4 * codec.coder.n_checks()
@@ -251,4 +264,103 @@ def test_decode_keeps_the_old_positional_signature(codec: Codec) -> None:
     assert codec.decode(data, 64 * 64).image.size == (64, 64)
     assert decode_container(data, runtime_for(), "cpu", 64 * 64).image.size == (64, 64)
     header = data[:14]
-    assert struct.unpack(">H", header[8:10])[0] == cx.VERSION == 2
+    assert struct.unpack(">H", header[8:10])[0] == cx.VERSION == 3
+
+
+# --- issue 27: copied or moved tiles, edited headers, downgrades ----------------------------------
+@pytest.mark.parametrize("rows,cols", [(1, 2), (2, 2), (4, 4), (10, 11)])
+def test_copies_of_a_genuine_tile_are_refused_at_the_first_check(codec: Codec, honest_1024: bytes, tmp_path: Path,
+                                                                  rows: int, cols: int) -> None:
+    """The issue's forgery: one genuine 1024² tile copied to every position of a larger grid (2, 4,
+    16 and 110 copies; before: 98 CPU-s for 4, past 60 s for 16 and 110). Version 3 binds each check
+    to the header and the tile's index: refused after the first tile's z, before any layer runs."""
+    data = forged.copied_tile(honest_1024, rows, cols)
+    assert cx.unpack(data).meta.n_tiles == rows * cols
+    r = forged.measure(data, codec.model_id, tmp_path, threads=1)
+    _assert_cheap(r, "latent_mismatch")
+    assert r["cpu_seconds"] < 1.0, r
+
+
+@pytest.fixture(scope="module")
+def small_codec() -> Codec:
+    """The default model with 64-px tiles: genuine multi-tile containers that cost little to make."""
+    return Codec.load(registry.DEFAULT_MODEL, "cpu", tile_size=64)
+
+
+@pytest.fixture(scope="module")
+def two_tiles(small_codec: Codec) -> bytes:
+    img = Image.open(KODAK / "kodim05.png").convert("RGB").crop((0, 0, 128, 64))
+    return small_codec.encode(img, quality=50)
+
+
+def _refused(codec: Codec, data: bytes, code: str, match: str | None = None) -> ContainerError:
+    with pytest.raises(ContainerError, match=match) as e:
+        codec.decode(data)
+    assert e.value.code == code, e.value
+    return e.value
+
+
+def test_a_copied_or_moved_tile_of_a_genuine_container_fails_at_its_first_check(small_codec: Codec,
+                                                                                 two_tiles: bytes) -> None:
+    assert cx.unpack(two_tiles).version == 3 and small_codec.decode(two_tiles).rgb.shape == (64, 128, 3)
+    # tile 0 copied over tile 1: tile 0 decodes, tile 1 fails after its z (one tile's work)
+    _refused(small_codec, forged.rebuild(two_tiles, tiles=[(0, 0, 0), (0, 0, 1)]), "latent_mismatch",
+             r"tile \(0,1\).*after z")
+    # the two tiles swapped: the first fails at once
+    _refused(small_codec, forged.rebuild(two_tiles, tiles=[(1, 0, 0), (0, 0, 1)]), "latent_mismatch",
+             r"tile \(0,0\).*after z")
+    # the untouched re-assembly decodes: the forger's writer is faithful
+    assert np.array_equal(small_codec.decode(forged.rebuild(two_tiles)).rgb, small_codec.decode(two_tiles).rgb)
+
+
+@pytest.mark.parametrize("edit", [{"quality": 0.0}, {"quality": 59.0}, {"mode": "L"}, {"content_type": "image/jpeg"},
+                                  {"original_sha256": "0" * 64}, {"extra": {"x": 1}}])
+def test_an_edited_header_is_refused_with_a_code(codec: Codec, edit: dict) -> None:
+    """The issue: with the CRC recomputed, quality 60 -> 0 gave a 12 dB image with exit 0. In
+    version 3 every META byte is covered (as are ICCP, EXIF and ALPH): refused after the first z."""
+    data = (ROOT / "tests/data/golden/container-v3" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    assert codec.decode(data).meta.quality == 60.0
+    _refused(codec, forged.rebuild(data, meta=edit), "latent_mismatch", "after z")
+
+
+def test_an_edited_alpha_plane_is_refused(codec: Codec) -> None:
+    import zlib
+
+    data = (ROOT / "tests/data/golden/container-v3" / codec.model_id / "rgba-48x40-q40.cxa").read_bytes()
+    secs = forged._sections(data)
+    alpha = bytes(255 - b for b in zlib.decompress(dict(secs)[b"ALPH"]))
+    forged_alpha = data.replace(forged._section(b"ALPH", dict(secs)[b"ALPH"]),
+                                forged._section(b"ALPH", zlib.compress(alpha)))
+    assert forged_alpha != data and cx.unpack(forged_alpha).alpha == alpha
+    _refused(codec, forged_alpha, "latent_mismatch", "after z")
+
+
+def test_downgrades_are_refused(codec: Codec) -> None:
+    """v3 -> v2 keeps checks that are no v2 checks (refused after z); v3 or v2 -> v1 of a model that
+    never wrote version 1 (compact-v6 and later) is refused from the header."""
+    assert codec.model_id not in cx.LEGACY_WRITERS[1]
+    v3 = (ROOT / "tests/data/golden/container-v3" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    v2 = (ROOT / "tests/data/golden/container-v2" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    _refused(codec, forged.rebuild(v3, version=2), "latent_mismatch", "after z")
+    _refused(codec, forged.rebuild(v3, version=1), "unsupported_version", "downgraded")
+    _refused(codec, forged.rebuild(v2, version=1), "unsupported_version", "downgraded")
+    assert codec.decode(v2).meta.quality == 60.0  # the genuine version-2 file still decodes
+
+
+def test_legacy_versions_get_a_default_time_budget(codec: Codec) -> None:
+    """Versions 1 and 2 cannot tell a copied tile (their checks are not bound): their decode gets a
+    budget proportional to the declared pixels unless the caller gives one; version 3 needs none."""
+    golden = ROOT / "tests/data/golden"
+    v2 = (golden / "container-v2" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    v3 = (golden / "container-v3" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    spent = -1e9  # seconds per megapixel: a default budget that is over before the first tile
+    _refused_kw(codec, v2, "decode_timeout", legacy_s_per_mp=spent)
+    assert codec.decode(v2, legacy_s_per_mp=spent, time_budget_s=600).rgb.shape == (64, 96, 3)  # the caller's wins
+    assert codec.decode(v3, legacy_s_per_mp=spent).rgb.shape == (64, 96, 3)
+    assert np.array_equal(codec.decode(v2).rgb, codec.decode(v3).rgb)
+
+
+def _refused_kw(codec: Codec, data: bytes, code: str, **kw) -> None:
+    with pytest.raises(ContainerError) as e:
+        codec.decode(data, **kw)
+    assert e.value.code == code, e.value
