@@ -61,6 +61,16 @@ def honest_1024(honest_both: dict[int, bytes]) -> bytes:
     return honest_both[3]
 
 
+#: a model that wrote container version 1 (before issue 16): version-1 forgeries must name one, or
+#: they are refused as downgrades before anything else (see test_downgrades_are_refused)
+V1_MODEL = "compact-v5"
+
+
+@pytest.fixture(scope="module")
+def v1_codec() -> Codec:
+    return Codec.load(V1_MODEL, "cpu")
+
+
 def _first_tile(data: bytes) -> cx.TilePayload:
     return cx.unpack(data).tiles[0]
 
@@ -75,20 +85,27 @@ def _assert_cheap(r: dict, code: str) -> None:
 
 
 # --- forged containers, in a fresh process: error code, memory, time ------------------------------
-@pytest.mark.parametrize("version", [1, 2])
-def test_tiny_streams_for_a_whole_tile_cost_next_to_nothing(codec: Codec, tmp_path: Path, version: int) -> None:
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_tiny_streams_for_a_whole_tile_cost_next_to_nothing(codec: Codec, v1_codec: Codec, tmp_path: Path,
+                                                            version: int) -> None:
     """The issue's 503-byte container: one 1024² tile, 8 bytes of z and 8 of y. Refused after
     decoding z twice (the stream ends before its symbols do), before any layer runs."""
-    data = forged.tiny_streams(codec.model_id, codec.weights_sha256, 1024, version=version)
+    c = v1_codec if version == 1 else codec
+    data = forged.tiny_streams(c.model_id, c.weights_sha256, 1024, version=version)
     assert len(data) < 600
-    r = forged.measure(data, codec.model_id, tmp_path, threads=1)
+    r = forged.measure(data, c.model_id, tmp_path, threads=1)
     _assert_cheap(r, "bad_section")
+    if version == 1:  # the same naming a model that never wrote version 1: refused from the header
+        data = forged.tiny_streams(codec.model_id, codec.weights_sha256, 1024, version=1)
+        with pytest.raises(ContainerError, match="downgraded") as e:
+            codec.decode(data)
+        assert e.value.code == "unsupported_version"
 
 
 @pytest.mark.parametrize("side", [2048, 4096])
 def test_a_declared_huge_tile_is_refused_before_allocation(codec: Codec, tmp_path: Path, side: int) -> None:
     """A 4096² tile is valid in the format's byte layout and asked the old decoder for > 10 GB."""
-    for version in (1, 2):
+    for version in (1, 2, 3):
         data = forged.tiny_streams(codec.model_id, codec.weights_sha256, side, version=version)
         r = forged.measure(data, codec.model_id, tmp_path, threads=1)
         _assert_cheap(r, "tile_too_large")
@@ -124,12 +141,14 @@ def test_random_tile_checks_fail_right_after_z(codec: Codec, honest_1024: bytes)
     assert e.value.code == "latent_mismatch"
 
 
-def test_version_1_garbage_fails_within_its_one_tile(codec: Codec, honest_1024: bytes, tmp_path: Path) -> None:
+def test_version_1_garbage_fails_within_its_one_tile(v1_codec: Codec, tmp_path: Path) -> None:
     """Version 1 has no tile checks: garbage behind a real z costs that tile's entropy decoding,
-    and the whole-image checksum refuses it before the synthesis (the step that needs memory)."""
-    t = _first_tile(honest_1024)
-    data = forged.garbage_after_header(codec.model_id, codec.weights_sha256, 1024, t.z, len(t.y[0]), version=1)
-    r = forged.measure(data, codec.model_id, tmp_path, threads=1)
+    and the whole-image checksum refuses it before the synthesis (the step that needs memory).
+    (A 512² tile of a model that wrote version 1; the default model's would be a downgrade.)"""
+    img = Image.open(KODAK / "kodim01.png").convert("RGB").crop((0, 0, 512, 512))
+    t = _first_tile(v1_codec.encode(img, quality=40))
+    data = forged.garbage_after_header(v1_codec.model_id, v1_codec.weights_sha256, 512, t.z, len(t.y[0]), version=1)
+    r = forged.measure(data, v1_codec.model_id, tmp_path, threads=1)
     assert r["code"] == "latent_mismatch", r
     assert r["peak_growth_mib"] < MAX_GROWTH_MIB, r
 
