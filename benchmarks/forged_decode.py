@@ -79,11 +79,11 @@ def main() -> None:
     img = Image.open(KODAK / "kodim01.png").convert("RGB")
     honest_big = codec.encode(img.resize((1024, 1024), Image.BICUBIC), quality=50)
     for n in a.copies:
-        rows = next(r for r in range(math.isqrt(n), 0, -1) if n % r == 0)
-        run(f"v{cx.read_version(honest_big)}: {n} copies of one genuine 1024² tile ({rows}x{n // rows} grid)",
-            forged.copied_tile(honest_big, rows, n // rows))
+        grid_rows = next(r for r in range(math.isqrt(n), 0, -1) if n % r == 0)
+        run(f"v{cx.read_version(honest_big)}: {n} copies of one genuine 1024² tile ({grid_rows}x{n // grid_rows} grid)",
+            forged.copied_tile(honest_big, grid_rows, n // grid_rows))
     if a.only_copies:
-        _record(a, mid, rows_=rows_, honest=None)
+        _record(a, mid, rows_=rows, honest=None)
         return
     z, y_len = _first_tile_z(honest_big)
     for v in versions:
