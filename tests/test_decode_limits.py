@@ -164,15 +164,28 @@ def test_wrong_number_of_tile_checks_is_refused(codec: Codec, honest_1024: bytes
 
 
 # --- honest containers: both versions decode, new ones carry checks -------------------------------
-def test_new_containers_are_version_3_and_decode_like_version_1(codec: Codec) -> None:
+def test_new_containers_are_version_3_and_decode_like_versions_1_and_2(codec: Codec, v1_codec: Codec) -> None:
     img = Image.open(KODAK / "kodim05.png").convert("RGB").crop((0, 0, 160, 96))
-    data = codec.encode(img, quality=50)
-    c = cx.unpack(data)
-    assert c.version == 3 and [len(t.checks) for t in c.tiles] == [codec.coder.n_checks()]
-    old = cx.pack(cx.Container(meta=c.meta, tiles=[cx.TilePayload(t.row, t.col, t.z, t.y) for t in c.tiles],
+    for c_ in (codec, v1_codec):
+        seen: list[cx.Container] = []
+        pack = cx.pack
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cx, "pack", lambda c: seen.append(c) or pack(c))
+            data = c_.encode(img, quality=50)
+        c = cx.unpack(data)
+        assert c.version == 3 and [len(t.checks) for t in c.tiles] == [c_.coder.n_checks()]
+        v2 = pack(dataclasses.replace(seen[0], version=2))  # what the encoder wrote before issue 27
+        v1 = pack(cx.Container(meta=c.meta, tiles=[cx.TilePayload(t.row, t.col, t.z, t.y) for t in c.tiles],
                                version=1))
-    assert len(old) == len(data) - 2 - 4 * codec.coder.n_checks()
-    assert np.array_equal(codec.decode(old).rgb, codec.decode(data).rgb)
+        assert len(v2) == len(data) and len(v1) == len(data) - 2 - 4 * c_.coder.n_checks()
+        want = c_.decode(data).rgb
+        assert np.array_equal(c_.decode(v2).rgb, want)
+        if c_.model_id in cx.LEGACY_WRITERS[1]:
+            assert np.array_equal(c_.decode(v1).rgb, want)
+        else:  # compact-v6 never wrote version 1: a v1 claim is a downgrade
+            with pytest.raises(ContainerError, match="downgraded") as e:
+                c_.decode(v1)
+            assert e.value.code == "unsupported_version"
 
 
 # --- limits every front door passes -----------------------------------------------------------------
