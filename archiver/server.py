@@ -38,11 +38,13 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
+import os
 import re
 import sys
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from fastapi import FastAPI, Request
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("archiver.access")  # one line per request (uvicorn's access log is off)
 
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 ALIASES = {"jpg": "jpeg", "png": "png", "jpeg": "jpeg", "webp": "webp", "original": "original"}
@@ -341,6 +344,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _quiet_uvicorn_access_log()
         app.state.settings = st
         app.state.runtime = rt
         app.state.decode_slots = DecodeSlots(st.server.max_concurrent_decodes)
@@ -408,12 +412,31 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                               UNAUTHORIZED_HEADERS)
         return token
 
-    @app.get("/objects/{bucket}/{key:path}")
+    @app.middleware("http")
+    async def access_log(request: Request, call_next: Any) -> Response:
+        """Our own access log line (uvicorn's is off: it echoed whole paths, a 60 KB key included,
+        even for refused requests): client, method, the path cut to 120 characters, status."""
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            client = request.client.host if request.client else "-"
+            access.info("%s %s %s -> %s", client, request.method, shown(request.url.path), status)
+
+    @app.api_route("/objects/{bucket}/{key:path}", methods=["GET", "HEAD"])
     async def get_object(bucket: str, key: str, request: Request, format: str | None = None) -> Response:
+        response = await _get_object(bucket, key, request, format)
+        if request.method == "HEAD":  # the GET's status and headers (Content-Length included), no body
+            return Response(status_code=response.status_code, headers=dict(response.headers))
+        return response
+
+    async def _get_object(bucket: str, key: str, request: Request, format: str | None) -> Response:
         try:
             token = await authorize(request)
         except HTTPProblem as e:
-            log.info("refused %s: %s", request.url.path[:200], e.code)
+            log.info("refused %s: %s", shown(request.url.path), e.code)
             return _error_response(e)
         request.state.token_name = token.name  # the requests counter's token label
         if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
@@ -433,7 +456,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             return response
         finally:
             limiter.release(token.token_id)
-            log.info("token %s: GET %s %s -> %s", token.name, shown(bucket, 63), shown(key), status)
+            log.info("token %s: %s %s %s -> %s", token.name, request.method, shown(bucket, 63), shown(key), status)
 
     async def _serve_object(token: TokenInfo, bucket: str, key: str, request: Request,
                             format: str | None) -> Response:
@@ -537,15 +560,55 @@ def _log_to_stderr(level: str, log_format: str = "text") -> None:
     root.setLevel(level)
 
 
-def announce_token(info: TokenInfo, secret: str, url: str, out: TextIO | None = None) -> None:
+def announce_token(info: TokenInfo, secret: str, url: str, out: TextIO | None = None,
+                   token_dir: Path | None = None) -> None:
     """Show a token created at start-up, once, on the terminal (not through logging, which
-    may be shipped elsewhere: logs carry token names, never secrets)."""
+    may be shipped elsewhere: logs carry token names, never secrets).
+
+    Only a terminal: under systemd or docker stderr is a journal that others read and keep, so
+    when ``out`` is not a TTY the secret goes to a new file readable by this user only (0600, in
+    ``token_dir``, default ``~/.archiver``) and only that file's path is logged."""
     out = out or sys.stderr
+    if not _is_terminal(out):
+        path = _write_private((token_dir or Path.home() / ".archiver") / f"first-token-{info.name}", secret + "\n")
+        log.warning("no API token existed, so one was created: %s (scope: everything). stderr is not a terminal, "
+                    "so the secret was written to %s (mode 0600), not to the log; read it, then delete the file",
+                    info.name, path)
+        return
     print(f"\nNo API token existed, so one was created for this machine: {info.name} (scope: everything).\n"
           f"It is shown only now; keep it:\n\n    {secret}\n\n"
           f"    curl -H 'Authorization: Bearer {secret}' {url}/objects/BUCKET/KEY -o image.png\n\n"
           "Issue scoped tokens with `archiver token create`, revoke this one with "
           f"`archiver token revoke {info.name}`.\n", file=out, flush=True)
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    return False
+
+
+def _quiet_uvicorn_access_log() -> None:
+    """Silence uvicorn's access log however uvicorn was started (``archiver serve`` also passes
+    ``access_log=False``; ``uvicorn --factory`` does not): its lines carry the whole path, a key
+    of 60 KB included, even on a 401. The app's own line (logger ``archiver.access``) replaces it."""
+    logger = logging.getLogger("uvicorn.access")
+    if _drop not in logger.filters:
+        logger.addFilter(_drop)
+
+
+def _is_terminal(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _write_private(path: Path, text: str) -> Path:
+    """Create ``path`` (never an existing file or a link) readable and writable by this user only."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return path
 
 
 def serve(host: str | None = None, port: int | None = None, settings: Settings | None = None,
@@ -564,5 +627,6 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
     if issued is not None:
         shown_host = f"[{host}]" if ":" in host else host
         announce(*issued, f"http://{shown_host}:{port}")
+    # access_log=False: uvicorn's access lines carry whole paths (keys of any length); ours cut them
     uvicorn.run(create_app(runtime=rt), host=host, port=port, log_level=st.log_level.lower(), proxy_headers=True,
-                **({"log_config": None} if st.log_format == "json" else {}))
+                access_log=False, **({"log_config": None} if st.log_format == "json" else {}))

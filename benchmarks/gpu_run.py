@@ -380,7 +380,7 @@ def batched_round_trip(codec, imgs: list, quality: float, stages: Stages) -> tup
             model_id=codec.model_id, weights_sha256=codec.weights_sha256, quality=float(quality), width=im.width,
             height=im.height, mode=im.mode, content_type=im.content_type, original_bytes=im.original_bytes,
             original_sha256=im.original_sha256, tile_size=codec.tile_size, n_tiles=1, latent_sha256=digest, extra={})
-        blobs.append(cx.pack(cx.Container(meta=meta, tiles=[cx.TilePayload(row=0, col=0, z=c.z, y=[c.y], checks=c.checks)],
+        blobs.append(cx.pack(cx.Container(meta=meta, tiles=[cx.TilePayload(row=0, col=0, z=c.z, y=[c.y], digests=c.digests)],
                                           icc=im.icc, exif=im.exif)))
     y_hats = []
     zs = codec.model.preset.z_stride
@@ -388,8 +388,9 @@ def batched_round_trip(codec, imgs: list, quality: float, stages: Stages) -> tup
         c = cx.unpack(blob)
         hasher = hashlib.sha256()
         t = c.tiles[0]
+        checks, check_of = c.tile_check(0)  # container v3: the checks are bound to the header
         y_hats.append(stages("entropy_decode", lambda: codec.coder.decode(
-            t.z, t.y[0], (-(-h // zs), -(-w // zs)), dev, hasher, checks=t.checks)))
+            t.z, t.y[0], (-(-h // zs), -(-w // zs)), dev, hasher, checks=checks, check_of=check_of)))
         if hasher.hexdigest() != c.meta.latent_sha256:
             raise ContainerError("batched verification decode: latent mismatch", code="latent_mismatch")
     rgb = stages("synthesis", lambda: synth_batch(codec, torch.cat(y_hats), inv_gain, h, w))

@@ -137,3 +137,63 @@ def measure(data: bytes, model_id: str, tmp: Path, *, threads: int = 2, kwargs: 
 
 def own_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------------------------------
+# splicing genuine containers (issue 27): copied or moved tiles, edited headers, downgrades
+
+def _sections(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(tag, payload) of every section of a well-formed container, CRCs not checked."""
+    out, pos = [], 14
+    while pos < len(data):
+        tag, (n,) = data[pos:pos + 4], struct.unpack(">I", data[pos + 4:pos + 8])
+        out.append((tag, data[pos + 8:pos + 8 + n]))
+        pos += 12 + n
+    return out
+
+
+def _tile_fields(payload: bytes, version: int) -> tuple[list[bytes] | None, bytes]:
+    """(checks or None, the rest of the payload after row/col/checks)."""
+    if version == 1:
+        return None, payload[4:]
+    (n,) = struct.unpack(">H", payload[4:6])
+    return [payload[6 + 4 * k:10 + 4 * k] for k in range(n)], payload[6 + 4 * n:]
+
+
+def rebuild(data: bytes, *, meta: dict | None = None, version: int | None = None,
+            tiles: list[tuple[int, int, int]] | None = None, keep_checks: bool = True) -> bytes:
+    """A genuine container re-assembled as a forger would, every CRC recomputed: ``meta`` fields
+    changed, the header ``version`` changed (to 1 the tile checks are dropped), and ``tiles`` a list
+    of (source tile index, row, col): copies or moves of the genuine tiles to other positions."""
+    old_version = struct.unpack(">H", data[8:10])[0]
+    version = old_version if version is None else version
+    secs = _sections(data)
+    m = json.loads(secs[0][1])
+    m.update(meta or {})
+    src_tiles = [p for t, p in secs if t == b"TILE"]
+    others = [(t, p) for t, p in secs[1:] if t not in (b"TILE", b"IEND")]
+    order = tiles if tiles is not None else [(i, *struct.unpack(">HH", p[:4])) for i, p in enumerate(src_tiles)]
+    payloads = []
+    for i, r, c in order:
+        checks, rest = _tile_fields(src_tiles[i], old_version)
+        p = struct.pack(">HH", r, c)
+        if version >= 2:
+            checks = checks if checks is not None and keep_checks else [b"\0" * 4] * N_CHECKS
+            p += struct.pack(">H", len(checks)) + b"".join(checks)
+        payloads.append(p + rest)
+    head = MAGIC + struct.pack(">H", version)
+    out = head + struct.pack(">I", zlib.crc32(head))
+    out += _section(b"META", json.dumps(m, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+    out += b"".join(_section(t, p) for t, p in others)
+    out += b"".join(_section(b"TILE", p) for p in payloads)
+    return out + _section(b"IEND", b"")
+
+
+def copied_tile(data: bytes, rows: int, cols: int) -> bytes:
+    """The issue's forgery: the one tile of a genuine one-tile container copied to every position
+    of a ``rows`` x ``cols`` grid (META says so; its latent checksum is the genuine one's)."""
+    m = json.loads(_sections(data)[0][1])
+    t = m["tile_size"]
+    assert m["n_tiles"] == 1 and m["width"] == m["height"] == t, "needs a one-tile container of a full tile"
+    return rebuild(data, meta=dict(width=cols * t, height=rows * t, n_tiles=rows * cols),
+                   tiles=[(0, r, c) for r in range(rows) for c in range(cols)])

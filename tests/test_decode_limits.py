@@ -9,6 +9,7 @@ forged 1024² tile with 8-byte streams, and 32 s / 3.7 GB for a 2048² tile.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import subprocess
@@ -42,10 +43,32 @@ def codec() -> Codec:
 
 
 @pytest.fixture(scope="module")
-def honest_1024(codec: Codec) -> bytes:
-    """An honest one-tile 1024x1024 container (kodim01 enlarged), for real z streams and checks."""
+def honest_both(codec: Codec) -> dict[int, bytes]:
+    """An honest one-tile 1024x1024 container (kodim01 enlarged), for real z streams and checks,
+    as the encoder writes it (version 3) and the same tile written as version 2 (what the encoder
+    wrote before issue 27: the pack call is watched to get the tile's checkpoint digests)."""
     img = Image.open(KODAK / "kodim01.png").convert("RGB").resize((1024, 1024), Image.BICUBIC)
-    return codec.encode(img, quality=40)
+    seen: list[cx.Container] = []
+    pack = cx.pack
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cx, "pack", lambda c: seen.append(c) or pack(c))
+        v3 = codec.encode(img, quality=40)
+    return {3: v3, 2: pack(dataclasses.replace(seen[0], version=2))}
+
+
+@pytest.fixture(scope="module")
+def honest_1024(honest_both: dict[int, bytes]) -> bytes:
+    return honest_both[3]
+
+
+#: a model that wrote container version 1 (before issue 16): version-1 forgeries must name one, or
+#: they are refused as downgrades before anything else (see test_downgrades_are_refused)
+V1_MODEL = "compact-v5"
+
+
+@pytest.fixture(scope="module")
+def v1_codec() -> Codec:
+    return Codec.load(V1_MODEL, "cpu")
 
 
 def _first_tile(data: bytes) -> cx.TilePayload:
@@ -62,20 +85,27 @@ def _assert_cheap(r: dict, code: str) -> None:
 
 
 # --- forged containers, in a fresh process: error code, memory, time ------------------------------
-@pytest.mark.parametrize("version", [1, 2])
-def test_tiny_streams_for_a_whole_tile_cost_next_to_nothing(codec: Codec, tmp_path: Path, version: int) -> None:
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_tiny_streams_for_a_whole_tile_cost_next_to_nothing(codec: Codec, v1_codec: Codec, tmp_path: Path,
+                                                            version: int) -> None:
     """The issue's 503-byte container: one 1024² tile, 8 bytes of z and 8 of y. Refused after
     decoding z twice (the stream ends before its symbols do), before any layer runs."""
-    data = forged.tiny_streams(codec.model_id, codec.weights_sha256, 1024, version=version)
+    c = v1_codec if version == 1 else codec
+    data = forged.tiny_streams(c.model_id, c.weights_sha256, 1024, version=version)
     assert len(data) < 600
-    r = forged.measure(data, codec.model_id, tmp_path, threads=1)
+    r = forged.measure(data, c.model_id, tmp_path, threads=1)
     _assert_cheap(r, "bad_section")
+    if version == 1:  # the same naming a model that never wrote version 1: refused from the header
+        data = forged.tiny_streams(codec.model_id, codec.weights_sha256, 1024, version=1)
+        with pytest.raises(ContainerError, match="downgraded") as e:
+            codec.decode(data)
+        assert e.value.code == "unsupported_version"
 
 
 @pytest.mark.parametrize("side", [2048, 4096])
 def test_a_declared_huge_tile_is_refused_before_allocation(codec: Codec, tmp_path: Path, side: int) -> None:
     """A 4096² tile is valid in the format's byte layout and asked the old decoder for > 10 GB."""
-    for version in (1, 2):
+    for version in (1, 2, 3):
         data = forged.tiny_streams(codec.model_id, codec.weights_sha256, side, version=version)
         r = forged.measure(data, codec.model_id, tmp_path, threads=1)
         _assert_cheap(r, "tile_too_large")
@@ -89,11 +119,11 @@ def test_many_huge_declared_tiles_are_refused_as_well(codec: Codec) -> None:
     assert e.value.code == "tile_too_large"
 
 
-def test_garbage_after_a_real_tile_header_fails_in_the_first_slice(codec: Codec, honest_1024: bytes,
+def test_garbage_after_a_real_tile_header_fails_in_the_first_slice(codec: Codec, honest_both: dict[int, bytes],
                                                                    tmp_path: Path) -> None:
     """Version 2: a real tile's z stream and checks, then garbage y bytes of an honest length.
     The z check passes; the first y slice's check fails: one slice's work, no synthesis."""
-    t = _first_tile(honest_1024)
+    t = _first_tile(honest_both[2])
     data = forged.garbage_after_header(codec.model_id, codec.weights_sha256, 1024, t.z, len(t.y[0]), version=2,
                                        checks=t.checks)
     with pytest.raises(ContainerError, match="after y slice 0") as e:
@@ -111,12 +141,14 @@ def test_random_tile_checks_fail_right_after_z(codec: Codec, honest_1024: bytes)
     assert e.value.code == "latent_mismatch"
 
 
-def test_version_1_garbage_fails_within_its_one_tile(codec: Codec, honest_1024: bytes, tmp_path: Path) -> None:
+def test_version_1_garbage_fails_within_its_one_tile(v1_codec: Codec, tmp_path: Path) -> None:
     """Version 1 has no tile checks: garbage behind a real z costs that tile's entropy decoding,
-    and the whole-image checksum refuses it before the synthesis (the step that needs memory)."""
-    t = _first_tile(honest_1024)
-    data = forged.garbage_after_header(codec.model_id, codec.weights_sha256, 1024, t.z, len(t.y[0]), version=1)
-    r = forged.measure(data, codec.model_id, tmp_path, threads=1)
+    and the whole-image checksum refuses it before the synthesis (the step that needs memory).
+    (A 512² tile of a model that wrote version 1; the default model's would be a downgrade.)"""
+    img = Image.open(KODAK / "kodim01.png").convert("RGB").crop((0, 0, 512, 512))
+    t = _first_tile(v1_codec.encode(img, quality=40))
+    data = forged.garbage_after_header(v1_codec.model_id, v1_codec.weights_sha256, 512, t.z, len(t.y[0]), version=1)
+    r = forged.measure(data, v1_codec.model_id, tmp_path, threads=1)
     assert r["code"] == "latent_mismatch", r
     assert r["peak_growth_mib"] < MAX_GROWTH_MIB, r
 
@@ -132,15 +164,28 @@ def test_wrong_number_of_tile_checks_is_refused(codec: Codec, honest_1024: bytes
 
 
 # --- honest containers: both versions decode, new ones carry checks -------------------------------
-def test_new_containers_are_version_2_and_decode_like_version_1(codec: Codec) -> None:
+def test_new_containers_are_version_3_and_decode_like_versions_1_and_2(codec: Codec, v1_codec: Codec) -> None:
     img = Image.open(KODAK / "kodim05.png").convert("RGB").crop((0, 0, 160, 96))
-    data = codec.encode(img, quality=50)
-    c = cx.unpack(data)
-    assert c.version == 2 and [len(t.checks) for t in c.tiles] == [codec.coder.n_checks()]
-    old = cx.pack(cx.Container(meta=c.meta, tiles=[cx.TilePayload(t.row, t.col, t.z, t.y) for t in c.tiles],
+    for c_ in (codec, v1_codec):
+        seen: list[cx.Container] = []
+        pack = cx.pack
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cx, "pack", lambda c: seen.append(c) or pack(c))
+            data = c_.encode(img, quality=50)
+        c = cx.unpack(data)
+        assert c.version == 3 and [len(t.checks) for t in c.tiles] == [c_.coder.n_checks()]
+        v2 = pack(dataclasses.replace(seen[0], version=2))  # what the encoder wrote before issue 27
+        v1 = pack(cx.Container(meta=c.meta, tiles=[cx.TilePayload(t.row, t.col, t.z, t.y) for t in c.tiles],
                                version=1))
-    assert len(old) == len(data) - 2 - 4 * codec.coder.n_checks()
-    assert np.array_equal(codec.decode(old).rgb, codec.decode(data).rgb)
+        assert len(v2) == len(data) and len(v1) == len(data) - 2 - 4 * c_.coder.n_checks()
+        want = c_.decode(data).rgb
+        assert np.array_equal(c_.decode(v2).rgb, want)
+        if c_.model_id in cx.LEGACY_WRITERS[1]:
+            assert np.array_equal(c_.decode(v1).rgb, want)
+        else:  # compact-v6 never wrote version 1: a v1 claim is a downgrade
+            with pytest.raises(ContainerError, match="downgraded") as e:
+                c_.decode(v1)
+            assert e.value.code == "unsupported_version"
 
 
 # --- limits every front door passes -----------------------------------------------------------------
@@ -251,4 +296,103 @@ def test_decode_keeps_the_old_positional_signature(codec: Codec) -> None:
     assert codec.decode(data, 64 * 64).image.size == (64, 64)
     assert decode_container(data, runtime_for(), "cpu", 64 * 64).image.size == (64, 64)
     header = data[:14]
-    assert struct.unpack(">H", header[8:10])[0] == cx.VERSION == 2
+    assert struct.unpack(">H", header[8:10])[0] == cx.VERSION == 3
+
+
+# --- issue 27: copied or moved tiles, edited headers, downgrades ----------------------------------
+@pytest.mark.parametrize("rows,cols", [(1, 2), (2, 2), (4, 4), (10, 11)])
+def test_copies_of_a_genuine_tile_are_refused_at_the_first_check(codec: Codec, honest_1024: bytes, tmp_path: Path,
+                                                                  rows: int, cols: int) -> None:
+    """The issue's forgery: one genuine 1024² tile copied to every position of a larger grid (2, 4,
+    16 and 110 copies; before: 98 CPU-s for 4, past 60 s for 16 and 110). Version 3 binds each check
+    to the header and the tile's index: refused after the first tile's z, before any layer runs."""
+    data = forged.copied_tile(honest_1024, rows, cols)
+    assert cx.unpack(data).meta.n_tiles == rows * cols
+    r = forged.measure(data, codec.model_id, tmp_path, threads=1)
+    _assert_cheap(r, "latent_mismatch")
+    assert r["cpu_seconds"] < 1.0, r
+
+
+@pytest.fixture(scope="module")
+def small_codec() -> Codec:
+    """The default model with 64-px tiles: genuine multi-tile containers that cost little to make."""
+    return Codec.load(registry.DEFAULT_MODEL, "cpu", tile_size=64)
+
+
+@pytest.fixture(scope="module")
+def two_tiles(small_codec: Codec) -> bytes:
+    img = Image.open(KODAK / "kodim05.png").convert("RGB").crop((0, 0, 128, 64))
+    return small_codec.encode(img, quality=50)
+
+
+def _refused(codec: Codec, data: bytes, code: str, match: str | None = None) -> ContainerError:
+    with pytest.raises(ContainerError, match=match) as e:
+        codec.decode(data)
+    assert e.value.code == code, e.value
+    return e.value
+
+
+def test_a_copied_or_moved_tile_of_a_genuine_container_fails_at_its_first_check(small_codec: Codec,
+                                                                                 two_tiles: bytes) -> None:
+    assert cx.unpack(two_tiles).version == 3 and small_codec.decode(two_tiles).rgb.shape == (64, 128, 3)
+    # tile 0 copied over tile 1: tile 0 decodes, tile 1 fails after its z (one tile's work)
+    _refused(small_codec, forged.rebuild(two_tiles, tiles=[(0, 0, 0), (0, 0, 1)]), "latent_mismatch",
+             r"tile \(0,1\).*after z")
+    # the two tiles swapped: the first fails at once
+    _refused(small_codec, forged.rebuild(two_tiles, tiles=[(1, 0, 0), (0, 0, 1)]), "latent_mismatch",
+             r"tile \(0,0\).*after z")
+    # the untouched re-assembly decodes: the forger's writer is faithful
+    assert np.array_equal(small_codec.decode(forged.rebuild(two_tiles)).rgb, small_codec.decode(two_tiles).rgb)
+
+
+@pytest.mark.parametrize("edit", [{"quality": 0.0}, {"quality": 59.0}, {"mode": "L"}, {"content_type": "image/jpeg"},
+                                  {"original_sha256": "0" * 64}, {"extra": {"x": 1}}])
+def test_an_edited_header_is_refused_with_a_code(codec: Codec, edit: dict) -> None:
+    """The issue: with the CRC recomputed, quality 60 -> 0 gave a 12 dB image with exit 0. In
+    version 3 every META byte is covered (as are ICCP, EXIF and ALPH): refused after the first z."""
+    data = (ROOT / "tests/data/golden/container-v3" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    assert codec.decode(data).meta.quality == 60.0
+    _refused(codec, forged.rebuild(data, meta=edit), "latent_mismatch", "after z")
+
+
+def test_an_edited_alpha_plane_is_refused(codec: Codec) -> None:
+    import zlib
+
+    data = (ROOT / "tests/data/golden/container-v3" / codec.model_id / "rgba-48x40-q40.cxa").read_bytes()
+    secs = forged._sections(data)
+    alpha = bytes(255 - b for b in zlib.decompress(dict(secs)[b"ALPH"]))
+    forged_alpha = data.replace(forged._section(b"ALPH", dict(secs)[b"ALPH"]),
+                                forged._section(b"ALPH", zlib.compress(alpha)))
+    assert forged_alpha != data and cx.unpack(forged_alpha).alpha == alpha
+    _refused(codec, forged_alpha, "latent_mismatch", "after z")
+
+
+def test_downgrades_are_refused(codec: Codec) -> None:
+    """v3 -> v2 keeps checks that are no v2 checks (refused after z); v3 or v2 -> v1 of a model that
+    never wrote version 1 (compact-v6 and later) is refused from the header."""
+    assert codec.model_id not in cx.LEGACY_WRITERS[1]
+    v3 = (ROOT / "tests/data/golden/container-v3" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    v2 = (ROOT / "tests/data/golden/container-v2" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    _refused(codec, forged.rebuild(v3, version=2), "latent_mismatch", "after z")
+    _refused(codec, forged.rebuild(v3, version=1), "unsupported_version", "downgraded")
+    _refused(codec, forged.rebuild(v2, version=1), "unsupported_version", "downgraded")
+    assert codec.decode(v2).meta.quality == 60.0  # the genuine version-2 file still decodes
+
+
+def test_legacy_versions_get_a_default_time_budget(codec: Codec) -> None:
+    """Versions 1 and 2 cannot tell a copied tile (their checks are not bound): their decode gets a
+    budget proportional to the declared pixels unless the caller gives one; version 3 needs none."""
+    golden = ROOT / "tests/data/golden"
+    v2 = (golden / "container-v2" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    v3 = (golden / "container-v3" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    spent = -1e9  # seconds per megapixel: a default budget that is over before the first tile
+    _refused_kw(codec, v2, "decode_timeout", legacy_s_per_mp=spent)
+    assert codec.decode(v2, legacy_s_per_mp=spent, time_budget_s=600).rgb.shape == (64, 96, 3)  # the caller's wins
+    assert codec.decode(v3, legacy_s_per_mp=spent).rgb.shape == (64, 96, 3)
+    assert np.array_equal(codec.decode(v2).rgb, codec.decode(v3).rgb)
+
+
+def _refused_kw(codec: Codec, data: bytes, code: str, **kw) -> None:
+    with pytest.raises(ContainerError) as e:
+        codec.decode(data, **kw)
+    assert e.value.code == code, e.value

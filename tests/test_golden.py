@@ -81,3 +81,19 @@ def test_version_2_streams_only_add_tile_checks(model_id: str) -> None:
         assert new.meta == old.meta and (new.icc, new.exif, new.alpha) == (old.icc, old.exif, old.alpha)
         assert [(t.row, t.col, t.z, t.y) for t in new.tiles] == [(t.row, t.col, t.z, t.y) for t in old.tiles]
         assert all(len(t.checks) == 9 for t in new.tiles) and not any(t.checks for t in old.tiles)
+
+
+@pytest.mark.parametrize("model_id", list(registry.read_registry()))
+def test_version_3_streams_only_bind_the_tile_checks(model_id: str, codecs: dict[str, Codec]) -> None:
+    """Container version 3 changes only the tile checks (bound to the header and the tile index,
+    issue 27): the same META and entropy-coded streams as the version-2 golden streams, and the
+    same decoded image, to the bit."""
+    codec = codecs.get(model_id) or codecs.setdefault(model_id, Codec.load(model_id, "cpu"))
+    for case in CASES:
+        v2_path, v3_path = golden_dir(model_id, 2) / f"{case}.cxa", golden_dir(model_id, 3) / f"{case}.cxa"
+        old, new = cx.unpack(v2_path.read_bytes()), cx.unpack(v3_path.read_bytes())
+        assert (old.version, new.version) == (2, 3)
+        assert new.meta == old.meta and (new.icc, new.exif, new.alpha) == (old.icc, old.exif, old.alpha)
+        assert [(t.row, t.col, t.z, t.y) for t in new.tiles] == [(t.row, t.col, t.z, t.y) for t in old.tiles]
+        assert all(len(a.checks) == len(b.checks) == 9 and a.checks != b.checks for a, b in zip(old.tiles, new.tiles))
+        assert np.array_equal(codec.decode(v2_path.read_bytes()).rgb, codec.decode(v3_path.read_bytes()).rgb)

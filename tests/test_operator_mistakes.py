@@ -190,6 +190,7 @@ EXPECTED_REFUSED = {
     "ol\\xe9.png": "name_not_utf8",
     "links/out.png": "symlink_outside_root",
     "links/dangling.png": "not_a_regular_file",
+    "links/in.png": "not_a_regular_file",  # a link inside: its target is archived once, as good/k01.png
     "good/pipe.png": "not_a_regular_file",
 }
 
@@ -197,7 +198,7 @@ EXPECTED_REFUSED = {
 def test_every_local_entry_gets_a_row(tmp_path: Path, sf: Any, codec: Any) -> None:
     st, outside = _odd_source(tmp_path)
     # a plain listing still shows objects only
-    assert [o.key for o in st.list()] == [".archiver-tmp-notes.jpg", "good/k01.png", "good/notes.jpg", "links/in.png"]
+    assert [o.key for o in st.list()] == [".archiver-tmp-notes.jpg", "good/k01.png", "good/notes.jpg"]
     summary = run_job(src=st, dst=st, source_url=st.url, dest_url=None, codec=codec, opts=accept_opts(),
                       session_factory=sf)
     rows = by_key(results(sf))
@@ -205,10 +206,9 @@ def test_every_local_entry_gets_a_row(tmp_path: Path, sf: Any, codec: Any) -> No
         r = rows[f"{st.prefix}{key}"]
         assert (r.status, r.reason_code) == ("rejected", code), (key, r.status, r.reason_code, r.reason)
         assert r.reason and r.dest_url is None and not r.original_deleted
-    assert rows["good/k01.png"].status == "accepted" and rows["links/in.png"].status == "accepted"
+    assert rows["good/k01.png"].status == "accepted"
     assert rows[".archiver-tmp-notes.jpg"].reason_code == "not_an_image"  # a user's file, not our temp file
-    assert set(rows) == {*EXPECTED_REFUSED, "good/k01.png", "good/notes.jpg", "links/in.png",
-                         ".archiver-tmp-notes.jpg"}
+    assert set(rows) == {*EXPECTED_REFUSED, "good/k01.png", "good/notes.jpg", ".archiver-tmp-notes.jpg"}
     assert summary.rejected == len(EXPECTED_REFUSED) + 2 and summary.failed == 0
     assert summary.rejected_reasons["name_not_utf8"] == 2 and summary.failed_reasons == {}
     # nothing outside the root was touched; the refused entries are all still there
@@ -226,11 +226,11 @@ def test_submit_records_refused_entries_with_their_count(tmp_path: Path, migrate
     job_id = jobs.submit(st.url, accept_opts(), runtime=runtime_for(settings), db_url=migrated_db_url, chunk_size=3,
                          enqueue=lambda job, src, dst, items, opts: sent.extend(items))
     s = jobs.status(job_id, migrated_db_url, runtime=runtime_for(settings))
-    assert sorted(i[0] for i in sent) == [".archiver-tmp-notes.jpg", "good/k01.png", "good/notes.jpg", "links/in.png"]
+    assert sorted(i[0] for i in sent) == [".archiver-tmp-notes.jpg", "good/k01.png", "good/notes.jpg"]
     assert s.objects_enqueued == len(sent) + len(EXPECTED_REFUSED)
     assert s.count("rejected") == len(EXPECTED_REFUSED) and s.status == "running"
     assert {k: v for k, v in s.reasons.items()} == {"name_not_utf8": 2, "symlink_outside_root": 1,
-                                                      "not_a_regular_file": 2}
+                                                      "not_a_regular_file": 3}
 
 
 # ------------------------------------------------------------------ 3. keys a directory cannot hold

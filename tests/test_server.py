@@ -742,3 +742,65 @@ def test_metrics_can_be_open_or_off(inproc: Any) -> None:
     base, _ = inproc(server={"metrics": "off"})
     r = httpx.get(base + "/metrics", timeout=30)
     assert r.status_code == 404 and r.json()["code"] == "no_route"
+# --- issue 27: smaller leaks -----------------------------------------------------------------------
+def test_access_log_cuts_a_long_key_even_on_a_401(archive: dict[str, Any], inproc: Any,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn's access log echoed a 60 KB key, even for a refused request: it is off, and the
+    app's own access line cuts the path to 120 characters."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    base, _ = inproc()
+    key = "k" * 60_000
+    r = httpx.get(f"{base}/objects/{archive['bucket']}/{key}", timeout=60)
+    assert r.status_code == 401
+    assert not [rec for rec in caplog.records if rec.name == "uvicorn.access"]
+    mine = [rec.getMessage() for rec in caplog.records if rec.name == "archiver.access"]
+    assert any("GET" in m and "-> 401" in m and "characters)" in m and len(m) < 400 for m in mine), mine
+    served = [rec for rec in caplog.records if rec.name.startswith(("archiver", "uvicorn"))]  # not httpx's own
+    assert served and all(len(rec.getMessage()) < 400 for rec in served), [rec.getMessage()[:300] for rec in served]
+
+
+def test_head_answers_like_get_without_a_body(archive: dict[str, Any], inproc: Any) -> None:
+    base, _ = inproc()
+    b, token = archive["bucket"], archive["tokens"]["reader"]
+    auth = {"Authorization": f"Bearer {token}"}
+    got = httpx.get(f"{base}/objects/{b}/cats/a.png", headers=auth, timeout=60)
+    head = httpx.head(f"{base}/objects/{b}/cats/a.png", headers=auth, timeout=60)
+    assert got.status_code == head.status_code == 200 and head.content == b""
+    for h in ("content-type", "etag", "content-length", "cache-control"):
+        assert head.headers[h] == got.headers[h], h
+    assert int(head.headers["content-length"]) == len(got.content) > 0
+    missing = httpx.head(f"{base}/objects/{b}/cats/none.png", headers=auth, timeout=60)
+    assert missing.status_code == 404 and missing.content == b""
+    assert httpx.head(f"{base}/objects/{b}/cats/a.png", timeout=60).status_code == 401
+    assert httpx.head(f"{base}/objects/{b}/cats/a.png", timeout=60, headers={
+        **auth, "If-None-Match": got.headers["etag"]}).status_code == 304
+
+
+def test_a_new_token_reaches_only_a_terminal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Under systemd or docker stderr is a journal: the secret goes to a 0600 file, the log gets its path."""
+    import logging
+    import stat as stat_mod
+    from types import SimpleNamespace
+
+    from archiver.server import announce_token
+
+    caplog.set_level(logging.INFO)
+    info, secret = SimpleNamespace(name="first"), "cxa_abc_SECRETSECRET"
+    journal = io.StringIO()
+    announce_token(info, secret, "http://127.0.0.1:8080", out=journal, token_dir=tmp_path / "t")
+    path = tmp_path / "t" / "first-token-first"
+    assert journal.getvalue() == "" and path.read_text().strip() == secret
+    assert stat_mod.S_IMODE(path.stat().st_mode) == 0o600 and stat_mod.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert any(str(path) in r.getMessage() for r in caplog.records)
+    assert not any(secret in r.getMessage() or "SECRETSECRET" in r.getMessage() for r in caplog.records)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Terminal()
+    announce_token(info, secret, "http://127.0.0.1:8080", out=tty, token_dir=tmp_path / "u")
+    assert secret in tty.getvalue() and not (tmp_path / "u").exists()

@@ -274,9 +274,12 @@ def test_local_refuses_symlinks_out(tmp_path: Path) -> None:
     assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
     assert (outside / "secret.txt").read_bytes() == b"secret"
 
-    # a link that stays inside is fine; listing never follows links out
+    # a link that stays inside can be read; listing never follows links out, and lists a link
+    # inside as refused (its target is the object, listed once: issue 27)
     assert store.get("good-link.txt") == b"ok"
-    assert [o.key for o in store.list()] == ["good-link.txt", "inside.txt"]
+    assert [o.key for o in store.list()] == ["inside.txt"]
+    refused = {o.key: o.refused for o in store.list(include_refused=True) if o.refused}
+    assert refused["good-link.txt"][0] == "not_a_regular_file" and "inside.txt" in refused["good-link.txt"][1]
     with pytest.raises(KeyRefused):
         store.list("../")
 

@@ -98,7 +98,8 @@ def test_token_cli_create_list_revoke(db_url: str) -> None:
 def _serve(tmp_path: Path, db_url: str, host: str, port: int,
            extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVER_")}
-    env.update({"ARCHIVER_DATABASE_URL": db_url, "ARCHIVER_DEVICE": "cpu", **(extra_env or {})})
+    env.update({"ARCHIVER_DATABASE_URL": db_url, "ARCHIVER_DEVICE": "cpu", "HOME": str(tmp_path / "home"),
+                **(extra_env or {})})
     return subprocess.Popen([sys.executable, "-m", "archiver", "serve", "--host", host, "--port", str(port)],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -153,17 +154,25 @@ def test_serve_refuses_a_public_address_without_tokens(tmp_path: Path) -> None:
 
 
 def test_serve_on_loopback_without_tokens_prints_one(tmp_path: Path) -> None:
+    """stderr here is a pipe, as under systemd or docker (a journal): the token is not printed
+    there but written to a 0600 file whose path is logged (a terminal gets it printed:
+    test_server.py::test_a_new_token_reaches_only_a_terminal)."""
+    import stat
+
     from runtimes import session_factory as get_session_factory
     from archiver.tokens import authenticate, list_tokens
 
     db_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     proc = _serve(tmp_path, db_url, "127.0.0.1", _free_port())
     try:
-        seen = _Lines(proc).wait_for("shown only now", "Authorization: Bearer", timeout=120)
-        token = next((w for w in seen.split() if TOKEN_RE.match(w)), None)
-        assert token is not None, seen
+        seen = _Lines(proc).wait_for("mode 0600", "Uvicorn running", timeout=120)
     finally:
         _stop(proc)
+    files = list((tmp_path / "home" / ".archiver").glob("first-token-local-*"))
+    assert len(files) == 1 and str(files[0]) in seen, seen
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    token = files[0].read_text().strip()
+    assert TOKEN_RE.match(token) and token not in seen and "cxa_" not in seen, seen
     sf = get_session_factory(db_url)
     info = authenticate(sf, token)
     assert info is not None and info.scope == ("*",) and info.name.startswith("local-")

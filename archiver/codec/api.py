@@ -44,6 +44,11 @@ PAD_MULTIPLE = 64
 DEFAULT_TILE = 1024
 assert DEFAULT_TILE <= cx.MAX_TILE_SIZE
 RDO_STRENGTH = 1.5  # lambda' multiplier of RDOQ (rdo.py): 0.7 / 1.0 / 1.5 / 2.5 measured in BENCHMARKS.md
+#: default time budget of a version-1/2 decode (see ``Codec.decode``): about 10x what an honest
+#: decode takes with one thread of the 2-core dev CPU (~13 s per megapixel), so that no honest old
+#: archive is refused on a slower or loaded machine, while copied-tile forgeries stay bounded
+LEGACY_SECONDS_PER_MEGAPIXEL = 120.0
+LEGACY_BASE_S = 60.0
 SEARCH_STEPS = 7  # bisection steps on [0, 100]: resolution under one quality unit
 
 
@@ -353,7 +358,7 @@ class Codec:
                 recon[rs, cs] = self._timed(lambda: self._synth(coded.y_hat, inv_gain,
                                                                 rs.stop - rs.start, cs.stop - cs.start))
             if not dry:
-                tiles.append(cx.TilePayload(row=r, col=c, z=coded.z, y=[coded.y], checks=coded.checks))
+                tiles.append(cx.TilePayload(row=r, col=c, z=coded.z, y=[coded.y], digests=coded.digests))
         return tiles, recon, hasher.hexdigest()
 
     def encode_detailed(self, image: Image.Image | LoadedImage, quality: float | None = None,
@@ -412,7 +417,8 @@ class Codec:
 
     # ------------------------------------------------------------------------------------------
     def decode(self, data: bytes, max_pixels: int = cx.DEFAULT_MAX_PIXELS, *, max_tile_size: int = cx.MAX_TILE_SIZE,
-               time_budget_s: float | None = None, deadline: float | None = None) -> DecodedImage:
+               time_budget_s: float | None = None, deadline: float | None = None,
+               legacy_s_per_mp: float | None = LEGACY_SECONDS_PER_MEGAPIXEL) -> DecodedImage:
         """Decode a container of any readable version; every failure is a ``ContainerError``.
 
         The work a container can ask for is bounded: ``max_pixels`` (the front doors pass the
@@ -420,7 +426,11 @@ class Codec:
         allocated; version-2 tile checks stop a forged tile after the first slice it spoils; the
         whole-image latent checksum is compared before the last tile's synthesis. With
         ``time_budget_s`` (seconds from now) or ``deadline`` (a ``time.monotonic()`` value) the
-        decode stops between slices once it is over, with code ``decode_timeout``. An allocator
+        decode stops between slices once it is over, with code ``decode_timeout``. Versions 1 and 2
+        (tile checks not bound to their container: copied tiles pass them) get, when the caller
+        gives neither, a budget of ``LEGACY_BASE_S`` + ``legacy_s_per_mp`` seconds per declared
+        megapixel (None or 0: none), and are refused (``unsupported_version``) when they name a
+        packaged model that never wrote that version (a downgrade). An allocator
         failure becomes ``out_of_memory``, any other error inside decoding ``decode_failed``, so
         that every front door reports one line and a reason instead of a traceback.
         """
@@ -428,7 +438,7 @@ class Codec:
             until = time.monotonic() + time_budget_s
             deadline = until if deadline is None else min(deadline, until)
         try:
-            return self._decode(data, max_pixels, max_tile_size, deadline)
+            return self._decode(data, max_pixels, max_tile_size, deadline, legacy_s_per_mp)
         except ArchiverError:
             raise
         except MemoryError as exc:
@@ -442,7 +452,8 @@ class Codec:
             raise ContainerError(f"decoding failed: {type(exc).__name__}: {_one_line(exc)}", code="decode_failed") from exc
 
     @torch.inference_mode()
-    def _decode(self, data: bytes, max_pixels: int, max_tile_size: int, deadline: float | None) -> DecodedImage:
+    def _decode(self, data: bytes, max_pixels: int, max_tile_size: int, deadline: float | None,
+                legacy_s_per_mp: float | None = None) -> DecodedImage:
         t0 = time.perf_counter()
 
         def tick() -> None:
@@ -462,6 +473,12 @@ class Codec:
                 f"bitstream was made with other weights for {meta.model_id!r} (sha256 {meta.weights_sha256[:16]}...)",
                 code="weights_mismatch",
             )
+        if c.version < 3:
+            from .registry import read_registry
+
+            cx.check_legacy_writer(c.version, meta.model_id, packaged=meta.model_id in read_registry())
+            if deadline is None and legacy_s_per_mp:  # no bound checks: bound the time instead
+                deadline = time.monotonic() + LEGACY_BASE_S + legacy_s_per_mp * meta.width * meta.height / 1e6
         _, inv_gain = self._gains(meta.quality)
         rgb = np.empty((meta.height, meta.width, 3), dtype=np.uint8)
         hasher = hashlib.sha256()
@@ -472,9 +489,10 @@ class Codec:
             tick()
             h, w = rs.stop - rs.start, cs.stop - cs.start
             z_shape = (math.ceil(h / self.model.preset.z_stride), math.ceil(w / self.model.preset.z_stride))
-            checks = tile.checks if c.version >= 2 else None
+            checks, check_of = c.tile_check(k)
             y_hat = self._timed(lambda: self.coder.decode(tile.z, tile.y[0], z_shape, self.device, hasher,
-                                                          checks=checks, tick=tick, where=f"tile ({r},{col})"))
+                                                          checks=checks, tick=tick, where=f"tile ({r},{col})",
+                                                          check_of=check_of))
             if k == len(grid) - 1 and hasher.hexdigest() != meta.latent_sha256:
                 # before the last synthesis: a one-tile container (most images; every version-1
                 # forgery of one tile) is refused before its most memory-hungry step

@@ -4,7 +4,7 @@ Archives must decode years later on any machine, and must fail *loudly and speci
 damaged, so the format is deliberately simple and strict (all integers big-endian)::
 
     magic      8 bytes  b"\\x89CXA\\r\\n\\x1a\\n"
-    version    u16      = 2 (written from issue 16 on; version 1 is still read, see below)
+    version    u16      = 3 (written from issue 27 on; versions 1 and 2 are still read, see below)
     header_crc u32      CRC-32 of magic + version
     sections   repeated: tag (4 ASCII letters) | length u32 | payload | crc u32
                (the CRC-32 covers tag + length + payload)
@@ -22,8 +22,8 @@ sections, ``n_tiles`` of them in raster order (row-major over
 ``ceil(height/tile_size) x ceil(width/tile_size)``), each::
 
     version 1:  u16 row | u16 col | u32 len_z | z bytes | u32 n_y | (u32 len | y bytes) * n_y
-    version 2:  u16 row | u16 col | u16 n_checks | 4 bytes * n_checks
-                | u32 len_z | z bytes | u32 n_y | (u32 len | y bytes) * n_y
+    version 2, 3:  u16 row | u16 col | u16 n_checks | 4 bytes * n_checks
+                   | u32 len_z | z bytes | u32 n_y | (u32 len | y bytes) * n_y
 
 and last ``IEND`` with an empty payload. Following PNG, a tag whose first letter is lower case is
 *ancillary*: a reader that does not know it skips it (room for later, optional additions); an
@@ -38,6 +38,23 @@ still checked at the end, and stays the integrity check: the 4-byte checks only 
 forgery can cause). The container layer checks only the layout; the codec checks that there is
 one check per checkpoint of its model. Version 1 containers (no checks) decode as before, under
 the same size limits.
+
+Version 3 (issue 27) has the layout of version 2, but each check is *bound* to its container and
+to its place in it::
+
+    header_digest = SHA-256(every byte before the first TILE section: magic, version, header CRC,
+                    META, ICCP, EXIF, ALPH and any ancillary section there, CRCs included)
+    checks[k] of tile i = SHA-256(b"CXA3" | header_digest | u32 i | u16 k | D_k)[:4]
+
+where ``D_k`` is the full 32-byte SHA-256 of the tile's symbols up to checkpoint ``k`` (whose
+first 4 bytes are version 2's check). So a tile copied from another container, or moved or
+copied to another position of its own, fails at its first checkpoint (after z, before any layer
+runs), and so does a container whose META (quality, mode, size, model, ...), ICC profile, EXIF
+or alpha plane was edited with the CRCs recomputed: every byte that decides what is
+reconstructed is covered. None of this is a signature: the digests need no key, so whoever can
+run the codec can write a valid container of any content (as an encoder can); what the binding
+does is make a container that passes the checks cost its maker the decode of its own symbols,
+so a cheap edit or splice of genuine bytes is refused after at most one tile's work.
 
 Decode limits, so that a small forged file cannot cost what no encoder could have produced:
 ``tile_size`` above ``MAX_TILE_SIZE`` (what encoders write: 1024) is refused as
@@ -54,21 +71,30 @@ alpha plane, bounded by ``max_pixels``), a hang, or an exception of another type
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import operator
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ContainerError
 
 MAGIC = b"\x89CXA\r\n\x1a\n"
-VERSION = 2
+VERSION = 3
 #: every version this reader decodes: a bitstream once written must keep decoding
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
+#: the versions before bound tile checks, with the packaged models that wrote them: a container of
+#: another model claiming one of these versions cannot be genuine (a downgrade that strips or
+#: unbinds the checks) and is refused. Models from a model store are not listed and not refused.
+LEGACY_WRITERS = {
+    1: frozenset({"compact-v1", "compact-v2", "compact-v3", "compact-v4", "compact-v5"}),  # before issue 16
+    2: frozenset({"compact-v1", "compact-v2", "compact-v3", "compact-v4", "compact-v5", "compact-v6"}),
+}
 HEADER_SIZE = len(MAGIC) + 2 + 4
 SECTION_OVERHEAD = 4 + 4 + 4  # tag, length, crc
 
@@ -79,7 +105,8 @@ MAX_Y_STREAMS = 65535
 EXTRA_SECTIONS = 8  # sections allowed beyond the tiles (META, ICCP, EXIF, ALPH, IEND, ancillary)
 DEFAULT_MAX_PIXELS = 400_000_000
 MAX_TILE_SIZE = 1024  # the largest tile an encoder writes (``Codec`` refuses larger)
-CHECK_BYTES = 4  # per-checkpoint tile check (version 2)
+CHECK_BYTES = 4  # per-checkpoint tile check (versions 2 and 3)
+DIGEST_BYTES = 32  # a checkpoint's full symbol digest, from which version 3 derives its check
 MAX_CHECKS = 1024
 _U32 = 0xFFFFFFFF
 
@@ -147,13 +174,16 @@ class ContainerMeta:
 @dataclass
 class TilePayload:
     """One tile's entropy-coded streams: the hyper-latent ``z`` and the latent slice groups ``y``;
-    ``checks`` (version 2) are the running symbol checksums at each checkpoint (see above)."""
+    ``checks`` (versions 2 and 3) are the stored tile checks at each checkpoint (see above);
+    ``digests`` (only from an encoder, never read or written as such) the full 32-byte symbol
+    digests at each checkpoint, from which ``pack`` derives the checks of the version it writes."""
 
     row: int
     col: int
     z: bytes
     y: list[bytes]
     checks: list[bytes] = field(default_factory=list)
+    digests: list[bytes] = field(default_factory=list, repr=False, compare=False)
 
 
 @dataclass
@@ -166,6 +196,40 @@ class Container:
     exif: bytes | None = None
     alpha: bytes | None = None
     version: int = VERSION  # of the container format; pack writes it, unpack reports it
+    #: SHA-256 of every byte before the first TILE (set by ``unpack``; version 3 binds its checks to it)
+    header_digest: bytes | None = field(default=None, compare=False, repr=False)
+
+    def tile_check(self, index: int) -> tuple[list[bytes] | None, Callable[[int, bytes], bytes] | None]:
+        """What the decoder compares at tile ``index``'s checkpoints: ``(checks, check_of)``, where
+        ``check_of(k, digest)`` turns the 32-byte symbol digest at checkpoint ``k`` into the check
+        this version stores; ``(None, None)`` for version 1 (no checks)."""
+        if self.version == 1:
+            return None, None
+        checks = self.tiles[index].checks
+        if self.version == 2:
+            return checks, lambda k, digest: digest[:CHECK_BYTES]
+        if self.header_digest is None:
+            raise ContainerError("a version-3 container needs its header digest (unpack sets it)", code="bad_section")
+        hd = self.header_digest
+        return checks, lambda k, digest: bound_check(hd, index, k, digest)
+
+
+def check_legacy_writer(version: int, model_id: str, packaged: bool) -> None:
+    """Refuse a version-1 or -2 container naming a packaged model that never wrote that version:
+    a genuine one cannot exist, so it is a downgrade (v2 -> v1 strips the tile checks, v3 -> v2
+    unbinds them from the header). Models from a model store (``packaged`` false) are let through:
+    which versions they wrote is not recorded."""
+    writers = LEGACY_WRITERS.get(version)
+    if writers is not None and packaged and model_id not in writers:
+        raise ContainerError(f"container version {version} names model {model_id!r}, which only ever wrote version "
+                             f"{max(v for v in READABLE_VERSIONS if v not in LEGACY_WRITERS or model_id in LEGACY_WRITERS[v])}"
+                             " or later: a downgraded (edited) container", code="unsupported_version")
+
+
+def bound_check(header_digest: bytes, index: int, k: int, digest: bytes) -> bytes:
+    """Version 3's check at checkpoint ``k`` of tile ``index``: the symbol digest bound to the
+    container (``header_digest``) and to the tile's place in it."""
+    return hashlib.sha256(b"CXA3" + header_digest + struct.pack(">IH", index, k) + digest).digest()[:CHECK_BYTES]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,13 +360,20 @@ def _section(tag: bytes, payload: bytes) -> bytes:
     return head + payload + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head)))
 
 
-def _tile_payload(t: TilePayload, version: int) -> bytes:
+def _tile_payload(t: TilePayload, version: int, index: int = 0, header_digest: bytes = b"") -> bytes:
     if not (0 <= t.row <= 0xFFFF and 0 <= t.col <= 0xFFFF):
         raise ContainerError(f"tile ({t.row},{t.col}) position out of range", code="bad_section")
     if len(t.y) > MAX_Y_STREAMS:
         raise ContainerError(f"tile ({t.row},{t.col}) has {len(t.y)} y streams, max {MAX_Y_STREAMS}",
                              code="bad_section")
     parts = [struct.pack(">HH", t.row, t.col)]
+    if version >= 2 and t.digests:  # from an encoder: derive this version's checks
+        if len(t.digests) > MAX_CHECKS or any(len(d) != DIGEST_BYTES for d in t.digests):
+            raise ContainerError(f"tile ({t.row},{t.col}) digests must be at most {MAX_CHECKS} of {DIGEST_BYTES} "
+                                 "bytes", code="bad_section")
+        t = TilePayload(t.row, t.col, t.z, t.y, [
+            d[:CHECK_BYTES] if version == 2 else bound_check(header_digest, index, k, d)
+            for k, d in enumerate(t.digests)])
     if version >= 2:
         if len(t.checks) > MAX_CHECKS or any(len(c) != CHECK_BYTES for c in t.checks):
             raise ContainerError(f"tile ({t.row},{t.col}) checks must be at most {MAX_CHECKS} of {CHECK_BYTES} bytes",
@@ -321,7 +392,10 @@ def pack(c: Container) -> bytes:
     """Serialise ``c``, validating it the same way ``unpack`` will (so what we write, we can read).
 
     Writes ``c.version`` (the current ``VERSION`` unless a caller asks otherwise: tests write
-    version 1 to check that old containers keep decoding)."""
+    versions 1 and 2 to check that old containers keep decoding). Tiles with ``digests`` (an
+    encoder's) get the checks of that version derived from them (version 3: bound to this
+    container's header and the tile's index); tiles without are written with ``checks`` as given
+    (a container read by ``unpack`` packs back to its own bytes)."""
     meta = c.meta
     if c.version not in READABLE_VERSIONS:
         raise ContainerError(f"cannot write container version {c.version}", code="unsupported_version")
@@ -349,8 +423,9 @@ def pack(c: Container) -> bytes:
             raise ContainerError(f"alpha plane has {len(c.alpha)} bytes, expected {meta.width * meta.height}",
                                  code="bad_section")
         out.append(_section(b"ALPH", zlib.compress(bytes(c.alpha), 9)))
-    for t in c.tiles:
-        out.append(_section(b"TILE", _tile_payload(t, c.version)))
+    header_digest = hashlib.sha256(b"".join(out)).digest()
+    for i, t in enumerate(c.tiles):
+        out.append(_section(b"TILE", _tile_payload(t, c.version, i, header_digest)))
     out.append(_section(b"IEND", b""))
     return b"".join(out)
 
@@ -474,7 +549,7 @@ def _parse_tile(sec: _Section, version: int) -> TilePayload:
     def bad(msg: str) -> ContainerError:
         return ContainerError(f"malformed TILE section at offset {sec.offset}: {msg}", code="bad_section")
 
-    head = 12 if version == 1 else 14
+    head = 12 if version == 1 else 14  # versions 2 and 3 share the tile layout
     if n < head:
         raise bad(f"{n} bytes is shorter than the {head}-byte tile header")
     row, col = struct.unpack(">HH", p[:4])
@@ -543,8 +618,10 @@ def unpack(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_tile_size: 
     blobs: dict[bytes, bytes] = {}
     alpha: bytes | None = None
     tiles: list[TilePayload] = []
+    header_digest: bytes | None = None
     count = 1
     while True:
+        start = pos
         sec, pos = _read_section(mv, pos)
         count += 1
         if count > max_sections:
@@ -561,6 +638,8 @@ def unpack(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_tile_size: 
             if len(tiles) >= len(grid):
                 raise ContainerError(f"TILE at offset {sec.offset} is one more than the {meta.n_tiles} declared",
                                      code="bad_section")
+            if header_digest is None:
+                header_digest = hashlib.sha256(mv[:start]).digest()
             t = _parse_tile(sec, version)
             if (t.row, t.col) != grid[len(tiles)]:
                 raise ContainerError(f"TILE at offset {sec.offset} is at ({t.row},{t.col}) but raster order "
@@ -595,4 +674,4 @@ def unpack(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_tile_size: 
         raise ContainerError(f"{len(tiles)} TILE sections but META declares {meta.n_tiles}", code="bad_section")
     _check_alpha_presence(meta.mode, alpha is not None)
     return Container(meta=meta, tiles=tiles, icc=blobs.get(b"ICCP"), exif=blobs.get(b"EXIF"), alpha=alpha,
-                     version=version)
+                     version=version, header_digest=header_digest)

@@ -8,7 +8,9 @@ desynchronisation (a forged stream, or a bug) is reported instead of returning g
 Container version 2 also stores, per tile, the first bytes of the running SHA-256 of the tile's
 symbols at each checkpoint (after z, after each y slice): the decoder compares them as it goes,
 so a forged tile fails after the first slice it spoils, before the rest of the tile's entropy
-decoding and before the synthesis, instead of after the whole image (issue 16).
+decoding and before the synthesis, instead of after the whole image (issue 16). Version 3 (issue
+27) stores those checks bound to the container's header and the tile's index (see container.py):
+the coder hands out and compares the full checkpoint digests, the container derives the checks.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class CodedTile:
     z_shape: tuple[int, int]
     y_hat: Tensor | None = None  # the decoded latents (gained), exactly what the decoder will rebuild
     checks: list[bytes] = field(default_factory=list)  # tile checks at each checkpoint (container v2)
+    digests: list[bytes] = field(default_factory=list)  # the full symbol digests they come from (v3 binds them)
 
 
 class _TileHasher:
@@ -51,7 +54,10 @@ class _TileHasher:
         self.tile.update(data)
 
     def check(self) -> bytes:
-        return self.tile.copy().digest()[:CHECK_BYTES]
+        return self.digest()[:CHECK_BYTES]
+
+    def digest(self) -> bytes:
+        return self.tile.digest()
 
 
 def _symbols_bytes(t: Tensor) -> bytes:
@@ -103,13 +109,13 @@ class TileCoder:
         (``workers.codec_slots``)."""
         m = self.model
         th = _TileHasher(hasher)
-        checks: list[bytes] = []
+        digests: list[bytes] = []
         z = m.h_a(y_g)
         med = self.medians.to(z.device)
         zs = torch.clamp(round_half_up(z.double() - med), -SYMBOL_LIMIT, SYMBOL_LIMIT)
         if code:
             th.update(_symbols_bytes(zs))
-            checks.append(th.check())
+            digests.append(th.digest())
         z_bytes = b""
         if code:
             z_bytes = RansEncoder().encode_with_indexes(
@@ -148,11 +154,12 @@ class TileCoder:
                 sym, mu = torch.where(anchors, sym, sym2), torch.where(anchors, mu, mu2)
             if code:
                 th.update(_symbols_bytes(sym))
-                checks.append(th.check())
+                digests.append(th.digest())
             y_hat_i = sym + mu
             decoded.append(y_hat_i + m.lrp(i, mean_sup, y_hat_i))
         return CodedTile(z=z_bytes, y=enc.flush() if code else b"", z_shape=(int(z.shape[2]), int(z.shape[3])),
-                         y_hat=torch.cat(decoded, dim=1), checks=checks)
+                         y_hat=torch.cat(decoded, dim=1),
+                         checks=[d[:CHECK_BYTES] for d in digests], digests=digests)
 
     def n_checks(self) -> int:
         """Checkpoints per tile (container v2): after z, then after each y slice."""
@@ -161,11 +168,14 @@ class TileCoder:
     @torch.no_grad()
     def decode(self, z_bytes: bytes, y_bytes: bytes, z_shape: tuple[int, int], device: torch.device,
                hasher: "hashlib._Hash", checks: list[bytes] | None = None,
-               tick: Callable[[], None] | None = None, where: str = "tile") -> Tensor:
+               tick: Callable[[], None] | None = None, where: str = "tile",
+               check_of: Callable[[int, bytes], bytes] | None = None) -> Tensor:
         """Decode one tile to its gained latent y_hat (1, M, 4*hz, 4*wz), float64.
 
-        ``checks`` (container v2): the tile checks, compared at each checkpoint, so that a forged
-        stream costs at most one slice's work; ``tick`` is called between slices (the caller's
+        ``checks`` (container v2, v3): the tile checks, compared at each checkpoint, so that a forged
+        stream costs at most one slice's work; ``check_of(k, digest)`` turns the checkpoint's full
+        symbol digest into the stored check (default: its first bytes, version 2; version 3 binds
+        it to the container and the tile's index, ``Container.tile_check``); ``tick`` is called between slices (the caller's
         time budget raises from it)."""
         m = self.model
         if checks is not None and len(checks) != self.n_checks():
@@ -174,9 +184,11 @@ class TileCoder:
         th = _TileHasher(hasher)
 
         def checkpoint(k: int, what: str) -> None:
-            if checks is not None and th.check() != checks[k]:
+            got = None if checks is None else check_of(k, th.digest()) if check_of else th.check()
+            if checks is not None and got != checks[k]:
                 raise ContainerError(f"{where}: decoded symbols do not match the tile check after {what}: the "
-                                     "entropy-coded data is corrupt or forged", code="latent_mismatch")
+                                     "entropy-coded data is corrupt or forged (from container version 3 on, also a "
+                                     "tile copied or moved, or an edited header)", code="latent_mismatch")
             if tick is not None:
                 tick()
 

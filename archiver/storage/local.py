@@ -15,7 +15,10 @@ Design choices and why:
   (it is resolved once, when the store is opened).
 * **One row per entry.** ``list(include_refused=True)`` (what jobs use) also yields the entries
   that are not objects, with a reason code: names that are not UTF-8, symlinks leading out of
-  the root, FIFOs, sockets, devices and dangling links.
+  the root, FIFOs, sockets, devices and dangling links, and *every* file symlink: a link inside
+  the root is refused as ``not_a_regular_file`` (its target is listed, and archived, under its own
+  key, once). Archiving the link too made two archives of one file, and under ``--replace`` the
+  target could be deleted first, leaving a dangling link to be archived (issue 27).
 * **Interrupted writes are tidied.** Temporary files are named ``.archiver-tmp-XXXXXXXX`` (8
   characters of ``mkstemp``'s alphabet); listings never treat such names as objects, and
   :meth:`LocalStore.remove_stale_temp` (run once per job by the pipeline) deletes those older
@@ -395,6 +398,10 @@ class LocalStore(ObjectStore):
                 return None  # directory symlinks are not followed; their files are listed at their real path
             if not stat.S_ISREG(tst.st_mode):
                 return refused("not_a_regular_file", "a symlink to something that is not a regular file")
+            # its target is an object of its own, listed (and archived, or replaced) once, there
+            shown_target = os.path.relpath(target, self.root)
+            return refused("not_a_regular_file", f"a symbolic link to {display_name(shown_target)[:200]!r}, which is "
+                           "archived under its own key (links are never archived twice)")
         elif not stat.S_ISREG(lst.st_mode):
             kind = ("a FIFO" if stat.S_ISFIFO(lst.st_mode) else "a socket" if stat.S_ISSOCK(lst.st_mode)
                     else "a device" if stat.S_ISCHR(lst.st_mode) or stat.S_ISBLK(lst.st_mode) else "not a file")
