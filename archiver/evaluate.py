@@ -22,7 +22,7 @@ DEFAULT_QUALITIES = [0.0, 14.0, 28.0, 42.0, 56.0, 70.0, 85.0, 100.0]
 
 
 def evaluate_folder(codec: Codec, folder: Path, qualities: list[float] = DEFAULT_QUALITIES,
-                    limit: int | None = None, progress=None) -> dict:
+                    limit: int | None = None, progress=None, effort: int = 0) -> dict:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
     if limit:
         files = files[:limit]
@@ -34,7 +34,7 @@ def evaluate_folder(codec: Codec, folder: Path, qualities: list[float] = DEFAULT
         vals: dict[str, list[float]] = {k: [] for k in per_q}
         for ii, img in enumerate(images):
             t = time.perf_counter()
-            data = codec.encode(img, quality=q)
+            data = codec.encode(img, quality=q, effort=effort)
             te = time.perf_counter() - t
             t = time.perf_counter()
             dec = codec.decode(data)
@@ -49,10 +49,11 @@ def evaluate_folder(codec: Codec, folder: Path, qualities: list[float] = DEFAULT
         for k in per_q:
             per_q[k].append(float(np.mean(vals[k])))
     return {
-        "name": f"ConvNeXt-ChARM {codec.model_id}",
+        "name": f"ConvNeXt-ChARM {codec.model_id}" + (f" effort {effort}" if effort else ""),
         "description": f"archiver eval on {folder.name}: {len(images)} images, real bitstream bytes, "
                        f"device {codec.device_name}",
-        "settings": {"qualities": list(qualities), "model_id": codec.model_id, "weights_sha256": codec.weights_sha256},
+        "settings": {"qualities": list(qualities), "model_id": codec.model_id, "weights_sha256": codec.weights_sha256,
+                     "effort": effort},
         "results": per_q,
     }
 

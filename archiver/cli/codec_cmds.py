@@ -204,7 +204,9 @@ def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, ma
 @click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="reference curve (e.g. VTM) for BD-rate")
 @click.option("--limit", type=int, default=None, help="only the first N images")
-def evaluate(folder, model, device, qualities, out, plot, anchors, reference, limit) -> None:
+@click.option("--effort", type=click.IntRange(min(EFFORTS), max(EFFORTS)), default=0, show_default=True,
+              help="encoder effort of every point")
+def evaluate(folder, model, device, qualities, out, plot, anchors, reference, limit, effort) -> None:
     """RD curve on FOLDER from real bitstreams, with BD-rates against anchors."""
     from ..codec import Codec
     from ..codec.registry import DEFAULT_MODEL
@@ -226,7 +228,7 @@ def evaluate(folder, model, device, qualities, out, plot, anchors, reference, li
             if ticker.due():
                 console.print(f"evaluating: image {i}/{n}", highlight=False)
 
-        result = evaluate_folder(codec, folder, qs, limit, on_image)
+        result = evaluate_folder(codec, folder, qs, limit, on_image, effort=effort)
     rows = bd_table(result, list(anchors), reference)
     result["bd_rate"] = rows
     write_result(result, out)
