@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -118,3 +119,24 @@ def test_encoder_writes_the_start_commits_bitstream(path: Path) -> None:
     data = codec.encode(im, quality=quality)
     assert data == path.read_bytes()
     assert codec.decode(data).image.size == im.size
+
+
+def test_tiles_on_a_pool_give_the_serial_result() -> None:
+    """Several tiles coded on the tile pool (2 torch threads) give the bytes and pixels of the
+    serial path (1 thread), and the intra-op thread count is restored afterwards."""
+    im = Image.open(KODAK / "kodim21.png").convert("RGB").crop((100, 100, 420, 292))  # 3 x 2 tiles of 128
+    codec = Codec.load("compact-v6", "cpu", tile_size=128)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = codec.encode(im, quality=40.0)
+        serial_px = np.asarray(codec.decode(serial).image)
+        torch.set_num_threads(2)
+        pooled = codec.encode(im, quality=40.0)
+        assert torch.get_num_threads() == 2
+        pooled_px = np.asarray(codec.decode(pooled).image)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert pooled == serial
+    assert np.array_equal(pooled_px, serial_px)

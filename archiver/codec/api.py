@@ -131,6 +131,75 @@ def _prepare_device(device: str) -> torch.device:
     return pick_device(device)
 
 
+class _Recorded:
+    """Stands in for the image-wide latent hasher while a tile is coded on a pool thread: keeps
+    what the tile fed it, to be replayed into the real hasher in tile order (the image hash is
+    over the tiles in order, whichever finished first)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def update(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def replay(self, hasher: "hashlib._Hash") -> None:
+        for c in self.chunks:
+            hasher.update(c)
+        self.chunks.clear()
+
+
+_POOL_LOCK = threading.Lock()
+_pool_users = 0
+_threads_before = 0
+
+
+class _TilePool:
+    """Tiles are independent: with more than one tile and more than one torch thread, code them
+    on a thread pool of ``torch.get_num_threads()`` workers (the ``torch_threads`` setting, else
+    one per core) instead of one tile at a time with intra-op threads. Most exact-path operations
+    are too small to keep several intra-op threads busy (and on a shared machine their barriers
+    spin against each other), so while a pool runs torch's intra-op pool is set to one thread,
+    process-wide (reference-counted, restored when the last pool ends). Tiles go in windows of
+    ``workers``, so at most that many tiles' intermediates are alive at once."""
+
+    def __init__(self, n_tiles: int, device: torch.device) -> None:
+        # CPU only: an accelerator runs one tile's kernels in parallel already (and the per-thread
+        # accelerator-time accounting must stay on the caller's thread)
+        self.workers = min(n_tiles, torch.get_num_threads()) if device.type == "cpu" else 1
+
+    def __enter__(self) -> "_TilePool":
+        global _pool_users, _threads_before
+        if self.workers > 1:
+            with _POOL_LOCK:
+                if _pool_users == 0:
+                    _threads_before = torch.get_num_threads()
+                    torch.set_num_threads(1)
+                _pool_users += 1
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._ex = ThreadPoolExecutor(self.workers, thread_name_prefix="archiver-tile")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _pool_users
+        if self.workers > 1:
+            self._ex.shutdown(wait=True, cancel_futures=True)
+            with _POOL_LOCK:
+                _pool_users -= 1
+                if _pool_users == 0:
+                    torch.set_num_threads(_threads_before)
+
+    def map(self, fn: Callable, items: list) -> list:
+        """``fn`` over ``items`` (a window), results in order; the first failure in order raises."""
+        if self.workers <= 1:
+            return [fn(it) for it in items]
+        futures = [self._ex.submit(torch.inference_mode()(fn), it) for it in items]
+        return [f.result() for f in futures]
+
+    def windows(self, items: list) -> list[list]:
+        return [items[i:i + self.workers] for i in range(0, len(items), self.workers)]
+
+
 def tile_grid(height: int, width: int, tile: int) -> list[tuple[int, int, slice, slice]]:
     out = []
     for r in range(math.ceil(height / tile)):
@@ -335,13 +404,24 @@ class Codec:
             recon = np.empty_like(img.rgb)
         tiles = []
         hasher = hashlib.sha256()
-        for (r, c, rs, cs), y in zip(tile_grid(img.height, img.width, self.tile_size), latents):
-            coded = self._timed(lambda: self.coder.encode(y * gain, hasher, code=not dry))
-            if synth:
+        grid = list(zip(tile_grid(img.height, img.width, self.tile_size), latents))
+
+        def one(item):
+            (r, c, rs, cs), y = item
+            rec = _Recorded()
+            coded = self._timed(lambda: self.coder.encode(y * gain, rec, code=not dry))
+            if synth:  # tiles write disjoint parts of recon
                 recon[rs, cs] = self._timed(lambda: self._synth(coded.y_hat, inv_gain,
                                                                 rs.stop - rs.start, cs.stop - cs.start))
-            if not dry:
-                tiles.append(cx.TilePayload(row=r, col=c, z=coded.z, y=[coded.y], checks=coded.checks))
+            coded.y_hat = None
+            return r, c, coded, rec
+
+        with _TilePool(len(grid), self.device) as pool:
+            for window in pool.windows(grid):
+                for r, c, coded, rec in pool.map(one, window):
+                    rec.replay(hasher)
+                    if not dry:
+                        tiles.append(cx.TilePayload(row=r, col=c, z=coded.z, y=[coded.y], checks=coded.checks))
         return tiles, recon, hasher.hexdigest()
 
     def encode_detailed(self, image: Image.Image | LoadedImage, quality: float | None = None,
@@ -448,24 +528,43 @@ class Codec:
         rgb = np.empty((meta.height, meta.width, 3), dtype=np.uint8)
         hasher = hashlib.sha256()
         grid = tile_grid(meta.height, meta.width, meta.tile_size)
-        for k, ((r, col, rs, cs), tile) in enumerate(zip(grid, c.tiles)):
+        for (r, col, _, _), tile in zip(grid, c.tiles):
             if (tile.row, tile.col) != (r, col) or len(tile.y) != 1:
                 raise ContainerError(f"tile ({tile.row},{tile.col}) is out of place or malformed", code="bad_section")
+
+        def entropy(k: int) -> tuple[torch.Tensor, _Recorded]:
+            (r, col, rs, cs), tile = grid[k], c.tiles[k]
             tick()
             h, w = rs.stop - rs.start, cs.stop - cs.start
             z_shape = (math.ceil(h / self.model.preset.z_stride), math.ceil(w / self.model.preset.z_stride))
             checks = tile.checks if c.version >= 2 else None
-            y_hat = self._timed(lambda: self.coder.decode(tile.z, tile.y[0], z_shape, self.device, hasher,
+            rec = _Recorded()
+            y_hat = self._timed(lambda: self.coder.decode(tile.z, tile.y[0], z_shape, self.device, rec,
                                                           checks=checks, tick=tick, where=f"tile ({r},{col})"))
-            if k == len(grid) - 1 and hasher.hexdigest() != meta.latent_sha256:
-                # before the last synthesis: a one-tile container (most images; every version-1
-                # forgery of one tile) is refused before its most memory-hungry step
-                raise ContainerError(
-                    "decoded latents do not match the checksum recorded at encode time: the entropy-coded data is "
-                    "corrupt or forged (or was decoded with a different probability model)",
-                    code="latent_mismatch",
-                )
-            rgb[rs, cs] = self._timed(lambda: self._synth(y_hat, inv_gain, h, w))
+            return y_hat, rec
+
+        def synth(item: tuple[int, torch.Tensor]) -> None:
+            k, y_hat = item
+            _, _, rs, cs = grid[k]
+            rgb[rs, cs] = self._timed(lambda: self._synth(y_hat, inv_gain, rs.stop - rs.start, cs.stop - cs.start))
+
+        # tiles in windows of the pool's size (one at a time without a pool): entropy decoding in
+        # parallel, the latent hash fed in tile order, then the windows' syntheses in parallel
+        with _TilePool(len(grid), self.device) as pool:
+            for window in pool.windows(list(range(len(grid)))):
+                decoded = pool.map(entropy, window)
+                for y_hat, rec in decoded:
+                    rec.replay(hasher)
+                if window[-1] == len(grid) - 1 and hasher.hexdigest() != meta.latent_sha256:
+                    # before the last synthesis: a one-tile container (most images; every version-1
+                    # forgery of one tile) is refused before its most memory-hungry step
+                    raise ContainerError(
+                        "decoded latents do not match the checksum recorded at encode time: the entropy-coded data "
+                        "is corrupt or forged (or was decoded with a different probability model)",
+                        code="latent_mismatch",
+                    )
+                pool.map(synth, [(k, y) for k, (y, _) in zip(window, decoded)])
+                del decoded
         alpha = None
         if c.alpha is not None:
             alpha = np.frombuffer(c.alpha, dtype=np.uint8).reshape(meta.height, meta.width).copy()
