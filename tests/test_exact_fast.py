@@ -10,6 +10,7 @@ and, end to end, on encoder bitstreams written by the issue's start commit (d651
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from PIL import Image
 
 from archiver.codec import Codec
 from archiver.codec import exact as ex
+from archiver.codec.api import SEARCH_STEPS, TargetNotReached, predicted_quality, smallest_quality
 
 from shared_paths import KODAK
 
@@ -140,3 +142,33 @@ def test_tiles_on_a_pool_give_the_serial_result() -> None:
         torch.set_num_threads(before)
     assert pooled == serial
     assert np.array_equal(pooled_px, serial_px)
+
+
+def _concave(q: float) -> float:
+    return 20.0 + 15.0 * (1.0 - math.exp(-q / 25.0))
+
+
+@pytest.mark.parametrize("answer", [0.0, 0.4, 7.7, 42.0, 63.1, 99.6, 100.0])
+def test_predicted_search_returns_bisections_answer(answer: float) -> None:
+    target = _concave(answer)
+    want = smallest_quality(_concave, target)
+    predictors = {
+        "offset": lambda q: _concave(q) - 1.3,  # off by a constant: two real probes
+        "tilted": lambda q: _concave(q) * 0.97 + 0.2,  # off by a varying amount
+        "useless": lambda q: 30.0,  # says nothing: the fallback search must still be right
+    }
+    for name, predict in predictors.items():
+        calls: list[float] = []
+        got = predicted_quality(lambda q: calls.append(q) or _concave(q), predict, target)
+        assert got == want, (name, answer, got, want)
+        assert len(calls) == len(set(calls)), calls  # no real probe twice
+        if name == "offset" and 0 < answer:
+            assert len(calls) <= 3, (answer, calls)
+        assert len(calls) <= 4 + 2 * (2 + SEARCH_STEPS)
+
+
+def test_predicted_search_gives_up_when_out_of_reach() -> None:
+    calls: list[float] = []
+    with pytest.raises(TargetNotReached):
+        predicted_quality(lambda q: calls.append(q) or _concave(q), lambda q: _concave(q) - 1.0, 40.0)
+    assert len(calls) <= 2
