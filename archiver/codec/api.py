@@ -520,16 +520,19 @@ class Codec:
             ]
         target_rgb = delivered(img.rgb, img.mode)
         probes = 0
-        kept: dict[float, np.ndarray] = {}  # the smallest probe that met the target: the answer so far
+        # the smallest probe that met the target: the answer so far. The predicted search's probes
+        # also entropy-code (a small extra cost), so that its answer's probe is the final encode.
+        kept: dict[float, tuple[list[cx.TilePayload], np.ndarray, str]] = {}
+        code_probes = search == "predicted"
 
         def quality_psnr(q: float) -> float:
             nonlocal probes
             probes += 1
-            _, recon, _ = self._encode_at(img, latents, q, dry=True)
+            tiles_q, recon, hash_q = self._encode_at(img, latents, q, dry=not code_probes)
             p = psnr(target_rgb, delivered(recon, img.mode))
             if target_psnr is not None and p >= target_psnr and (not kept or q < min(kept)):
                 kept.clear()
-                kept[q] = recon
+                kept[q] = (tiles_q, recon, hash_q)
             return p
 
         if target_psnr is not None and search == "predicted":
@@ -539,7 +542,12 @@ class Codec:
             quality = smallest_quality(quality_psnr, target_psnr, hint=quality_hint, spread=hint_spread)
         assert quality is not None
         quality = float(min(max(quality, 0.0), 100.0))
-        tiles, recon, latent_hash = self._encode_at(img, latents, quality, dry=False, recon=kept.get(quality))
+        if code_probes and quality in kept:
+            tiles, recon, latent_hash = kept[quality]
+        else:
+            tiles, recon, latent_hash = self._encode_at(img, latents, quality, dry=False,
+                                                        recon=kept[quality][1] if quality in kept else None)
+            probes += 1
         meta = cx.ContainerMeta(
             model_id=self.model_id, weights_sha256=self.weights_sha256, quality=quality,
             width=img.width, height=img.height, mode=img.mode, content_type=img.content_type,
@@ -549,7 +557,7 @@ class Codec:
         alpha = img.alpha.tobytes() if img.alpha is not None else None
         data = cx.pack(cx.Container(meta=meta, tiles=tiles, icc=img.icc, exif=img.exif, alpha=alpha))
         return EncodeResult(data=data, quality=quality, psnr=psnr(target_rgb, delivered(recon, img.mode)),
-                            width=img.width, height=img.height, seconds=time.perf_counter() - t0, probes=probes + 1)
+                            width=img.width, height=img.height, seconds=time.perf_counter() - t0, probes=probes)
 
     def encode(self, image: Image.Image | LoadedImage, quality: float | None = None,
                target_psnr: float | None = None) -> bytes:
