@@ -2,8 +2,9 @@
 
 Images are coded in independent tiles (default 1024 px) so that memory stays bounded for any
 image size; each tile is padded (edge replication) to the model's hyper-latent stride (64 or 32) and cropped on
-decode. ``target_psnr`` searches the continuous quality knob by bisection (``smallest_quality``)
-on the encoder's own reconstruction, which is bit-identical in latents to what the decoder will
+decode; tiles are coded on a thread pool (``_TilePool``). ``target_psnr`` searches the continuous
+quality knob from a cheap PSNR prediction confirmed by real probes (``predicted_quality``), falling
+back to bisection (``smallest_quality``), on the encoder's own reconstruction, which is bit-identical in latents to what the decoder will
 produce, so the search needs no entropy decoding; callers that must be sure (the pipeline) still
 decode the real bytes afterwards.
 """
