@@ -282,7 +282,7 @@ def test_target_psnr_is_met_and_smallest(codec: Codec, crop_rgb: Image.Image) ->
     top = psnr(orig, codec.decode(codec.encode(crop_rgb, quality=100)).rgb)
     bottom = psnr(orig, codec.decode(codec.encode(crop_rgb, quality=0)).rgb)
     target = bottom + 0.6 * (top - bottom)
-    res = codec.encode_detailed(crop_rgb, target_psnr=target)
+    res = codec.encode_detailed(crop_rgb, target_psnr=target, search="bisect")
     got = psnr(orig, codec.decode(res.data).rgb)
     assert got >= target - 0.01
     # one search step lower would have missed the target: the search returns the smallest
@@ -294,10 +294,13 @@ def test_target_psnr_is_met_and_smallest(codec: Codec, crop_rgb: Image.Image) ->
         codec.encode(crop_rgb, target_psnr=top + 5)
     # started from a good hint the search probes far less and still returns a quality that meets
     # the target and lies within one search step of the unhinted answer
-    hinted = codec.encode_detailed(crop_rgb, target_psnr=target, quality_hint=res.quality + 0.3)
+    hinted = codec.encode_detailed(crop_rgb, target_psnr=target, quality_hint=res.quality + 0.3, search="bisect")
     assert hinted.probes <= 5 < res.probes
     assert psnr(orig, codec.decode(hinted.data).rgb) >= target - 0.01
     assert abs(hinted.quality - res.quality) <= step
+    # the predicted search (the default, issue 25) returns bisection's stream with fewer exact probes
+    predicted = codec.encode_detailed(crop_rgb, target_psnr=target)
+    assert predicted.data == res.data and predicted.probes < res.probes
 
 
 def test_gray_psnr_is_measured_on_delivered_pixels(codec: Codec) -> None:

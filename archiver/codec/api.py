@@ -2,8 +2,9 @@
 
 Images are coded in independent tiles (default 1024 px) so that memory stays bounded for any
 image size; each tile is padded (edge replication) to the model's hyper-latent stride (64 or 32) and cropped on
-decode. ``target_psnr`` searches the continuous quality knob by bisection (``smallest_quality``)
-on the encoder's own reconstruction, which is bit-identical in latents to what the decoder will
+decode; tiles are coded on a thread pool (``_TilePool``). ``target_psnr`` searches the continuous
+quality knob from a cheap PSNR prediction confirmed by real probes (``predicted_quality``), falling
+back to bisection (``smallest_quality``), on the encoder's own reconstruction, which is bit-identical in latents to what the decoder will
 produce, so the search needs no entropy decoding; callers that must be sure (the pipeline) still
 decode the real bytes afterwards.
 """
@@ -140,6 +141,75 @@ def _prepare_device(device: str) -> torch.device:
     return pick_device(device)
 
 
+class _Recorded:
+    """Stands in for the image-wide latent hasher while a tile is coded on a pool thread: keeps
+    what the tile fed it, to be replayed into the real hasher in tile order (the image hash is
+    over the tiles in order, whichever finished first)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def update(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def replay(self, hasher: "hashlib._Hash") -> None:
+        for c in self.chunks:
+            hasher.update(c)
+        self.chunks.clear()
+
+
+_POOL_LOCK = threading.Lock()
+_pool_users = 0
+_threads_before = 0
+
+
+class _TilePool:
+    """Tiles are independent: with more than one tile and more than one torch thread, code them
+    on a thread pool of ``torch.get_num_threads()`` workers (the ``torch_threads`` setting, else
+    one per core) instead of one tile at a time with intra-op threads. Most exact-path operations
+    are too small to keep several intra-op threads busy (and on a shared machine their barriers
+    spin against each other), so while a pool runs torch's intra-op pool is set to one thread,
+    process-wide (reference-counted, restored when the last pool ends). Tiles go in windows of
+    ``workers``, so at most that many tiles' intermediates are alive at once."""
+
+    def __init__(self, n_tiles: int, device: torch.device) -> None:
+        # CPU only: an accelerator runs one tile's kernels in parallel already (and the per-thread
+        # accelerator-time accounting must stay on the caller's thread)
+        self.workers = min(n_tiles, torch.get_num_threads()) if device.type == "cpu" else 1
+
+    def __enter__(self) -> "_TilePool":
+        global _pool_users, _threads_before
+        if self.workers > 1:
+            with _POOL_LOCK:
+                if _pool_users == 0:
+                    _threads_before = torch.get_num_threads()
+                    torch.set_num_threads(1)
+                _pool_users += 1
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._ex = ThreadPoolExecutor(self.workers, thread_name_prefix="archiver-tile")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _pool_users
+        if self.workers > 1:
+            self._ex.shutdown(wait=True, cancel_futures=True)
+            with _POOL_LOCK:
+                _pool_users -= 1
+                if _pool_users == 0:
+                    torch.set_num_threads(_threads_before)
+
+    def map(self, fn: Callable, items: list) -> list:
+        """``fn`` over ``items`` (a window), results in order; the first failure in order raises."""
+        if self.workers <= 1:
+            return [fn(it) for it in items]
+        futures = [self._ex.submit(torch.inference_mode()(fn), it) for it in items]
+        return [f.result() for f in futures]
+
+    def windows(self, items: list) -> list[list]:
+        return [items[i:i + self.workers] for i in range(0, len(items), self.workers)]
+
+
 def tile_grid(height: int, width: int, tile: int) -> list[tuple[int, int, slice, slice]]:
     out = []
     for r in range(math.ceil(height / tile)):
@@ -220,6 +290,64 @@ def smallest_quality(psnr_at: Callable[[float], float], target: float, steps: in
         else:
             lo = mid
     return hi * res
+
+
+def predicted_quality(psnr_at: Callable[[float], float], predict_at: Callable[[float], float], target: float,
+                      steps: int = SEARCH_STEPS, spread: float = 0.0, max_guesses: int = 3) -> float:
+    """``smallest_quality``'s answer, found with about two calls of ``psnr_at`` (issue 25).
+
+    ``predict_at`` is a cheap estimate of ``psnr_at`` (the coefficient-domain error, see
+    ``Codec._predicted_psnr``) that is off by a roughly constant amount for one image. Bisect the
+    grid on the prediction, measure the real PSNR there, shift the prediction by the miss and
+    bisect again, until the shifted prediction points at a grid point already measured; then
+    measure its neighbour below (if it met the target) or above (if not). A point that meets the
+    target with its lower neighbour missing it is a boundary of the grid: for PSNR rising with
+    quality the one bisection returns. When ``max_guesses`` guesses did not settle, fall back to
+    ``smallest_quality`` (hinted at the last guess), which reuses every measurement made.
+    """
+    n = 2**steps
+    res = 100 / n
+    measured: dict[int, float] = {}
+    predicted: dict[int, float] = {}
+
+    def real(k: int) -> float:
+        if k not in measured:
+            measured[k] = psnr_at(k * res)
+        return measured[k]
+
+    def pred(k: int) -> float:
+        if k not in predicted:
+            predicted[k] = predict_at(k * res)
+        return predicted[k]
+
+    def guess(offset: float) -> int:  # the smallest grid point whose shifted prediction meets the target
+        if pred(n) + offset < target:
+            return n
+        if pred(0) + offset >= target:
+            return 0
+        lo, hi = 0, n
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if pred(mid) + offset >= target else (mid, hi)
+        return hi
+
+    offset, k = 0.0, None
+    for _ in range(max_guesses):
+        k_new = guess(offset)
+        if k_new == k or k_new in measured:
+            k = k_new
+            break
+        k = k_new
+        offset = real(k) - pred(k)
+    assert k is not None
+    if real(k) >= target:
+        if k == 0 or real(k - 1) < target:
+            return k * res
+    elif k < n and real(k + 1) >= target:
+        return (k + 1) * res
+    elif k == n:
+        raise TargetNotReached(f"even quality 100 stays below {target:.2f} dB PSNR for this image")
+    return smallest_quality(lambda q: real(round(q / res)), target, steps, hint=k * res, spread=spread)
 
 
 class QualityHints:
@@ -352,23 +480,55 @@ class Codec:
             recon = np.empty_like(img.rgb)
         tiles = []
         hasher = hashlib.sha256()
-        for (r, c, rs, cs), y in zip(tile_grid(img.height, img.width, self.tile_size), latents):
-            coded = self._timed(lambda: self.coder.encode(y * gain, hasher, code=not dry, rdo=rdo))
-            if synth:
+        grid = list(zip(tile_grid(img.height, img.width, self.tile_size), latents))
+
+        def one(item):
+            (r, c, rs, cs), y = item
+            rec = _Recorded()
+            coded = self._timed(lambda: self.coder.encode(y * gain, rec, code=not dry, rdo=rdo))
+            if synth:  # tiles write disjoint parts of recon
                 recon[rs, cs] = self._timed(lambda: self._synth(coded.y_hat, inv_gain,
                                                                 rs.stop - rs.start, cs.stop - cs.start))
-            if not dry:
-                tiles.append(cx.TilePayload(row=r, col=c, z=coded.z, y=[coded.y], digests=coded.digests))
+            coded.y_hat = None
+            return r, c, coded, rec
+
+        with _TilePool(len(grid), self.device) as pool:
+            for window in pool.windows(grid):
+                for r, c, coded, rec in pool.map(one, window):
+                    rec.replay(hasher)
+                    if not dry:
+                        tiles.append(cx.TilePayload(row=r, col=c, z=coded.z, y=[coded.y], digests=coded.digests))
         return tiles, recon, hasher.hexdigest()
+
+    def _predicted_psnr(self, img: LoadedImage, latents: list[torch.Tensor], quality: float) -> float:
+        """PSNR predicted from the coefficient-domain error, without the entropy model or g_s.
+
+        The complete design's analysis is near-orthonormal (a DCT stem), so the quantisation
+        error of the gained latents, ``(round(y g) - y g) / g``, has about the energy of the
+        pixel error. Only the search uses it, to pick where the exact probes go; it is shifted by
+        the measured miss at the first exact probe (``predicted_quality``)."""
+        gain, inv_gain = self._gains(quality)
+        sq, count = 0.0, 0
+        for y in latents:
+            yg = y.double() * gain.double()
+            err = (torch.floor(yg + 0.5) - yg) * inv_gain.double()
+            sq += float((err * err).sum())
+            count += err.numel()
+        mse = sq / max(count, 1) * 255.0**2 + 1 / 12  # plus the output's rounding to 8 bits
+        return 10.0 * math.log10(255.0**2 / mse)
 
     def encode_detailed(self, image: Image.Image | LoadedImage, quality: float | None = None,
                         target_psnr: float | None = None, quality_hint: float | None = None,
-                        hint_spread: float = 0.0, effort: int = 0) -> EncodeResult:
+                        hint_spread: float = 0.0, search: str = "predicted", effort: int = 0) -> EncodeResult:
         """Encode; with ``target_psnr`` return the smallest quality whose decoded image meets it
         (``quality_hint``, where the search starts, only changes how many probes that takes).
-        ``effort`` (``EFFORTS``): 0 rounds every latent, as every release before it did; higher
-        efforts spend encoder time on rate-distortion optimisation (rdo.py). Every effort writes
-        the same container version, decoded by the same decoder."""
+        ``search``: "predicted" (``predicted_quality``: about two exact probes) or "bisect"
+        (``smallest_quality`` alone); both return the same grid quality for PSNR rising with
+        quality. ``effort`` (``EFFORTS``): 0 rounds every latent, as every release before it did;
+        higher efforts spend encoder time on rate-distortion optimisation (rdo.py). Every effort
+        writes the same container version, decoded by the same decoder."""
+        if search not in ("predicted", "bisect"):
+            raise ValueError(f"unknown search {search!r}")
         if effort not in EFFORTS:
             raise ValueError(f"effort must be one of {EFFORTS}, not {effort!r}")
         if (quality is None) == (target_psnr is None):
@@ -382,24 +542,35 @@ class Codec:
             ]
         target_rgb = delivered(img.rgb, img.mode)
         probes = 0
-        kept: dict[float, np.ndarray] = {}  # the last probe that met the target: the answer so far
+        # the smallest probe that met the target: the answer so far. The predicted search's probes
+        # also entropy-code (a small extra cost), so that its answer's probe is the final encode.
+        kept: dict[float, tuple[list[cx.TilePayload], np.ndarray, str]] = {}
+        code_probes = search == "predicted"
 
         def quality_psnr(q: float) -> float:
             nonlocal probes
             probes += 1
-            _, recon, _ = self._encode_at(img, latents, q, dry=True, effort=effort)
+            tiles_q, recon, hash_q = self._encode_at(img, latents, q, dry=not code_probes, effort=effort)
             p = psnr(target_rgb, delivered(recon, img.mode))
-            if target_psnr is not None and p >= target_psnr:
+            if target_psnr is not None and p >= target_psnr and (not kept or q < min(kept)):
                 kept.clear()
-                kept[q] = recon
+                kept[q] = (tiles_q, recon, hash_q)
             return p
 
-        if target_psnr is not None:
+        if target_psnr is not None and search == "predicted":
+            quality = predicted_quality(quality_psnr, lambda q: self._predicted_psnr(img, latents, q), target_psnr,
+                                        spread=hint_spread)
+        elif target_psnr is not None:
             quality = smallest_quality(quality_psnr, target_psnr, hint=quality_hint, spread=hint_spread)
         assert quality is not None
         quality = float(min(max(quality, 0.0), 100.0))
-        tiles, recon, latent_hash = self._encode_at(img, latents, quality, dry=False, recon=kept.get(quality),
-                                                    effort=effort)
+        if code_probes and quality in kept:
+            tiles, recon, latent_hash = kept[quality]
+        else:
+            tiles, recon, latent_hash = self._encode_at(img, latents, quality, dry=False,
+                                                        recon=kept[quality][1] if quality in kept else None,
+                                                        effort=effort)
+            probes += 1
         meta = cx.ContainerMeta(
             model_id=self.model_id, weights_sha256=self.weights_sha256, quality=quality,
             width=img.width, height=img.height, mode=img.mode, content_type=img.content_type,
@@ -409,7 +580,7 @@ class Codec:
         alpha = img.alpha.tobytes() if img.alpha is not None else None
         data = cx.pack(cx.Container(meta=meta, tiles=tiles, icc=img.icc, exif=img.exif, alpha=alpha))
         return EncodeResult(data=data, quality=quality, psnr=psnr(target_rgb, delivered(recon, img.mode)),
-                            width=img.width, height=img.height, seconds=time.perf_counter() - t0, probes=probes + 1)
+                            width=img.width, height=img.height, seconds=time.perf_counter() - t0, probes=probes)
 
     def encode(self, image: Image.Image | LoadedImage, quality: float | None = None,
                target_psnr: float | None = None, effort: int = 0) -> bytes:
@@ -483,25 +654,44 @@ class Codec:
         rgb = np.empty((meta.height, meta.width, 3), dtype=np.uint8)
         hasher = hashlib.sha256()
         grid = tile_grid(meta.height, meta.width, meta.tile_size)
-        for k, ((r, col, rs, cs), tile) in enumerate(zip(grid, c.tiles)):
+        for (r, col, _, _), tile in zip(grid, c.tiles):
             if (tile.row, tile.col) != (r, col) or len(tile.y) != 1:
                 raise ContainerError(f"tile ({tile.row},{tile.col}) is out of place or malformed", code="bad_section")
+
+        def entropy(k: int) -> tuple[torch.Tensor, _Recorded]:
+            (r, col, rs, cs), tile = grid[k], c.tiles[k]
             tick()
             h, w = rs.stop - rs.start, cs.stop - cs.start
             z_shape = (math.ceil(h / self.model.preset.z_stride), math.ceil(w / self.model.preset.z_stride))
             checks, check_of = c.tile_check(k)
-            y_hat = self._timed(lambda: self.coder.decode(tile.z, tile.y[0], z_shape, self.device, hasher,
+            rec = _Recorded()
+            y_hat = self._timed(lambda: self.coder.decode(tile.z, tile.y[0], z_shape, self.device, rec,
                                                           checks=checks, tick=tick, where=f"tile ({r},{col})",
                                                           check_of=check_of))
-            if k == len(grid) - 1 and hasher.hexdigest() != meta.latent_sha256:
-                # before the last synthesis: a one-tile container (most images; every version-1
-                # forgery of one tile) is refused before its most memory-hungry step
-                raise ContainerError(
-                    "decoded latents do not match the checksum recorded at encode time: the entropy-coded data is "
-                    "corrupt or forged (or was decoded with a different probability model)",
-                    code="latent_mismatch",
-                )
-            rgb[rs, cs] = self._timed(lambda: self._synth(y_hat, inv_gain, h, w))
+            return y_hat, rec
+
+        def synth(item: tuple[int, torch.Tensor]) -> None:
+            k, y_hat = item
+            _, _, rs, cs = grid[k]
+            rgb[rs, cs] = self._timed(lambda: self._synth(y_hat, inv_gain, rs.stop - rs.start, cs.stop - cs.start))
+
+        # tiles in windows of the pool's size (one at a time without a pool): entropy decoding in
+        # parallel, the latent hash fed in tile order, then the windows' syntheses in parallel
+        with _TilePool(len(grid), self.device) as pool:
+            for window in pool.windows(list(range(len(grid)))):
+                decoded = pool.map(entropy, window)
+                for y_hat, rec in decoded:
+                    rec.replay(hasher)
+                if window[-1] == len(grid) - 1 and hasher.hexdigest() != meta.latent_sha256:
+                    # before the last synthesis: a one-tile container (most images; every version-1
+                    # forgery of one tile) is refused before its most memory-hungry step
+                    raise ContainerError(
+                        "decoded latents do not match the checksum recorded at encode time: the entropy-coded data "
+                        "is corrupt or forged (or was decoded with a different probability model)",
+                        code="latent_mismatch",
+                    )
+                pool.map(synth, [(k, y) for k, (y, _) in zip(window, decoded)])
+                del decoded
         alpha = None
         if c.alpha is not None:
             alpha = np.frombuffer(c.alpha, dtype=np.uint8).reshape(meta.height, meta.width).copy()

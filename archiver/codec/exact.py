@@ -13,8 +13,20 @@ Following Ballé et al., "Integer networks for data compression with latent-vari
 At inference the layers run in float64. Every product of two grid values has at most 16
 fractional bits and every partial sum stays below 2^53, so each addition is exact and the
 result does not depend on summation order, blocking, FMA, thread count or device. Only matrix
-products (1x1 convolutions) and explicit shift-and-add depthwise convolutions are used — never a
-backend convolution that might pick an FFT or Winograd algorithm.
+products (1x1 convolutions) and direct depthwise convolutions are used — never an FFT or
+Winograd algorithm, whose intermediate values are not on the grid.
+
+Fast path (issue 25): inside a network the exact layers pass activations in *grid units*
+(256 x value, integers held in float64; ``forward_units``). Scaling by a power of two is exact,
+so a layer computes exactly 256 x what the value-domain layer computed; the bias is stored as
+256 b + 1/2, so that one ``floor_`` and one ``clamp_`` (which also does the ReLU that follows a
+layer) replace the five passes of ``to_grid`` (clamp, x 256, + 1/2, floor, / 256). Clamping
+before or after rounding gives the same result because the bounds are grid points. Depthwise
+convolutions use the backend's float64 ``conv2d`` on the CPU, where PyTorch has no FFT or
+Winograd path for float64 (mkldnn, NNPACK and XNNPACK take float32 only, so float64 goes to a
+direct or im2col + GEMM kernel, i.e. sums of exact products); elsewhere (CUDA, where cuDNN
+could choose an FFT algorithm) they keep the explicit shift-and-add. ``tests/test_exact_fast.py``
+checks both against the reference layers on random grids including worst-case magnitudes.
 
 During training the same layers run in float32 with straight-through rounding, so the network
 learns under the quantisation it will be evaluated with.
@@ -83,6 +95,26 @@ def quant_weight(w: Tensor) -> Tensor:
     return w if _FLOAT_TWIN else to_grid(w, W_LIMIT)
 
 
+#: |activation| bound in grid units
+UNIT_LIMIT = ACT_LIMIT * GRID
+
+
+def unit_bias(b: Tensor, dtype: torch.dtype) -> Tensor:
+    """A layer's bias in grid units with the rounding's + 1/2 folded in: 256 b + 1/2 (exact)."""
+    return quant_bias(b).to(dtype) * GRID + 0.5
+
+
+def finish_units(y: Tensor, relu: bool = False) -> Tensor:
+    """Round ``y`` (= 256 x the linear map + 1/2, see ``unit_bias``) down and clamp, in place:
+    ``to_grid`` in grid units, with a following ReLU folded into the clamp's lower bound."""
+    return y.floor_().clamp_(0.0 if relu else -UNIT_LIMIT, UNIT_LIMIT)
+
+
+def fast_exact(x: Tensor) -> bool:
+    """Whether a layer may take the grid-unit fast path (the exact path, not the float twin)."""
+    return x.dtype == torch.float64 and not _FLOAT_TWIN
+
+
 def quant_bias(b: Tensor) -> Tensor:
     g = GRID * GRID
     b = torch.clamp(b, -ACT_LIMIT, ACT_LIMIT)
@@ -106,7 +138,20 @@ class ExactPointwise(nn.Module):
         self.weight = nn.Parameter(torch.randn(cout, cin) * (init_scale / cin**0.5))
         self.bias = nn.Parameter(torch.zeros(cout))
 
+    def forward_units(self, a: Tensor, relu: bool = False) -> Tensor:
+        """The exact layer on grid units (see the module docstring); ``relu`` folds a ReLU after it."""
+        w = quant_weight(self.weight).to(a.dtype)
+        b = unit_bias(self.bias, a.dtype)
+        n, c, h, wd = a.shape
+        if n == 1:  # (Cout, C) @ (C, H*W) in the NCHW layout: no permuted copies, bias in the GEMM
+            y = torch.addmm(b[:, None], w, a.reshape(c, h * wd)).view(1, -1, h, wd)
+        else:
+            y = (torch.matmul(w, a.reshape(n, c, h * wd)) + b[None, :, None]).view(n, -1, h, wd)
+        return finish_units(y, relu)
+
     def forward(self, x: Tensor) -> Tensor:
+        if fast_exact(x):
+            return self.forward_units(x * GRID).div_(GRID)
         w = quant_weight(self.weight).to(x.dtype)
         b = quant_bias(self.bias).to(x.dtype)
         if is_exact(x):
@@ -128,7 +173,20 @@ class ExactDepthwise(nn.Module):
         self.weight = nn.Parameter(torch.randn(channels, 1, kernel, kernel) * (1.0 / kernel))
         self.bias = nn.Parameter(torch.zeros(channels))
 
+    def forward_units(self, a: Tensor) -> Tensor:
+        """The exact layer on grid units: the backend's float64 convolution on the CPU (exact
+        there, see the module docstring), the shift-and-add reference elsewhere."""
+        w = quant_weight(self.weight).to(a.dtype)
+        b = unit_bias(self.bias, a.dtype)
+        if a.device.type == "cpu":
+            y = F.conv2d(a, w, b, padding=self.kernel // 2, groups=a.shape[1])
+        else:
+            y = shift_and_add(a, w, b)
+        return finish_units(y)
+
     def forward(self, x: Tensor) -> Tensor:
+        if fast_exact(x):
+            return self.forward_units(x * GRID).div_(GRID)
         w = quant_weight(self.weight).to(x.dtype)
         b = quant_bias(self.bias).to(x.dtype)
         k = self.kernel
@@ -136,16 +194,23 @@ class ExactDepthwise(nn.Module):
         if not is_exact(x):
             with torch.autocast(x.device.type, enabled=False):
                 return to_grid(F.conv2d(x.float(), w.float(), b.float(), padding=p, groups=x.shape[1]))
-        # Explicit shift-and-add: every term is exact, so order cannot matter.
-        _, _, h, wd = x.shape
-        xp = F.pad(x, (p, p, p, p))
-        acc = b.view(1, -1, 1, 1).expand_as(x).clone()
-        for dy in range(k):
-            for dx in range(k):
-                # fused multiply-add in place: the product of two grid values is exact, so an FMA
-                # and a separate multiply then add give the same bits
-                acc.addcmul_(xp[:, :, dy : dy + h, dx : dx + wd], w[:, 0, dy, dx].view(1, -1, 1, 1))
-        return to_grid(acc)
+        return to_grid(shift_and_add(x, w, b))
+
+
+def shift_and_add(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """Depthwise k x k convolution (zero padding) as explicit shift-and-add: every term is exact,
+    so order cannot matter. The reference the fast path is tested against."""
+    k = w.shape[-1]
+    p = k // 2
+    _, _, h, wd = x.shape
+    xp = F.pad(x, (p, p, p, p))
+    acc = b.view(1, -1, 1, 1).expand_as(x).clone()
+    for dy in range(k):
+        for dx in range(k):
+            # fused multiply-add in place: the product of two grid values is exact, so an FMA
+            # and a separate multiply then add give the same bits
+            acc.addcmul_(xp[:, :, dy : dy + h, dx : dx + wd], w[:, 0, dy, dx].view(1, -1, 1, 1))
+    return acc
 
 
 class ExactBlock(nn.Module):
@@ -159,7 +224,14 @@ class ExactBlock(nn.Module):
         self.pw1 = ExactPointwise(channels, channels * expansion)
         self.pw2 = ExactPointwise(channels * expansion, channels, init_scale=0.1)
 
+    def forward_units(self, a: Tensor) -> Tensor:
+        # the sum of two grid values is on the grid: to_grid reduces to the clamp
+        return self.pw2.forward_units(self.pw1.forward_units(self.dw.forward_units(a), relu=True)).add_(a) \
+            .clamp_(-UNIT_LIMIT, UNIT_LIMIT)
+
     def forward(self, x: Tensor) -> Tensor:
+        if fast_exact(x):
+            return self.forward_units(x * GRID).div_(GRID)
         return to_grid(x + self.pw2(act(self.pw1(self.dw(x)))))
 
 
@@ -169,6 +241,9 @@ class ExactUp(nn.Module):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
         self.pw = ExactPointwise(cin, cout * 4)
+
+    def forward_units(self, a: Tensor) -> Tensor:
+        return F.pixel_shuffle(self.pw.forward_units(a), 2)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.pixel_shuffle(self.pw(x), 2)
@@ -183,7 +258,15 @@ class ExactMLPHead(nn.Module):
         self.blocks = nn.Sequential(*[ExactBlock(width, kernel) for _ in range(blocks)])
         self.out = ExactPointwise(width, cout, init_scale=0.5)
 
+    def forward_units(self, a: Tensor) -> Tensor:
+        a = self.inp.forward_units(a, relu=True)
+        for block in self.blocks:
+            a = block.forward_units(a)
+        return self.out.forward_units(a)
+
     def forward(self, x: Tensor) -> Tensor:
+        if fast_exact(x):
+            return self.forward_units(x * GRID).div_(GRID)
         return self.out(self.blocks(act(self.inp(x))))
 
 

@@ -24,7 +24,8 @@ import torch
 from .compressai_imports import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
-from .exact import ExactBlock, ExactDepthwise, ExactMLPHead, ExactPointwise, ExactUp, act, enter_grid, round_half_up, ste, to_grid
+from .exact import (GRID, UNIT_LIMIT, ExactBlock, ExactDepthwise, ExactMLPHead, ExactPointwise, ExactUp, act, enter_grid,
+                    fast_exact, round_half_up, ste, to_grid)
 from .complete import CompleteAnalysis, CompleteSynthesis
 from .layers import Analysis, HyperAnalysis, Synthesis
 
@@ -155,6 +156,12 @@ class HyperSynthesis(nn.Module):
         self.out = ExactPointwise(width, 2 * latent, init_scale=0.5)
 
     def forward(self, z: Tensor) -> Tensor:
+        if fast_exact(z):  # the same layers on grid units (exact.py), one conversion each way
+            a = self.inp.forward_units(z * GRID)
+            for block in self.stage0:
+                a = block.forward_units(a)
+            a = self.stage1.forward_units(self.up1.forward_units(a.relu_()))
+            return self.out.forward_units(self.up2.forward_units(a.relu_())).div_(GRID)
         h = self.stage0(self.inp(z))
         h = self.stage1(self.up1(act(h)))
         return self.out(self.up2(act(h)))
@@ -190,6 +197,12 @@ class SpatialContext(nn.Module):
             self.head.out.bias.zero_()
 
     def forward(self, sym: Tensor, mu: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        if fast_exact(sym):  # on grid units (exact.py); mu + d_mu is on the grid, so only clamped
+            s, mu_u, scale_u = sym * GRID, mu * GRID, scale * GRID
+            ctx = self.dw.forward_units(torch.cat([s, s.abs()], dim=1))
+            d_mu, d_scale = self.head.forward_units(torch.cat([ctx, mu_u, scale_u], dim=1)).chunk(2, dim=1)
+            return ((d_mu.add_(mu_u).clamp_(-UNIT_LIMIT, UNIT_LIMIT).div_(GRID)),
+                    d_scale.add_(scale_u).clamp_(-UNIT_LIMIT, UNIT_LIMIT).div_(GRID))
         ctx = self.dw(torch.cat([sym, sym.abs()], dim=1))
         d_mu, d_scale = self.head(torch.cat([ctx, mu, scale], dim=1)).chunk(2, dim=1)
         return to_grid(mu + d_mu), to_grid(scale + d_scale)
