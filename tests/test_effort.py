@@ -34,7 +34,7 @@ def codec() -> Codec:
     return Codec.load(MODEL, "cpu")
 
 
-def _kodak_crop(n: int, size: int = 256) -> Image.Image:
+def _kodak_crop(n: int, size: int = 128) -> Image.Image:
     im = Image.open(KODAK / f"kodim{n:02d}.png").convert("RGB")
     left, top = (im.width - size) // 2, (im.height - size) // 2
     return im.crop((left, top, left + size, top + size))
