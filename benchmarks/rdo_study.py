@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="an unregistered weights file instead of --model")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--avif", default=None, help="comma-separated AVIF qualities (speed 6, 4:4:4, tune=psnr, the "
+                    "pilot's `all` preset): also BD-rate of every setting against AVIF on the same images")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.weights:
@@ -96,6 +98,23 @@ def main() -> None:
             per["enc_s"].append(ts)
             print(f"{setting:>12} {name}: " + "  ".join(f"q{q:g} {b:.3f}bpp {p:.2f}dB" for q, b, p in zip(a.qualities, bpps, ps)),
                   flush=True)
+    if a.avif:
+        from archiver.baselines.codecs import baseline_codecs
+
+        avif = next(b for b in baseline_codecs("all") if b.name == "avif")
+        per = curves.setdefault("avif", {"bpp": [], "psnr": [], "enc_s": []})
+        for name, img in images:
+            bpps, ps, ts = [], [], []
+            for q in [int(v) for v in a.avif.split(",")]:
+                t = time.perf_counter()
+                data = avif.encode(img.rgb, q)
+                ts.append(time.perf_counter() - t)
+                bpps.append(len(data) * 8 / (img.width * img.height))
+                ps.append(psnr(img.rgb, avif.decode(data)))
+            per["bpp"].append(bpps)
+            per["psnr"].append(ps)
+            per["enc_s"].append(ts)
+            print(f"{'avif':>12} {name}: " + "  ".join(f"{b:.3f}bpp {p:.2f}dB" for b, p in zip(bpps, ps)), flush=True)
     base = a.settings[0]
     print(f"\nBD-rate against setting {base} (per image, then the mean of per-image BD-rates)")
     summary = {}
@@ -110,6 +129,14 @@ def main() -> None:
                             "encode_time_ratio": t_ratio}
         print(f"{setting:>12}: mean {np.mean(vals):+.2f} %  (" +
               ", ".join(f"{n} {v:+.2f}" for n, v in zip(a.images, vals)) + f")  encode x{t_ratio:.2f}")
+    if a.avif:
+        print("\nBD-rate against AVIF (per image, then the mean)")
+        for setting in a.settings:
+            vals = [bd_rate(curves["avif"]["bpp"][k], curves["avif"]["psnr"][k], curves[setting]["bpp"][k],
+                            curves[setting]["psnr"][k]) for k in range(len(images))]
+            summary.setdefault(setting, {})["vs_avif_pct"] = float(np.mean(vals))
+            summary[setting]["vs_avif_per_image"] = dict(zip(a.images, vals))
+            print(f"{setting:>12}: mean {np.mean(vals):+.2f} %  (" + ", ".join(f"{n} {v:+.2f}" for n, v in zip(a.images, vals)) + ")")
     if a.out:
         Path(a.out).write_text(json.dumps({"args": vars(a), "curves": curves, "summary": summary}, indent=1))
 
