@@ -648,7 +648,7 @@ def pilot_html(p: dict[str, Any]) -> str:
             _img(charts.rd_points(p), "chart-rd-points", "RD points of the sample: bits per pixel vs PSNR",
                  "Each codec's chosen file per image: bits per pixel and decoded PSNR; red line: the floor."),
         ])
-        compare = (f'<h2>ConvNeXt-ChARM and the classical codecs at PSNR &ge; {p["min_psnr"]:g} dB</h2>'
+        compare += (f'<h2>ConvNeXt-ChARM and the classical codecs at PSNR &ge; {p["min_psnr"]:g} dB</h2>'
                    f'{_html_table("table-codecs", CODEC_HEADERS, codec_rows(p))}'
                    f'<h2>Advantage over the best classical codec</h2>'
                    f'{_html_table("table-advantage", ["item", "value"], [list(r) for r in advantage_rows(p)], wrap=(1,))}'
