@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..codec.default import EFFORTS
 from ..errors import ArchiverError
+from .options import effort_option
 from .consoles import LogTicker, err_console as console, fail, table_console
 
 
@@ -35,8 +36,7 @@ def _progress() -> Progress:
 @click.option("--target-psnr", type=click.FloatRange(1, 99), help="smallest bitstream whose decoded PSNR meets this (dB)")
 @click.option("--model", default=None, help="model id (default from settings)")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--effort", type=click.IntRange(min(EFFORTS), max(EFFORTS)), default=None,
-              help="encoder effort: 0 plain rounding, 1 rate-distortion optimised quantisation [settings: 1]")
+@effort_option
 def encode(src: Path, dst: Path, quality: float | None, target_psnr: float | None, model: str | None, device: str,
            effort: int | None) -> None:
     """Encode an image file into a .cxa container."""

@@ -11,9 +11,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from .pipeline_cmds import human
-from ..codec.default import EFFORTS
 from ..errors import ArchiverError
 from ..vocabulary import DONE
+from .options import effort_option, policy_option
 from .consoles import LogTicker, err_console as console, fail, table_console
 
 
@@ -59,12 +59,8 @@ def _broker_view():
 @click.option("--upgrade", is_flag=True,
               help="also re-encode objects already archived with another (older) model")
 @click.option("--model", default=None, help="model id: packaged, or published in the model store [settings: model_id]")
-@click.option("--effort", type=click.IntRange(min(EFFORTS), max(EFFORTS)), default=None,
-              help="encoder effort: 0 plain rounding, 1 rate-distortion optimised quantisation (~4 % smaller, "
-                   "~1.3x encode time) [settings: 1]")
-@click.option("--policy", type=click.Choice(("lossy", "lossless", "best")), default=None,
-              help="tiers to store: lossy (neural codec), lossless (JPEG originals as bit-exact JPEG XL only), "
-                   "best (the smaller verified archive per object) [settings: best]")
+@effort_option
+@policy_option
 def submit(source, resume_job, dest, min_psnr, min_saving, replace, chunk_size, older_than_days, db_url, upgrade,
            model, effort, policy) -> None:
     """Queue a recompression job over SOURCE for the Celery workers; prints the job id.

@@ -22,8 +22,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..codec.default import DEFAULT_MODEL, EFFORTS
+from ..codec.default import DEFAULT_MODEL
 from ..errors import ArchiverError
+from .options import effort_option, policy_option
 from .consoles import LogTicker, err_console as console, fail, table_console
 
 if TYPE_CHECKING:
@@ -86,12 +87,8 @@ def summary_table(summary: JobSummary) -> Table:
 @click.option("--new-job", is_flag=True, help="start a new job even if an unfinished identical one exists")
 @click.option("--upgrade", is_flag=True,
               help="also re-encode objects already archived with another (older) model")
-@click.option("--effort", type=click.IntRange(min(EFFORTS), max(EFFORTS)), default=None,
-              help="encoder effort: 0 plain rounding, 1 rate-distortion optimised quantisation (~4 % smaller, "
-                   "~1.3x encode time) [settings: 1]")
-@click.option("--policy", type=click.Choice(("lossy", "lossless", "best")), default=None,
-              help="tiers to store: lossy (neural codec), lossless (JPEG originals as bit-exact JPEG XL only), "
-                   "best (the smaller verified archive per object) [settings: best]")
+@effort_option
+@policy_option
 def recompress(source, dest, min_psnr, min_saving, replace, dry_run, limit, workers, model, device, db_url, new_job,
                upgrade, effort, policy) -> None:
     """Recompress every image under SOURCE (s3://bucket/prefix, file:///dir or a path).

@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from ..codec.default import DEFAULT_MODEL, EFFORTS
+from ..codec.default import DEFAULT_MODEL
 from ..report.render import FORMATS
+from .options import effort_option
 from .consoles import err_console as console, table_console
 
 
@@ -122,9 +123,7 @@ def report(job_ids, since, until, bucket, prefix, model, prefix_depth, price_per
 @click.option("--policy", type=click.Choice(("lossy", "lossless", "best")), default=None,
               help="tiers the projected run would store (see recompress --policy) [settings: best]")
 @_with_options(_price_options)
-@click.option("--effort", type=click.IntRange(min(EFFORTS), max(EFFORTS)), default=None,
-              help="encoder effort: 0 plain rounding, 1 rate-distortion optimised quantisation (~4 % smaller, "
-                   "~1.3x encode time) [settings: 1]")
+@effort_option
 def pilot(source, sample, seed, min_psnr, min_saving, model, device, workers, job_id, baselines, task_check,
           effort, policy, price_per_gb_month, gpu_price_per_hour, cpu_price_per_hour, fmt, out, db_url) -> None:
     """Recompress a random sample of SOURCE in memory and project the saving onto all of it.
