@@ -27,24 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from archiver.bdrate import bd_rate  # noqa: E402
 from archiver.codec import api  # noqa: E402
-from archiver.codec.model import quality_to_lambda  # noqa: E402
-from archiver.codec.rdo import RdoParams, distortion_weight  # noqa: E402
 from archiver.images import from_pil  # noqa: E402
 from archiver.metrics import psnr  # noqa: E402
 
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
-
-
-class StudyCodec(api.Codec):
-    """A codec whose RDOQ strength and LRP use are set per run."""
-
-    strength = api.RDO_STRENGTH
-
-    def _rdo(self, quality, inv_gain, effort):
-        if effort <= 0:
-            return None
-        lam = quality_to_lambda(quality, self.model.preset)
-        return RdoParams(weight=distortion_weight(lam, inv_gain, self.strength))
 
 
 def load(name: str, upsample: int, crop: int | None) -> Image.Image:
@@ -74,15 +60,15 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.weights:
-        codec = StudyCodec.from_weights_file(a.weights, "cpu")
+        codec = api.Codec.from_weights_file(a.weights, "cpu")
     else:
-        codec = StudyCodec.load(a.model or api.DEFAULT_MODEL, "cpu")
+        codec = api.Codec.load(a.model or api.DEFAULT_MODEL, "cpu")
     images = [(n, from_pil(load(n, a.upsample, a.crop))) for n in a.images]
     curves: dict[str, dict[str, list]] = {}
     for setting in a.settings:
         parts = setting.split(":")
         effort = int(parts[0])
-        codec.strength = float(parts[1]) if len(parts) > 1 else api.RDO_STRENGTH
+        codec.rdo_strength = float(parts[1]) if len(parts) > 1 else api.RDO_STRENGTH
         per = curves.setdefault(setting, {"bpp": [], "psnr": [], "enc_s": []})
         for name, img in images:
             bpps, ps, ts = [], [], []

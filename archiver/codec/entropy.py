@@ -37,8 +37,9 @@ class CodedTile:
     y: bytes
     z_shape: tuple[int, int]
     y_hat: Tensor | None = None  # the decoded latents (gained), exactly what the decoder will rebuild
-    checks: list[bytes] = field(default_factory=list)  # tile checks at each checkpoint (container v2)
-    digests: list[bytes] = field(default_factory=list)  # the full symbol digests they come from (v3 binds them)
+    # the full symbol digest at each checkpoint (after z, after each y slice): the container
+    # derives its version's tile checks from them (v2: their first bytes; v3: bound to the header)
+    digests: list[bytes] = field(default_factory=list)
 
 
 class _TileHasher:
@@ -130,27 +131,30 @@ class TileCoder:
         sc = m.slice_ch
         for i, y_i in enumerate(y_g.double().chunk(m.preset.slices, dim=1)):
             mu, scale, mean_sup = m.slice_params(i, means_h, scales_h, decoded)
-            sym = torch.clamp(round_half_up(y_i - mu), -SYMBOL_LIMIT, SYMBOL_LIMIT)
-            if rdo is not None:
+            idx = m.scale_indexes(scale)
+            if rdo is None:
+                sym = torch.clamp(round_half_up(y_i - mu), -SYMBOL_LIMIT, SYMBOL_LIMIT)
+            else:
                 assert rates is not None
                 weight = rdo.weight[:, i * sc:(i + 1) * sc]
-                sym = choose(y_i - mu, m.scale_indexes(scale), weight, rates, SYMBOL_LIMIT)
+                sym = choose(y_i - mu, idx, weight, rates, SYMBOL_LIMIT)
             if not checkerboard:
                 if code:
-                    self._code(enc, sym.reshape(-1), m.scale_indexes(scale).reshape(-1))
+                    self._code(enc, sym.reshape(-1), idx.reshape(-1))
             else:
                 # anchors first, with the channel context; then the rest, refined from them
                 anchors = anchor_mask(sym.shape[2], sym.shape[3], sym.device).expand_as(sym)
                 if code:
-                    self._code(enc, sym[anchors], m.scale_indexes(scale)[anchors])
+                    self._code(enc, sym[anchors], idx[anchors])
                 mu2, scale2 = m.spatial(i, sym * anchors, mu, scale)
                 rest = ~anchors
+                idx2 = m.scale_indexes(scale2)
                 if rdo is None:
                     sym2 = torch.clamp(round_half_up(y_i - mu2), -SYMBOL_LIMIT, SYMBOL_LIMIT)
                 else:
-                    sym2 = choose(y_i - mu2, m.scale_indexes(scale2), weight, rates, SYMBOL_LIMIT)
+                    sym2 = choose(y_i - mu2, idx2, weight, rates, SYMBOL_LIMIT)
                 if code:
-                    self._code(enc, sym2[rest], m.scale_indexes(scale2)[rest])
+                    self._code(enc, sym2[rest], idx2[rest])
                 sym, mu = torch.where(anchors, sym, sym2), torch.where(anchors, mu, mu2)
             if code:
                 th.update(_symbols_bytes(sym))
@@ -158,8 +162,7 @@ class TileCoder:
             y_hat_i = sym + mu
             decoded.append(y_hat_i + m.lrp(i, mean_sup, y_hat_i))
         return CodedTile(z=z_bytes, y=enc.flush() if code else b"", z_shape=(int(z.shape[2]), int(z.shape[3])),
-                         y_hat=torch.cat(decoded, dim=1),
-                         checks=[d[:CHECK_BYTES] for d in digests], digests=digests)
+                         y_hat=torch.cat(decoded, dim=1), digests=digests)
 
     def n_checks(self) -> int:
         """Checkpoints per tile (container v2): after z, then after each y slice."""
