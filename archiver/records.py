@@ -108,10 +108,11 @@ def outcome_from_row(r: Result, scope: Scope | None = None) -> Outcome:
 
 # ---- result and ledger rows ------------------------------------------------------------------
 
-def result_row(session: Session, job_id: int, scope: Scope, key: str) -> Result | None:
-    """This job's row for the store-relative ``key`` (rows are unique per job, bucket and key)."""
-    return session.execute(select(Result).where(Result.job_id == job_id, Result.bucket == scope.bucket,
-                                                Result.key == scope.key(key))).scalar_one_or_none()
+def result_row(session: Session, job_id: int, scope: Scope, key: str, *, for_update: bool = False) -> Result | None:
+    """This job's row for the store-relative ``key`` (rows are unique per job, bucket and key);
+    ``for_update`` locks it until the transaction ends (``SELECT ... FOR UPDATE``)."""
+    query = select(Result).where(Result.job_id == job_id, Result.bucket == scope.bucket, Result.key == scope.key(key))
+    return session.execute(query.with_for_update() if for_update else query).scalar_one_or_none()
 
 
 def ledger_row(session: Session, scope: Scope, key: str, etag: str | None, model_id: str) -> ArchivedObject | None:
@@ -225,9 +226,7 @@ def record(session_factory: sessionmaker[Session], job_id: int, scope: Scope, mo
     with session_factory() as s:
         for attempt in range(3):
             try:
-                row = s.execute(select(Result).where(
-                    Result.job_id == job_id, Result.bucket == scope.bucket, Result.key == scope.key(out.key))
-                    .with_for_update()).scalar_one_or_none()
+                row = result_row(s, job_id, scope, out.key, for_update=True)
                 if row is not None and (keep_settled and row.status in SETTLED or _downgrade(row, out)):
                     if not keep_settled:
                         log.warning("kept the %s row of %s (job %s): a later attempt found it %s (%s)",
