@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from archiver.bdrate import bd_rate, bd_rate_files
 from archiver.cli import main
-from archiver.train import TrainConfig, learning_rate
+from archiver.train import CropSampler, TrainConfig, learning_rate
 
 from shared_paths import KODAK, SHARED  # noqa: E402
 ANCHORS = SHARED / "anchors" / "kodak"
@@ -48,6 +48,30 @@ def test_train_writes_weights_and_log_and_resumes(tmp_path: Path, monkeypatch: p
                                   "--crop", "64", "--device", "cpu", "--resume", str(out)])
     assert r.exit_code == 0, r.output
     assert out2.exists()
+
+
+def _detail(batch) -> float:
+    """Mean squared difference of horizontally adjacent pixels: the crops' fine detail."""
+    return float(((batch[..., 1:] - batch[..., :-1]) ** 2).mean())
+
+
+def test_sampler_enlarges_a_share_of_crops_into_smooth_content() -> None:
+    files = [KODAK / f"kodim{n:02d}.png" for n in (1, 8, 13)]  # detailed photos: enlarging shows clearly
+    plain = CropSampler(files, 128, seed=3)
+    assert CropSampler(files, 128, seed=3).batch(4).equal(plain.batch(4))  # off by default: crops as before
+    smooth = CropSampler(files, 128, seed=3, upsample_prob=1.0, upsample_max=2.5)
+    a, b = plain.batch(48), smooth.batch(48)
+    assert b.shape == a.shape == (48, 3, 128, 128) and 0.0 <= float(b.min()) and float(b.max()) <= 1.0
+    # an enlargement by 1..2.5 removes the finest detail: far less energy between neighbours
+    assert _detail(b) < 0.6 * _detail(a), (_detail(a), _detail(b))
+    # the same seed gives the same crops (a resumed or repeated run sees the same data)
+    assert CropSampler(files, 128, seed=3, upsample_prob=1.0, upsample_max=2.5).batch(48).equal(b)
+    half = CropSampler(files, 128, seed=3, upsample_prob=0.5, upsample_max=2.5).batch(48)
+    assert _detail(b) < _detail(half) < _detail(a)
+    with pytest.raises(ValueError, match="upsample_prob"):
+        CropSampler(files, 128, seed=3, upsample_prob=1.5)
+    with pytest.raises(ValueError, match="upsample_max"):
+        CropSampler(files, 128, seed=3, upsample_max=0.5)
 
 
 def test_lr_schedule_warms_up_and_follows_the_budget_that_ends_first() -> None:

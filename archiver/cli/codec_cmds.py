@@ -167,8 +167,12 @@ def info(src: Path, as_json: bool) -> None:
               help="lr factor of the entropy model (h_s, slice transforms, LRP, z density)")
 @click.option("--extend-to", default=None, type=click.Choice(["complete8-cb"]),
               help="with --resume: grow the resumed model into this preset (adds the checkerboard context)")
+@click.option("--upsample-prob", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="share of crops cut smaller and enlarged to --crop (smooth, camera-like content)")
+@click.option("--upsample-max", default=2.0, show_default=True, type=click.FloatRange(1.0, 4.0),
+              help="largest enlargement factor of those crops (drawn uniformly from 1 to this)")
 def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, max_minutes, seed, schedule,
-          warmup, q_sampling, threads, entropy_lr_scale, extend_to) -> None:
+          warmup, q_sampling, threads, entropy_lr_scale, extend_to, upsample_prob, upsample_max) -> None:
     """Train the variable-rate model; logs loss/bpp/PSNR to OUT.log.jsonl."""
     from ..train import TrainConfig, train as run
 
@@ -177,7 +181,8 @@ def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, ma
     cfg = TrainConfig(data=list(data), out=out, preset=preset, resume=resume, steps=steps, batch=batch, crop=crop,
                       lr=lr, device=device, compile=compile, max_minutes=max_minutes, seed=seed,
                       schedule=schedule, warmup=warmup, q_sampling=q_sampling, threads=threads,
-                      entropy_lr_scale=entropy_lr_scale, extend_to=extend_to)
+                      entropy_lr_scale=entropy_lr_scale, extend_to=extend_to,
+                      upsample_prob=upsample_prob, upsample_max=upsample_max)
     ticker = _ticker()
     with _progress() as prog:
         task = prog.add_task("training", total=steps, info="")
