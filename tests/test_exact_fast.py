@@ -129,6 +129,106 @@ def test_encoder_writes_the_start_commits_bitstream(path: Path) -> None:
     assert codec.decode(data).image.size == im.size
 
 
+def _pointwise_units(cin: int, cout: int, w_units: float, bias: float = 0.0) -> ex.ExactPointwise:
+    pw = ex.ExactPointwise(cin, cout)
+    with torch.no_grad():
+        pw.weight.fill_(w_units / ex.GRID)
+        pw.bias.fill_(bias)
+    return pw
+
+
+def _paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records which arithmetic each pointwise/depthwise call takes: 'f32:<ranges>' or 'f64'."""
+    taken: list[str] = []
+    chunks = ex.float32_chunks
+
+    def spy(w_abs, a_max, max_chunks=ex.MAX_F32_CHUNKS):
+        got = chunks(w_abs, a_max, max_chunks)
+        taken.append("f64" if got is None else f"f32:{len(got)}")
+        return got
+
+    monkeypatch.setattr(ex, "float32_chunks", spy)
+    return taken
+
+
+def test_float32_ranges_keep_every_partial_sum_within_two_to_the_24() -> None:
+    gen = torch.Generator().manual_seed(5)
+    w_abs = torch.randint(0, 2**9, (40, 96), generator=gen).double()
+    a_max = torch.randint(0, 2**12, (96,), generator=gen).double()
+    for scale in (1.0, 4.0, 8.0):
+        got = ex.float32_chunks(w_abs, a_max * scale, max_chunks=96)
+        assert got is not None and got[0][0] == 0 and got[-1][1] == 96
+        assert all(e0 == s1 for (_, e0), (s1, _) in zip(got, got[1:]))  # contiguous, in order
+        for s, e in got:
+            assert float((w_abs[:, s:e] * a_max[s:e] * scale).sum(1).max()) <= ex.F32_EXACT
+        if scale > 1:  # and as few ranges as the greedy cut can: each range plus one channel is over
+            for s, e in got[:-1]:
+                assert float((w_abs[:, s:e + 1] * a_max[s:e + 1] * scale).sum(1).max()) > ex.F32_EXACT
+    assert ex.float32_chunks(w_abs, a_max / 64) == [(0, 96)]  # small activations: one float32 product
+    one = a_max.clone()
+    one[7] = 2.0**20
+    w_one = w_abs.clone()
+    w_one[:, 7] = 2.0**15  # a single product over 2^24: never float32
+    assert ex.float32_chunks(w_one, one) is None
+    assert ex.float32_chunks(w_abs, a_max * 64, max_chunks=3) is None  # too many ranges: float64
+
+
+@pytest.mark.parametrize("a_units, want", [(2**10, "f32:1"), (2047, "f32:2"), (2**20, "f64")],
+                         ids=["at-the-bound", "ranges", "float64"])
+def test_pointwise_float32_path_equals_the_reference_at_its_bound(a_units: int, want: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """All weights and activations of one sign, so that the partial sums are as large as the
+    bound allows; odd values where a float32 sum past 2^24 would round."""
+    taken = _paths(monkeypatch)
+    w_units = 2**8 if a_units == 2**10 else 255  # 64 x 256 x 1024 = 2^24 exactly; 64 x 255 x 2047 = 1.99 x 2^24: two ranges
+    pw = _pointwise_units(64, 24, w_units, bias=3.25)
+    x = torch.full((1, 64, 9, 11), a_units / ex.GRID, dtype=torch.float64)
+    x[:, :, ::2] *= -1 if a_units == 2**20 else 1
+    with torch.no_grad():
+        want_y = _reference_pointwise(x, ex.quant_weight(pw.weight).double(), ex.quant_bias(pw.bias).double())
+        got = pw(x)
+    assert taken == [want]
+    assert torch.equal(got, want_y)
+    if want == "f32:1":  # the sum reached the bound itself
+        assert float(got.max()) == ex.F32_EXACT / ex.GRID / ex.GRID + 3.25  # 64 x 1.0 x 4.0 + the bias
+
+
+def test_depthwise_float32_path_equals_the_reference_at_its_bound() -> None:
+    dw = ex.ExactDepthwise(8, 5)
+    with torch.no_grad():
+        dw.weight.fill_(2**9 / ex.GRID)  # 25 taps x 2^9 = 12800 units per channel
+        dw.bias.fill_(-1.5)
+        a_units = ex.F32_EXACT // (25 * 2**9)  # the largest activation within the bound: 1310 units
+        x = torch.full((1, 8, 12, 12), a_units / ex.GRID, dtype=torch.float64)
+        x[:, 1::2] -= 1 / ex.GRID  # odd values in half the channels
+        want = _reference_depthwise(x, ex.quant_weight(dw.weight).double(), ex.quant_bias(dw.bias).double())
+        assert float((25 * 2**9) * ex.channel_max(x * ex.GRID).max()) <= ex.F32_EXACT  # the fast path's case
+        assert torch.equal(dw(x), want)
+        x[0, 0, 5, 5] = 2.0**19 / ex.GRID  # one activation past the bound: float64 for this call
+        want = _reference_depthwise(x, ex.quant_weight(dw.weight).double(), ex.quant_bias(dw.bias).double())
+        assert torch.equal(dw(x), want)
+
+
+def test_float32_path_only_with_ieee_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's "medium"/"high" float32 precision may let oneDNN use bf16 or TF32: float64 then."""
+    x = torch.ones((1, 4, 3, 3), dtype=torch.float64)
+    assert ex.float32_allowed(x)
+    before = torch.get_float32_matmul_precision()
+    try:
+        for lowered in ("medium", "high"):
+            torch.set_float32_matmul_precision(lowered)
+            assert not ex.float32_allowed(x)
+            taken = _paths(monkeypatch)
+            pw = _pointwise_units(4, 2, 5)
+            with torch.no_grad():
+                assert torch.equal(pw(x), _reference_pointwise(x, ex.quant_weight(pw.weight).double(),
+                                                               ex.quant_bias(pw.bias).double()))
+            assert taken == []  # not even asked: the float64 path ran
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert ex.float32_allowed(x)
+
+
 def test_tiles_on_a_pool_give_the_serial_result() -> None:
     """Several tiles coded on the tile pool (2 torch threads) give the bytes and pixels of the
     serial path (1 thread), and the intra-op thread count is restored afterwards."""

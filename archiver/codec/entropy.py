@@ -93,7 +93,9 @@ class TileCoder:
 
     def _decode(self, dec: RansDecoder, idx: Tensor, device: torch.device) -> Tensor:
         vals = dec.decode_stream(idx.int().tolist(), self.gc_cdf, self.gc_len, self.gc_off)
-        return torch.clamp(torch.tensor(vals, dtype=torch.float64, device=device), -SYMBOL_LIMIT, SYMBOL_LIMIT)
+        # through numpy: torch.tensor on a list of Python ints is 4x slower (a tenth of a decode)
+        sym = torch.from_numpy(np.array(vals, dtype=np.int64)).to(device=device, dtype=torch.float64)
+        return torch.clamp(sym, -SYMBOL_LIMIT, SYMBOL_LIMIT)
 
     # z ---------------------------------------------------------------------------------------
     def _z_indexes(self, shape: tuple[int, int, int, int]) -> list[int]:
@@ -210,7 +212,7 @@ class TileCoder:
                                                    self.eb_len, self.eb_off):
             raise ContainerError(f"{where}: the z stream of {len(z_bytes):,} bytes ends before its {n_z:,} symbols "
                                  "do (truncated or forged)", code="bad_section")
-        zs_t = torch.tensor(zs, dtype=torch.float64, device=device).reshape(1, c, hz, wz)
+        zs_t = torch.from_numpy(np.array(zs, dtype=np.int64)).to(device=device, dtype=torch.float64).reshape(1, c, hz, wz)
         zs_t = torch.clamp(zs_t, -SYMBOL_LIMIT, SYMBOL_LIMIT)
         th.update(_symbols_bytes(zs_t))
         checkpoint(0, "z")

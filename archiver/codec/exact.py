@@ -28,6 +28,22 @@ direct or im2col + GEMM kernel, i.e. sums of exact products); elsewhere (CUDA, w
 could choose an FFT algorithm) they keep the explicit shift-and-add. ``tests/test_exact_fast.py``
 checks both against the reference layers on random grids including worst-case magnitudes.
 
+Float32 when it is provably exact (issue 25): in grid units a layer is an integer map, ``W a``
+with integer weights ``256 w`` and integer activations. Every product and every partial sum of
+output ``o``, in any order, is bounded by ``sum_k |256 w_ok| * max|a_k|``; where that bound is at
+most 2^24, every intermediate is an integer that float32 represents exactly, so a float32 matrix
+product or depthwise convolution returns exactly the float64 result, in about half the time (the
+depthwise one in a sixth: PyTorch has no oneDNN kernel for float64, and its float64 fallback is
+im2col per channel). The bound is computed per call from the actual activations (a max per
+channel); a matrix product whose bound is larger is split over ranges of input channels that
+each meet it (``float32_chunks``), summed in float64. On a Kodak decode (compact-v6) every
+pointwise call runs in float32, a third of them in two or three ranges, and 32 of the 34
+depthwise calls; anything else keeps float64. Float32 is used only on the CPU with IEEE float32 arithmetic requested
+(``torch.get_float32_matmul_precision() == "highest"`` and oneDNN's fp32 precision not lowered:
+"medium"/"high" may let oneDNN use bf16 or TF32), and a depthwise convolution only on a backend
+that sums products directly (oneDNN's or the im2col fallback, never NNPACK's Winograd/FFT).
+``tests/test_exact_fast.py`` checks both paths against the reference at the bound itself.
+
 During training the same layers run in float32 with straight-through rounding, so the network
 learns under the quantisation it will be evaluated with.
 """
@@ -110,6 +126,83 @@ def finish_units(y: Tensor, relu: bool = False) -> Tensor:
     return y.floor_().clamp_(0.0 if relu else -UNIT_LIMIT, UNIT_LIMIT)
 
 
+#: float32 represents every integer of magnitude up to 2^24 exactly
+F32_EXACT = float(2**24)
+
+#: convolution backends that compute sums of exact products (no Winograd or FFT transform)
+_DIRECT_CONV_BACKENDS = ("Mkldnn", "Slow2d", "SlowDilated2d")
+
+
+def _ieee_float32() -> bool:
+    """Whether float32 matrix products and convolutions run in IEEE float32 (not bf16/TF32)."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    mk = getattr(torch.backends, "mkldnn", None)
+    for part in ("matmul", "conv"):
+        if getattr(getattr(mk, part, None), "fp32_precision", "none") not in ("none", "ieee"):
+            return False
+    return True
+
+
+def channel_max(a: Tensor) -> Tensor:
+    """max |a| per channel of an (N, C, H, W) tensor, as a float64 (C,) tensor. Reductions over
+    the spatial dims (two cheap passes; ``aminmax`` along one dim is several times slower), best
+    on the float32 copy that the fast path makes anyway."""
+    dims = (0, 2, 3)
+    return torch.maximum(a.amax(dim=dims), -a.amin(dim=dims)).double()
+
+
+#: a matrix product is split into at most this many float32 products over input-channel ranges;
+#: beyond it, float64 is faster than the float32 products and the float64 additions together
+MAX_F32_CHUNKS = 3
+
+
+def float32_chunks(w_abs: Tensor, a_max: Tensor, max_chunks: int = MAX_F32_CHUNKS) -> list[tuple[int, int]] | None:
+    """Ranges of input channels over which float32 sums ``W a`` exactly, or None.
+
+    ``w_abs`` (Cout, C): the absolute integer weights; ``a_max`` (C,): max |a| per input channel.
+    Within a range ``[s, e)`` every product and every partial sum of output ``o``, in any order, is
+    bounded by ``sum_{s <= k < e} |w_ok| * a_max_k``; the ranges are cut so that this is at most
+    2^24 for every output. None when one channel alone exceeds it or more than ``max_chunks``
+    ranges would be needed (the caller then stays in float64)."""
+    contrib = w_abs * a_max[None, :]
+    k = contrib.shape[1]
+    if float(contrib.sum(1).max()) <= F32_EXACT:
+        return [(0, k)]
+    cum = contrib.cumsum(1)
+    chunks: list[tuple[int, int]] = []
+    start = 0
+    while start < k:
+        if len(chunks) == max_chunks:
+            return None
+        base = cum[:, start - 1 : start] if start else 0.0
+        over = ((cum[:, start:] - base) > F32_EXACT).any(0)
+        if not bool(over.any()):
+            chunks.append((start, k))
+            break
+        end = start + int(over.to(torch.int8).argmax())  # the sums grow with k: the first channel too many
+        if end == start:
+            return None
+        chunks.append((start, end))
+        start = end
+    return chunks
+
+
+def float32_allowed(a: Tensor) -> bool:
+    """Whether the float32 fast path may run at all for ``a`` (CPU, IEEE float32 arithmetic)."""
+    return a.device.type == "cpu" and _ieee_float32()
+
+
+def _direct_conv(a: Tensor, w: Tensor, padding: int) -> bool:
+    """Whether PyTorch runs this float32 depthwise convolution with a direct (or im2col) kernel."""
+    try:
+        backend = torch._C._select_conv_backend(a, w, None, [1, 1], [padding, padding], [1, 1], False, [0, 0],
+                                                a.shape[1], None)
+    except (AttributeError, RuntimeError, TypeError):  # a private API: when it changes, assume nothing
+        return False
+    return str(backend).rsplit(".", 1)[-1] in _DIRECT_CONV_BACKENDS
+
+
 def fast_exact(x: Tensor) -> bool:
     """Whether a layer may take the grid-unit fast path (the exact path, not the float twin)."""
     return x.dtype == torch.float64 and not _FLOAT_TWIN
@@ -143,6 +236,19 @@ class ExactPointwise(nn.Module):
         w = quant_weight(self.weight).to(a.dtype)
         b = unit_bias(self.bias, a.dtype)
         n, c, h, wd = a.shape
+        w_units = w * GRID  # integers
+        a32 = a.float() if float32_allowed(a) else None  # exact: |a| <= 2^20 units
+        chunks = float32_chunks(w_units.abs(), channel_max(a32)) if a32 is not None else None
+        if chunks:
+            # integer products and sums at most 2^24 within each range: float32 is exact there; the
+            # ranges' sums, the 1/256 and the bias in float64
+            a32, w32 = a32.reshape(n, c, h * wd), w_units.float()
+            s0, e0 = chunks[0]
+            # one pass: float64 bias + float32 sum / 256, computed in float64 (type promotion)
+            y = torch.add(b[None, :, None], torch.matmul(w32[:, s0:e0], a32[:, s0:e0]), alpha=1.0 / GRID)
+            for s, e in chunks[1:]:
+                y.add_(torch.matmul(w32[:, s:e], a32[:, s:e]), alpha=1.0 / GRID)
+            return finish_units(y.view(n, -1, h, wd), relu)
         if n == 1:  # (Cout, C) @ (C, H*W) in the NCHW layout: no permuted copies, bias in the GEMM
             y = torch.addmm(b[:, None], w, a.reshape(c, h * wd)).view(1, -1, h, wd)
         else:
@@ -178,8 +284,17 @@ class ExactDepthwise(nn.Module):
         there, see the module docstring), the shift-and-add reference elsewhere."""
         w = quant_weight(self.weight).to(a.dtype)
         b = unit_bias(self.bias, a.dtype)
+        p = self.kernel // 2
+        w_units = w * GRID  # integers
+        a32 = a.float() if float32_allowed(a) else None  # exact: |a| <= 2^20 units
+        if a32 is not None and float((w_units.abs().flatten(1).sum(1) * channel_max(a32)).max()) <= F32_EXACT:
+            w32 = w_units.float()
+            if _direct_conv(a32, w32, p):
+                # integer products and sums below 2^24: float32 is exact, then 1/256 and the bias in float64
+                y32 = F.conv2d(a32, w32, None, padding=p, groups=a.shape[1])
+                return finish_units(torch.add(b.view(1, -1, 1, 1), y32, alpha=1.0 / GRID))
         if a.device.type == "cpu":
-            y = F.conv2d(a, w, b, padding=self.kernel // 2, groups=a.shape[1])
+            y = F.conv2d(a, w, b, padding=p, groups=a.shape[1])
         else:
             y = shift_and_add(a, w, b)
         return finish_units(y)
