@@ -6,8 +6,9 @@
 
 The machine is shared, so the two are timed alternately (old, new, old, new, ...), each decode in
 a fresh process (load, one warm-up decode, one timed decode) and the ratio of the medians is
-reported with the load average. Both decode the same container (the encoders write the same
-bytes, tests/test_exact_fast.py). ``--what search`` times ``encode --target-psnr`` instead (effort 0,
+reported with the load average. Each decodes the container its own encoder wrote at effort 0 (the
+entropy-coded bytes are the same, tests/test_exact_fast.py; the start commit cannot read today's
+container version). ``--what search`` times ``encode --target-psnr`` instead (effort 0,
 today's encoder, as the issue asks: the start commit has no effort levels) and checks that both
 return the same quality and bytes.
 """
@@ -37,6 +38,16 @@ t = time.perf_counter(); codec.decode(data); print(json.dumps(time.perf_counter(
 """
 
 
+ENCODE_CHILD = """
+import sys, inspect
+from pathlib import Path
+from PIL import Image
+from archiver.codec import Codec
+codec = Codec.load(device="cpu")
+kw = {"effort": 0} if "effort" in inspect.signature(codec.encode).parameters else {}
+Path(sys.argv[3]).write_bytes(codec.encode(Image.open(sys.argv[1]).convert("RGB"), quality=float(sys.argv[2]), **kw))
+"""
+
 SEARCH_CHILD = """
 import sys, time, json, hashlib, inspect, torch
 from PIL import Image
@@ -52,8 +63,10 @@ print(json.dumps([time.perf_counter() - t, r.quality, len(r.data), r.probes]))
 
 
 def timed(root: Path, path: str, threads: int) -> float:
+    # cwd=root as well as PYTHONPATH: ``python -c`` puts the working directory first on sys.path,
+    # so a child started from this checkout would import this checkout's archiver, not root's
     env = dict(os.environ, PYTHONPATH=str(root))
-    out = subprocess.run([sys.executable, "-c", CHILD, path, str(threads)], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", CHILD, path, str(threads)], env=env, cwd=str(root), check=True,
                          capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
 
@@ -62,7 +75,7 @@ def timed_search(root: Path, image: str, threads: int, target: float) -> list:
     """[seconds, quality, bytes, probes] of one ``encode_detailed(target_psnr=...)`` in a fresh process."""
     env = dict(os.environ, PYTHONPATH=str(root))
     out = subprocess.run([sys.executable, "-c", SEARCH_CHILD, image, str(threads), str(target)], env=env,
-                         check=True, capture_output=True, text=True).stdout
+                         cwd=str(root), check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -78,9 +91,6 @@ def main() -> None:
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
-    from PIL import Image
-
-    from archiver.codec import Codec
     from shared_paths import KODAK
 
     if a.what == "search":
@@ -99,14 +109,19 @@ def main() -> None:
                           "same_quality_and_bytes": old_r[0][1:3] == new_r[0][1:3], "load_1min": load}))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "x.cxa")
-        Path(path).write_bytes(Codec.load(device="cpu").encode(Image.open(KODAK / f"{a.image}.png").convert("RGB"),
-                                                               quality=a.quality))
+        # each checkout decodes its own encoder's container: the entropy-coded bytes are the same
+        # (tests/test_exact_fast.py), but the start commit cannot read today's container version
+        paths = {}
+        for label, root in (("old", a.old), ("new", ROOT)):
+            paths[label] = str(Path(tmp) / f"{label}.cxa")
+            subprocess.run([sys.executable, "-c", ENCODE_CHILD, str(KODAK / f"{a.image}.png"), str(a.quality),
+                            paths[label]], env=dict(os.environ, PYTHONPATH=str(root)), cwd=str(root), check=True,
+                           capture_output=True)
         old, new = [], []
         load = [os.getloadavg()[0]]
         for _ in range(a.runs):
-            old.append(timed(a.old, path, a.threads))
-            new.append(timed(ROOT, path, a.threads))
+            old.append(timed(a.old, paths["old"], a.threads))
+            new.append(timed(ROOT, paths["new"], a.threads))
             load.append(os.getloadavg()[0])
     res = {"image": a.image, "quality": a.quality, "threads": a.threads, "runs": a.runs,
            "old_s": old, "new_s": new, "old_median": statistics.median(old), "new_median": statistics.median(new),
