@@ -1,8 +1,10 @@
-"""One call on a lent GPU machine: resume training, cross-device check, throughput (docs/MODEL.md, "GPU runbook").
+"""One call on a lent GPU machine: resume training, cross-device check, throughput, latent refinement
+(docs/MODEL.md, "GPU runbook").
 
     bash benchmarks/gpu_run.sh                       # on the device ($OUT set; carry [".whl", ".gpu"])
     bash benchmarks/gpu_run.sh --dry-run [--out DIR] # here, on the CPU at toy size, < 2 minutes
-    python benchmarks/gpu_run.py [--dry-run] --out DIR [--only train,cross_device,throughput] [--continue]
+    python benchmarks/gpu_run.py [--dry-run] --out DIR [--only train,cross_device,throughput,refine]
+                                                     [--continue]
     python benchmarks/gpu_run.py --record DIR        # append a call's results to docs/BENCHMARKS.md
 
 Prepared by ``benchmarks/gpu_prepare.sh run`` (wheels in ``.whl/``, a trimmed training shard in
@@ -13,10 +15,10 @@ it passes as ``GPU_RUN_T0``); a step that would overrun is skipped with its reas
 1. ``train``: resume the default model's preset (``archiver.codec.registry.DEFAULT_MODEL``, read
    at run time) from ``training/checkpoint.safetensors`` (the committed ``archiver train``
    checkpoint), or, if it is absent or has another architecture, from the default model's
-   shipped weights; ``archiver.train.train`` on ``.gpu/train`` for a wall-clock budget (5
-   minutes, or less if the later steps would not fit), channels-last with bf16 autocast on
-   CUDA, ``torch.compile`` only with ``GPU_RUN_COMPILE=1``. Writes ``w.safetensors`` (fp16)
-   and ``w.log.jsonl``.
+   shipped weights; ``archiver.train.train`` on ``.gpu/train`` for a wall-clock budget (at most
+   5 minutes; what is left after the later steps' reserves: about 3.75 minutes of the default
+   540 s), channels-last with bf16 autocast on CUDA, ``torch.compile`` only with
+   ``GPU_RUN_COMPILE=1``. Writes ``w.safetensors`` (fp16) and ``w.log.jsonl``.
 2. ``cross_device``: ``benchmarks/cross_device.py``'s ``check`` on the default model: every
    Kodak image x qualities 10, 50, 90 encoded on CUDA and decoded on the CPU, and the reverse;
    latent mismatches and differing pixels. Writes ``cross_device.json`` (``complete`` is false
@@ -45,14 +47,26 @@ it passes as ``GPU_RUN_T0``); a step that would overrun is skipped with its reas
    ``to_host_ms`` (the ``tolist`` device-to-host copies feeding it, which include waiting for
    the kernels queued before them), both from one extra pass under cProfile
    (``entropy_share.coder_split``). Writes ``throughput.json``.
+4. ``refine``: does encoder-side latent refinement with many iterations beat effort 1?
+   (``benchmarks/refine_study.py``, imported: ``RefiningCodec``, SGA with ``RefineParams(
+   iterations=400, lr=0.005, tau_start=0.5, tau_end=0.05, stochastic=True, check_every=10)``.)
+   Kodak kodim03, kodim23, kodim05, kodim19, 512x512 centre crops, qualities 35, 50, 65, 80:
+   effort 1 vs the refined latent coded with RDOQ, every stream decoded by the product ``Codec``;
+   PSNR, bpp, BD-rate per image (``archiver.bdrate.bd_rate``) and their mean, encode seconds per
+   image. One refinement is timed first; if the whole would not fit the step's budget (what the
+   earlier steps left, at most 150 s; 75 s are reserved for it), the iterations shrink (not
+   below 100), then the images, and the log says so; the step is skipped if not even one image
+   fits. Writes ``refine.json``.
 
-Files under the output folder (6 of the 8 that may come back): ``summary.json`` (statuses,
+Files under the output folder (7 of the 8 that may come back): ``summary.json`` (statuses,
 budgets, seconds, skip reasons; written after every step), ``gpu_run.log`` (these progress
-lines), ``w.safetensors``, ``w.log.jsonl``, ``cross_device.json``, ``throughput.json``.
+lines), ``w.safetensors``, ``w.log.jsonl``, ``cross_device.json``, ``throughput.json``,
+``refine.json``.
 
 ``--dry-run`` runs the same steps on the CPU at toy size: 3 training steps on two small crops,
 2 Kodak images x quality 50 cropped to 128x192 (CPU(1 thread) -> CPU(2 threads), as
-cross_device.py does without CUDA), throughput on 2 crops of 128x192 at batch 1 and 2.
+cross_device.py does without CUDA), throughput on 2 crops of 128x192 at batch 1 and 2, refine
+on one 64x64 crop of kodim03 x qualities 35 and 80 with 2 iterations.
 
 Knobs (environment, or the options of the same name): GPU_RUN_COMPILE=1 (torch.compile),
 GPU_RUN_TRAIN_MINUTES (5), GPU_RUN_LR (2e-4), GPU_RUN_BATCH (16), GPU_RUN_CROP (256),
@@ -88,11 +102,17 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-STEPS = ("train", "cross_device", "throughput")
+STEPS = ("train", "cross_device", "throughput", "refine")
 CHECKPOINT = REPO / "training" / "checkpoint.safetensors"
 QUALITIES = (10.0, 50.0, 90.0)
 THROUGHPUT_QUALITY = 50.0
-OUT_FILES = ("summary.json", "gpu_run.log", "w.safetensors", "w.log.jsonl", "cross_device.json", "throughput.json")
+REFINE_IMAGES = ("kodim03", "kodim23", "kodim05", "kodim19")
+REFINE_QUALITIES = (35.0, 50.0, 65.0, 80.0)
+REFINE_CROP = 512
+REFINE_ITERATIONS = 400  # what the refine step aims at; it shrinks to fit its budget, not below:
+REFINE_MIN_ITERATIONS = 100  # (fewer were measured useless on the CPU: refine_study.py's findings)
+OUT_FILES = ("summary.json", "gpu_run.log", "w.safetensors", "w.log.jsonl", "cross_device.json", "throughput.json",
+             "refine.json")
 MARGIN_S = 15  # left at the end of the overall budget (writing files, the process exiting)
 
 
@@ -533,9 +553,171 @@ def step_throughput(run: Run, a: argparse.Namespace, budget: float | None) -> di
 
 
 # ---------------------------------------------------------------------------------------------
+def refine_plan(seconds: float, fixed_s: float, iter_s: float, images: int, qualities: int, iterations: int,
+                min_iterations: int) -> tuple[int, int]:
+    """(iterations, images) that fit ``seconds`` when each image costs ``qualities`` x (``fixed_s``
+    of coding + ``iter_s`` per iteration): the iterations shrink first, down to ``min_iterations``,
+    then the images (with as many iterations as then fit, up to ``iterations``); (0, 0) when not
+    even one image fits at ``min_iterations``."""
+
+    def most(k: int) -> int:  # the iterations that fit k images (-1: not even none)
+        per = seconds / (k * qualities) - fixed_s
+        if per < 0:
+            return -1
+        return iterations if iter_s <= 0 else min(iterations, int(per / iter_s))
+
+    if most(images) >= min_iterations:
+        return most(images), images
+    k = images - 1
+    while k >= 1 and most(k) < min_iterations:
+        k -= 1
+    return (most(k), k) if k >= 1 else (0, 0)
+
+
+def refine_images(a: argparse.Namespace) -> list[tuple[str, Any]]:
+    """(name, centre crop) of the refine step's Kodak images that are there."""
+    from archiver.images import load_image
+
+    crop = 64 if a.dry else REFINE_CROP
+    out = []
+    for name in REFINE_IMAGES[: 1 if a.dry else None]:
+        f = a.kodak / f"{name}.png"
+        if f.is_file():
+            rgb = load_image(f.read_bytes(), max_pixels=10**9).rgb
+            y, x = max(0, (rgb.shape[0] - crop) // 2), max(0, (rgb.shape[1] - crop) // 2)
+            out.append((name, loaded(rgb[y : y + crop, x : x + crop])))
+    if not out:
+        raise SkipStep(f"none of {', '.join(REFINE_IMAGES)} at {a.kodak} (benchmarks/gpu_prepare.sh run)")
+    return out
+
+
+def step_refine(run: Run, a: argparse.Namespace, budget: float | None) -> dict:
+    """Latent refinement by gradient (SGA; benchmarks/refine_study.py) with many iterations against
+    effort 1: real bitstreams, decoded by the product Codec, BD-rate per image."""
+    from refine_study import RefineParams, RefiningCodec, refine
+
+    from archiver.bdrate import bd_rate
+    from archiver.codec import Codec
+    from archiver.codec.model import quality_to_lambda
+    from archiver.errors import ContainerError
+    from archiver.metrics import psnr
+
+    end = time.monotonic() + (budget if budget is not None else 1e9)
+    margin = 3.0 if a.dry else 10.0  # the JSON, the BD-rates, the process's end
+    entry = default_entry()
+    images = refine_images(a)
+    qualities = [35.0, 80.0] if a.dry else list(REFINE_QUALITIES)
+    want = 2 if a.dry else REFINE_ITERATIONS
+    floor = 1 if a.dry else REFINE_MIN_ITERATIONS
+    dev = "cpu" if a.dry or not torch.cuda.is_available() else "cuda"
+    base = Codec.load(entry.model_id, dev)  # the product codec: effort 1, and every decode
+    ref = RefiningCodec(base.model, base.entry, base.device, base.tile_size)  # the same model
+    params = RefineParams(iterations=want, lr=0.005, tau_start=0.5, tau_end=0.05, stochastic=True, check_every=10)
+
+    def sync() -> None:
+        if base.device.type == "cuda":
+            torch.cuda.synchronize(base.device)
+
+    # probe: one effort-1 encode + decode (the second of two: the first warms up), and one refinement
+    im0 = images[0][1]
+    q0 = qualities[len(qualities) // 2]
+    for _ in range(2):
+        t = time.perf_counter()
+        base.decode(base.encode(im0, quality=q0, effort=1))
+        codec_s = time.perf_counter() - t
+    with torch.no_grad():  # (not inference mode: refine differentiates through x's loss)
+        x = base._to_tensor(im0.rgb)
+        yg = base.model.g_a(x) * base._gains(q0)[0]
+    inv_gain = base._gains(q0)[1]
+    lam = quality_to_lambda(q0, base.model.preset)
+    probe = 2 if a.dry else 20
+    refine(base.model, x, yg, inv_gain, lam, dataclasses.replace(params, iterations=2))  # warm-up
+    sync()
+    t = time.perf_counter()
+    refine(base.model, x, yg, inv_gain, lam, dataclasses.replace(params, iterations=probe))
+    sync()
+    iter_s = (time.perf_counter() - t) / probe
+    fixed_s = 2 * codec_s  # per image and quality: both encodes (the refined one's g_a + RDOQ too) and decodes
+    left = end - time.monotonic() - margin
+    iterations, n_img = refine_plan(0.9 * left, fixed_s, iter_s, len(images), len(qualities), want, floor)
+    run.say(f"refine: model {entry.model_id} on {base.device_name}; probe {1000 * iter_s:.1f} ms per iteration "
+            f"({images[0][1].width}x{images[0][1].height}), {fixed_s:.2f} s of coding per image and quality; "
+            f"{left:.0f} s left")
+    if n_img == 0:
+        need = len(qualities) * (fixed_s + floor * iter_s)
+        raise SkipStep(f"one image at {floor} iterations x {len(qualities)} qualities needs ~{need:.0f} s, "
+                       f"{left:.0f} s left")
+    shrunk = None
+    if (iterations, n_img) != (want, len(images)):
+        shrunk = f"{want} iterations x {len(images)} images -> {iterations} x {n_img} to fit {left:.0f} s"
+        run.say(f"refine: SHRUNK {shrunk}")
+    params = dataclasses.replace(params, iterations=iterations)
+    ref.params = params
+    run.say(f"refine: {n_img} images {images[0][1].width}x{images[0][1].height} x qualities "
+            f"{', '.join(f'{q:g}' for q in qualities)}: effort 1 vs {iterations} iterations of SGA")
+
+    results: dict[str, Any] = {}
+    streams, decode_errors, complete = 0, [], True
+    per_image = None
+    for name, im in images[:n_img]:
+        if per_image is not None and time.monotonic() + per_image > end - margin:
+            complete = False
+            run.say(f"refine: stopping before {name} (its ~{per_image:.0f} s would not fit)")
+            break
+        t_img = time.monotonic()
+        curves: dict[str, Any] = {}
+        for label, codec in (("effort1", base), ("refined", ref)):
+            bpp, db, secs = [], [], []
+            for q in qualities:
+                t = time.perf_counter()
+                data = codec.encode(im, quality=q, effort=1)
+                sync()
+                secs.append(round(time.perf_counter() - t, 3))
+                try:
+                    rgb = base.decode(data).rgb  # the product decoder, on the real bytes
+                except ContainerError as e:
+                    decode_errors.append(f"{name} {label} q{q:g}: {e.code}")
+                    continue
+                streams += 1
+                bpp.append(len(data) * 8 / (im.width * im.height))
+                db.append(psnr(im.rgb, rgb))
+            curves[label] = {"bpp": [round(v, 5) for v in bpp], "psnr": [round(v, 4) for v in db], "encode_s": secs}
+        try:
+            bd: float | None = round(bd_rate(curves["effort1"]["bpp"], curves["effort1"]["psnr"],
+                                             curves["refined"]["bpp"], curves["refined"]["psnr"]), 3)
+        except ValueError as e:  # too few decoded points, or curves that do not overlap
+            bd = None
+            run.say(f"refine: {name}: no BD-rate ({e})")
+        results[name] = {**curves, "bd_rate_pct": bd,
+                         "encode_s_per_image": {k: round(sum(v["encode_s"]), 2) for k, v in curves.items()}}
+        per_image = time.monotonic() - t_img
+        run.say(f"refine: {name}: BD-rate refined vs effort 1 {'-' if bd is None else f'{bd:+.2f} %'}; encode "
+                f"s per image effort 1 {results[name]['encode_s_per_image']['effort1']}, refined "
+                f"{results[name]['encode_s_per_image']['refined']}")
+    bds = [r["bd_rate_pct"] for r in results.values() if r["bd_rate_pct"] is not None]
+    mean = round(float(np.mean(bds)), 3) if bds else None
+    res = {"date": dt.date.today().isoformat(), "device": base.device_name, "torch": torch.__version__,
+           "model": entry.model_id, "crop": [images[0][1].width, images[0][1].height], "qualities": qualities,
+           "params": dataclasses.asdict(params), "rdoq": ref.rdoq, "iterations_wanted": want, "shrunk": shrunk,
+           "probe": {"ms_per_iteration": round(1000 * iter_s, 2), "coding_s_per_image_quality": round(fixed_s, 3)},
+           "budget_s": None if budget is None else round(budget, 1), "complete": complete,
+           "streams_decoded": streams, "decode_errors": decode_errors,
+           "mean_bd_rate_pct": mean, "results": results,
+           "what": ("effort 1 (RDOQ) vs RefiningCodec (benchmarks/refine_study.py: the gained latent refined by "
+                    "SGA through g_s and the float entropy model, then coded by the exact coder with RDOQ); every "
+                    "stream decoded by the product Codec; BD-rate of refined vs effort 1, negative = fewer bits")}
+    (run.out / "refine.json").write_text(json.dumps(res, indent=2) + "\n")
+    run.say(f"refine: mean BD-rate {'-' if mean is None else f'{mean:+.2f} %'} over {len(bds)} images, "
+            f"{streams} streams decoded, {len(decode_errors)} decode errors")
+    return {"model": entry.model_id, "iterations": iterations, "images": len(results), "complete": complete,
+            "mean_bd_rate_pct": mean, "streams_decoded": streams, "shrunk": shrunk}
+
+
+# ---------------------------------------------------------------------------------------------
 def record(folder: Path, bench: Path) -> list[str]:
     """Append what a call brought back (``folder``: its files) to ``bench`` (docs/BENCHMARKS.md):
-    the call, the training run, the cross-device counts (whatever they are) and the rates."""
+    the call, the training run, the cross-device counts (whatever they are), the rates and the
+    refinement's BD-rates."""
     from cross_device import record_lines
 
     def load(name: str) -> dict | None:
@@ -581,6 +763,23 @@ def record(folder: Path, bench: Path) -> list[str]:
             lines.append(f"| {r['mode']} | {r['batch']} | {f(r['images_per_s'])} | {f(ms.get('analysis'))} | "
                          f"{f(ms.get('entropy_encode'))} | {f(ms.get('synthesis'))} | {f(ms.get('entropy_decode'))} | "
                          f"{f(ms.get('other'))} | {f(r['cpu_rans_ms'])} | {f(r['to_host_ms'])} |")
+    rf = load("refine.json")
+    if rf:
+        p = rf["params"]
+        cut = "" if rf["complete"] else " (its time budget ran out)"
+        mean = "-" if rf["mean_bd_rate_pct"] is None else f"{rf['mean_bd_rate_pct']:+.2f} %"
+        lines += ["", f"Latent refinement{cut}: {rf['what']}; {p['iterations']} "
+                  f"iterations{' (shrunk: ' + rf['shrunk'] + ')' if rf['shrunk'] else ''}, lr {p['lr']}, tau "
+                  f"{p['tau_start']} -> {p['tau_end']}, stochastic {p['stochastic']}, {rf['crop'][0]}x{rf['crop'][1]} "
+                  f"centre crops, qualities {', '.join(f'{q:g}' for q in rf['qualities'])}, model {rf['model']} on "
+                  f"{rf['device']}; {rf['streams_decoded']} streams decoded, {len(rf['decode_errors'])} decode "
+                  f"errors; mean BD-rate {mean}:", "",
+                  "| image | BD-rate vs effort 1 | encode s/image, effort 1 | encode s/image, refined |",
+                  "|---|---|---|---|"]
+        for name, r in rf["results"].items():
+            bd = "-" if r["bd_rate_pct"] is None else f"{r['bd_rate_pct']:+.2f} %"
+            lines.append(f"| {name} | {bd} | {r['encode_s_per_image']['effort1']:g} | "
+                         f"{r['encode_s_per_image']['refined']:g} |")
     with bench.open("a") as fh:
         fh.write("\n".join(lines) + "\n")
     return lines
@@ -650,11 +849,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown steps {sorted(unknown)}; known: {STEPS}")
     # seconds each later step keeps in reserve (GPU); the dry run is bounded by its toy sizes
-    reserve = {"train": 0.0, "cross_device": 0.0 if a.dry else 120.0, "throughput": 0.0 if a.dry else 45.0}
-    cap = {"train": None, "cross_device": None, "throughput": None if a.dry else 60.0}
+    reserve = {"train": 0.0, "cross_device": 0.0 if a.dry else 120.0, "throughput": 0.0 if a.dry else 45.0,
+               "refine": 0.0 if a.dry else 75.0}
+    cap = {"train": None, "cross_device": None, "throughput": None if a.dry else 60.0,
+           "refine": None if a.dry else 150.0}
     need = {"train": 5.0 if a.dry else 90.0, "cross_device": 5.0 if a.dry else 20.0,
-            "throughput": 5.0 if a.dry else 15.0}
-    fns = {"train": step_train, "cross_device": step_cross_device, "throughput": step_throughput}
+            "throughput": 5.0 if a.dry else 15.0, "refine": 5.0 if a.dry else 30.0}
+    fns = {"train": step_train, "cross_device": step_cross_device, "throughput": step_throughput,
+           "refine": step_refine}
     for i, name in enumerate(STEPS):
         if name not in wanted:
             continue

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU call: train (resume, ~5 min) + cross-device check + throughput, all results under $OUT.
+# One GPU call: train (resume, ~4 min) + cross-device check + throughput + latent refinement, all results
+# under $OUT.
 # Thin wrapper around benchmarks/gpu_run.py (its docstring says what each step does; docs/MODEL.md, "GPU runbook"
 # how to prepare, call and bring results back).
 #

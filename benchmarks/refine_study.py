@@ -27,6 +27,11 @@ lr 0.005 lowers the objective by only 1.2 % in 25 iterations, and the determinis
 lowers it by 5 % but moves along the RD curve rather than below it: +1.9 % BD-rate against
 effort 1 with RDOQ after refinement, +3.0 % without. One iteration of a 256x256 crop costs about
 1 s on one core, so the published ~2,000 iterations are a GPU experiment: run this script there.
+
+On a lent GPU it is run by the one prepared GPU call: ``benchmarks/gpu_run.py``'s ``refine``
+step imports ``RefineParams``, ``refine`` and ``RefiningCodec`` from here and measures SGA with
+400 iterations (fewer if its budget is short) against effort 1 on four 512x512 Kodak crops,
+writing ``refine.json`` (docs/MODEL.md, "GPU runbook").
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ and writes the files the GPU call brings back, in the same form (docs/MODEL.md, 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pytest
 from archiver.codec import registry
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = {"summary.json", "gpu_run.log", "w.safetensors", "w.log.jsonl", "cross_device.json", "throughput.json"}
+FILES = {"summary.json", "gpu_run.log", "w.safetensors", "w.log.jsonl", "cross_device.json", "throughput.json",
+         "refine.json"}
 COUNTS = ("encodes", "latent_mismatches", "images_with_pixel_diffs", "pixels_differing", "max_abs_pixel_diff")
 
 
@@ -48,7 +50,7 @@ def test_dry_run_writes_the_files_of_the_gpu_call(dry_run: tuple[Path, float]) -
     assert summary["mode"] == "dry-run"
     assert isinstance(summary["model"], str) and summary["model"] in registry.read_registry()
     assert set(summary["files"]) == FILES
-    assert set(summary["steps"]) == {"train", "cross_device", "throughput"}
+    assert list(summary["steps"]) == ["train", "cross_device", "throughput", "refine"]
     for name, step in summary["steps"].items():
         assert step["status"] == "ok", (name, step)
         assert is_number(step["seconds"]) and step["reason"] is None
@@ -106,6 +108,39 @@ def test_throughput_rates_and_split(dry_run: tuple[Path, float]) -> None:
             assert is_number(r["cpu_rans_ms"]) and r["cpu_rans_ms"] > 0 and is_number(r["to_host_ms"])
 
 
+def test_refine_beats_or_not_with_real_streams(dry_run: tuple[Path, float]) -> None:
+    out, _ = dry_run
+    rf = json.loads((out / "refine.json").read_text())
+    assert rf["qualities"] == [35.0, 80.0] and rf["crop"] == [64, 64] and rf["complete"] is True
+    assert rf["params"]["iterations"] == 2 and rf["params"]["stochastic"] is True and rf["shrunk"] is None
+    assert is_number(rf["probe"]["ms_per_iteration"]) and rf["probe"]["ms_per_iteration"] > 0
+    assert list(rf["results"]) == ["kodim03"]
+    assert rf["streams_decoded"] == 4 and rf["decode_errors"] == []  # 2 settings x 2 qualities, all decoded
+    r = rf["results"]["kodim03"]
+    for label in ("effort1", "refined"):
+        c = r[label]
+        assert len(c["bpp"]) == len(c["psnr"]) == len(c["encode_s"]) == 2
+        assert all(is_number(v) and v > 0 for v in c["bpp"] + c["encode_s"])
+        assert all(is_number(v) and 20 < v < 100 for v in c["psnr"])
+        assert is_number(r["encode_s_per_image"][label]) and r["encode_s_per_image"][label] > 0
+    assert is_number(r["bd_rate_pct"]) and math.isfinite(r["bd_rate_pct"])
+    assert rf["mean_bd_rate_pct"] == pytest.approx(r["bd_rate_pct"], abs=1e-3)
+    step = json.loads((out / "summary.json").read_text())["steps"]["refine"]
+    assert step["iterations"] == 2 and step["images"] == 1 and step["streams_decoded"] == 4
+    assert step["mean_bd_rate_pct"] == rf["mean_bd_rate_pct"]
+
+
+def test_refine_plan_shrinks_iterations_then_images() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_run import refine_plan
+
+    # 4 images x 4 qualities x (0.5 s coding + 400 x 0.02 s) = 136 s
+    assert refine_plan(150, 0.5, 0.02, 4, 4, 400, 100) == (400, 4)
+    assert refine_plan(100, 0.5, 0.02, 4, 4, 400, 100) == (287, 4)  # fewer iterations, all images
+    assert refine_plan(30, 0.5, 0.02, 4, 4, 400, 100) == (100, 3)  # at the floor: fewer images
+    assert refine_plan(9, 0.5, 0.02, 4, 4, 400, 100) == (0, 0)  # not even one image (10 s)
+
+
 def test_record_appends_the_results_to_a_benchmarks_file(dry_run: tuple[Path, float], tmp_path: Path) -> None:
     out, _ = dry_run
     bench = tmp_path / "BENCHMARKS.md"
@@ -116,6 +151,7 @@ def test_record_appends_the_results_to_a_benchmarks_file(dry_run: tuple[Path, fl
     assert text.startswith("# Benchmarks\n") and "### One GPU call (benchmarks/gpu_run.sh)" in text
     assert "cpu(1 thread)->cpu(2 threads): 0 latent mismatches of 2 bitstreams" in text
     assert "| batched | 2 |" in text and "- training: " in text
+    assert "Latent refinement: effort 1 (RDOQ) vs RefiningCodec" in text and "| kodim03 | " in text
 
 
 def test_scripts_parse() -> None:
