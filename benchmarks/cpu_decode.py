@@ -31,6 +31,19 @@ sys.path.insert(0, str(ROOT / "tests"))
 from shared_paths import KODAK  # noqa: E402
 
 
+def kodak_mosaic(mp: float):
+    """A large test photo: the 24 Kodak images as a 6x4 mosaic (768x512 each), resized to ``mp``
+    megapixels (bicubic): content that is neither Kodak-detailed nor flat."""
+    from PIL import Image
+
+    tiles = [Image.open(p).convert("RGB").resize((768, 512)) for p in sorted(KODAK.glob("*.png"))[:24]]
+    mosaic = Image.new("RGB", (768 * 6, 512 * 4))
+    for i, t in enumerate(tiles):
+        mosaic.paste(t, ((i % 6) * 768, (i // 6) * 512))
+    scale = (mp * 1e6 / (mosaic.width * mosaic.height)) ** 0.5
+    return mosaic.resize((int(mosaic.width * scale), int(mosaic.height * scale)), Image.BICUBIC)
+
+
 def _peak_rss_kib() -> int:
     """This process's peak resident set (KiB). Linux's VmHWM belongs to the process image, so it
     starts afresh at exec; ``ru_maxrss`` does not (a child started by a parent that had just
@@ -104,13 +117,7 @@ def main() -> None:
         lat[q] = (statistics.median(times), len(data) * 8 / (768 * 512), split["rans"], split["tolist"])
     p = codec.model.preset
     symbols_per_pixel = p.latent / p.stride**2 + p.z_channels / p.z_stride**2
-    # a large image: Kodak mosaic, resized to the requested megapixels
-    tiles = [Image.open(p).convert("RGB").resize((768, 512)) for p in sorted(KODAK.glob("*.png"))[:24]]
-    mosaic = Image.new("RGB", (768 * 6, 512 * 4))
-    for i, t in enumerate(tiles):
-        mosaic.paste(t, ((i % 6) * 768, (i // 6) * 512))
-    scale = (a.mp * 1e6 / (mosaic.width * mosaic.height)) ** 0.5
-    big = mosaic.resize((int(mosaic.width * scale), int(mosaic.height * scale)), Image.BICUBIC)
+    big = kodak_mosaic(a.mp)
     t = time.perf_counter()
     data = codec.encode(from_pil(big), quality=50.0)
     enc_s = time.perf_counter() - t

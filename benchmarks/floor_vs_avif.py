@@ -42,6 +42,7 @@ def main() -> None:
     from archiver.baselines import baseline_codecs, smallest_at_floor
     from archiver.codec import Codec
     from archiver.images import from_pil
+    from archiver.metrics import psnr
     from shared_paths import KODAK
 
     torch.set_num_threads(a.threads)
@@ -53,8 +54,7 @@ def main() -> None:
         t = time.perf_counter()
         res = codec.encode_detailed(from_pil(img), target_psnr=a.floor, effort=a.effort)
         ours_s = time.perf_counter() - t
-        decoded = codec.decode(res.data).rgb  # the floor is verified on the real decode
-        ours_db = float(10 * np.log10(255.0**2 / np.mean((decoded.astype(np.float64) - np.asarray(img)) ** 2)))
+        ours_db = psnr(np.asarray(img), codec.decode(res.data).rgb)  # the floor, verified on the real decode
         theirs = smallest_at_floor(avif, np.asarray(img), a.floor)
         rows.append({"image": p.stem, "ours_bytes": len(res.data), "ours_psnr": round(ours_db, 3),
                      "ours_quality": res.quality, "ours_s": round(ours_s, 2),

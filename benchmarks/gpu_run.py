@@ -594,13 +594,11 @@ def refine_images(a: argparse.Namespace) -> list[tuple[str, Any]]:
 def step_refine(run: Run, a: argparse.Namespace, budget: float | None) -> dict:
     """Latent refinement by gradient (SGA; benchmarks/refine_study.py) with many iterations against
     effort 1: real bitstreams, decoded by the product Codec, BD-rate per image."""
-    from refine_study import RefineParams, RefiningCodec, refine
+    from refine_study import RefineParams, RefiningCodec, rd_curve, refine
 
     from archiver.bdrate import bd_rate
     from archiver.codec import Codec
     from archiver.codec.model import quality_to_lambda
-    from archiver.errors import ContainerError
-    from archiver.metrics import psnr
 
     end = time.monotonic() + (budget if budget is not None else 1e9)
     margin = 3.0 if a.dry else 10.0  # the JSON, the BD-rates, the process's end
@@ -667,21 +665,11 @@ def step_refine(run: Run, a: argparse.Namespace, budget: float | None) -> dict:
         t_img = time.monotonic()
         curves: dict[str, Any] = {}
         for label, codec in (("effort1", base), ("refined", ref)):
-            bpp, db, secs = [], [], []
-            for q in qualities:
-                t = time.perf_counter()
-                data = codec.encode(im, quality=q, effort=1)
-                sync()
-                secs.append(round(time.perf_counter() - t, 3))
-                try:
-                    rgb = base.decode(data).rgb  # the product decoder, on the real bytes
-                except ContainerError as e:
-                    decode_errors.append(f"{name} {label} q{q:g}: {e.code}")
-                    continue
-                streams += 1
-                bpp.append(len(data) * 8 / (im.width * im.height))
-                db.append(psnr(im.rgb, rgb))
-            curves[label] = {"bpp": [round(v, 5) for v in bpp], "psnr": [round(v, 4) for v in db], "encode_s": secs}
+            c = rd_curve(codec, base, im, qualities, sync)  # the product decoder, on the real bytes
+            decode_errors += [f"{name} {label} {e}" for e in c["errors"]]
+            streams += len(c["bpp"])
+            curves[label] = {"bpp": [round(v, 5) for v in c["bpp"]], "psnr": [round(v, 4) for v in c["psnr"]],
+                             "encode_s": [round(v, 3) for v in c["encode_s"]]}
         try:
             bd: float | None = round(bd_rate(curves["effort1"]["bpp"], curves["effort1"]["psnr"],
                                              curves["refined"]["bpp"], curves["refined"]["psnr"]), 3)

@@ -36,15 +36,14 @@ writing ``refine.json`` (docs/MODEL.md, "GPU runbook").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -52,12 +51,17 @@ from torch import Tensor
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
 from archiver.bdrate import bd_rate  # noqa: E402
 from archiver.codec import Codec  # noqa: E402
+from archiver.codec.api import tile_grid  # noqa: E402
 from archiver.codec.exact import round_half_up, ste, to_grid  # noqa: E402
 from archiver.codec.model import ConvNeXtCharm, anchor_mask, quality_to_lambda  # noqa: E402
+from archiver.errors import ContainerError  # noqa: E402
+from archiver.images import LoadedImage, from_pil  # noqa: E402
 from archiver.metrics import psnr  # noqa: E402
+from shared_paths import KODAK  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -174,18 +178,36 @@ class RefiningCodec(Codec):
     def _encode_at(self, img, latents, quality, dry, recon=None, effort=0):  # type: ignore[override]
         gain, inv_gain = self._gains(quality)
         lam = quality_to_lambda(quality, self.model.preset)
-        tile = self.tile_size
         refined = []
         with torch.inference_mode(False):
-            for k, y in enumerate(latents):
-                rows = (img.height + tile - 1) // tile
-                cols = (img.width + tile - 1) // tile
-                r, c = divmod(k, cols)
-                assert rows * cols == len(latents)
-                x = self._to_tensor(img.rgb[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile]).clone()
+            for (_, _, rs, cs), y in zip(tile_grid(img.height, img.width, self.tile_size), latents):
+                x = self._to_tensor(img.rgb[rs, cs]).clone()
                 g, ig = gain.clone(), inv_gain.clone()
                 refined.append(refine(self.model, x, y.clone() * g, ig, lam, self.params) / g)
         return super()._encode_at(img, refined, quality, dry, recon=recon, effort=1 if self.rdoq else 0)
+
+
+def rd_curve(codec: Codec, decoder: Codec, img: LoadedImage, qualities: list[float],
+             sync: Callable[[], None] | None = None) -> dict[str, list]:
+    """``img`` encoded by ``codec`` at effort 1 at each quality, the real bytes decoded by
+    ``decoder`` (the product's): bpp, PSNR and encode seconds of each decoded stream, and the
+    decode errors (``"q<quality>: <code>"``) of the others. ``sync`` waits for the device before
+    the clock is read (CUDA)."""
+    bpp, db, secs, errors = [], [], [], []
+    for q in qualities:
+        t = time.perf_counter()
+        data = codec.encode(img, quality=q, effort=1)
+        if sync is not None:
+            sync()
+        secs.append(time.perf_counter() - t)
+        try:
+            rgb = decoder.decode(data).rgb
+        except ContainerError as e:
+            errors.append(f"q{q:g}: {e.code}")
+            continue
+        bpp.append(len(data) * 8 / (img.width * img.height))
+        db.append(psnr(img.rgb, rgb))
+    return {"bpp": bpp, "psnr": db, "encode_s": secs, "errors": errors}
 
 
 def main() -> None:
@@ -204,29 +226,23 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     base = Codec.load(device=a.device)
-    ref = RefiningCodec.load(device=a.device)
+    ref = RefiningCodec(base.model, base.entry, base.device, base.tile_size)  # the same model
     ref.params = RefineParams(iterations=a.iterations, lr=a.lr, tau_start=a.tau[0], tau_end=a.tau[1],
                               stochastic=a.stochastic)
     ref.rdoq = not a.no_rdoq
     results = {}
     for name in a.images:
-        im = Image.open(REPO.parent / "shared" / "data" / "kodak" / f"{name}.png").convert("RGB")
+        im = Image.open(KODAK / f"{name}.png").convert("RGB")
         if a.crop:
             w, h = im.size
             im = im.crop((w // 2 - a.crop // 2, h // 2 - a.crop // 2, w // 2 + a.crop // 2, h // 2 + a.crop // 2))
-        rgb = np.asarray(im)
+        img = from_pil(im)
         curves = {}
         for label, codec in (("effort1", base), ("refined", ref)):
-            bpp, db, secs = [], [], []
-            for q in a.qualities:
-                t = time.perf_counter()
-                data = codec.encode(im, quality=q, effort=1)
-                secs.append(time.perf_counter() - t)
-                out = np.asarray(base.decode(data).image.convert("RGB"))  # the product decoder
-                bpp.append(len(data) * 8 / rgb.shape[0] / rgb.shape[1])
-                db.append(psnr(rgb, out))
-                print(name, label, q, round(bpp[-1], 4), round(db[-1], 3), f"{secs[-1]:.1f} s", flush=True)
-            curves[label] = {"bpp": bpp, "psnr": db, "encode_s": secs}
+            curves[label] = rd_curve(codec, base, img, a.qualities)
+            c = curves[label]
+            print(name, label, "  ".join(f"{b:.4f} bpp {p:.3f} dB" for b, p in zip(c["bpp"], c["psnr"])),
+                  f"encode {sum(c['encode_s']):.1f} s", *c["errors"], flush=True)
         bd = bd_rate(curves["effort1"]["bpp"], curves["effort1"]["psnr"], curves["refined"]["bpp"],
                      curves["refined"]["psnr"])
         results[name] = {**curves, "bd_rate_vs_effort1_pct": round(bd, 2)}

@@ -10,8 +10,8 @@ the codec's own work, which this measures without storage, broker or database ar
 
 * **per image, as ``recompress`` does it**: the encode at the smallest quality that meets the
   floor (the predicted search, ``--effort``), then the verification decode of the real bitstream;
-* on all 24 Kodak images (0.39 MP each) and on large photos of ``--big-mp`` megapixels (the
-  Kodak mosaic of ``cpu_decode.py``, resized: content that is neither Kodak-detailed nor flat);
+* on all 24 Kodak images (0.39 MP each) and on large photos of ``--big-mp`` megapixels
+  (``cpu_decode.kodak_mosaic``: the Kodak mosaic, resized);
 * **pilot**: the codec's work above plus the classical baselines' searches (``archiver.baselines``,
   presets ``fast`` and ``all``) measured on ``--baseline-images`` Kodak images; a 300-photo
   pilot's time is projected from the per-megapixel rates, for Kodak-sized and 12 MP photos.
@@ -34,20 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-
-
-def mosaic(mp: float):
-    """The Kodak mosaic (6x4 images of 768x512) resized to ``mp`` megapixels (bicubic)."""
-    from PIL import Image
-
-    from shared_paths import KODAK
-
-    tiles = [Image.open(p).convert("RGB").resize((768, 512)) for p in sorted(KODAK.glob("*.png"))[:24]]
-    m = Image.new("RGB", (768 * 6, 512 * 4))
-    for i, t in enumerate(tiles):
-        m.paste(t, ((i % 6) * 768, (i // 6) * 512))
-    s = (mp * 1e6 / (m.width * m.height)) ** 0.5
-    return m.resize((int(m.width * s), int(m.height * s)), Image.BICUBIC)
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def recompress_one(codec, img, floor: float, effort: int) -> dict:
@@ -101,6 +88,7 @@ def main() -> None:
     from PIL import Image
 
     from archiver.codec import Codec
+    from cpu_decode import kodak_mosaic
     from shared_paths import KODAK
 
     torch.set_num_threads(a.threads)
@@ -116,7 +104,7 @@ def main() -> None:
     load.append(os.getloadavg()[0])
     big = []
     for mp in a.big_mp:
-        r = recompress_one(codec, mosaic(mp), a.floor, a.effort)
+        r = recompress_one(codec, kodak_mosaic(mp), a.floor, a.effort)
         big.append(r)
         print(f"{mp:g} MP", json.dumps({k: round(v, 3) for k, v in r.items()}), flush=True)
     load.append(os.getloadavg()[0])

@@ -38,10 +38,11 @@ im2col per channel). The bound is computed per call from the actual activations 
 channel); a matrix product whose bound is larger is split over ranges of input channels that
 each meet it (``float32_chunks``), summed in float64. On a Kodak decode (compact-v6) every
 pointwise call runs in float32, a third of them in two or three ranges, and 32 of the 34
-depthwise calls; anything else keeps float64. Float32 is used only on the CPU with IEEE float32 arithmetic requested
-(``torch.get_float32_matmul_precision() == "highest"`` and oneDNN's fp32 precision not lowered:
-"medium"/"high" may let oneDNN use bf16 or TF32), and a depthwise convolution only on a backend
-that sums products directly (oneDNN's or the im2col fallback, never NNPACK's Winograd/FFT).
+depthwise calls; anything else keeps float64. Float32 is used only on the CPU with IEEE float32
+arithmetic requested (``torch.get_float32_matmul_precision() == "highest"`` and oneDNN's fp32
+precision not lowered: "medium"/"high" may let oneDNN use bf16 or TF32), and a depthwise
+convolution only on a backend that sums products directly (oneDNN's or the im2col fallback,
+never NNPACK's Winograd/FFT).
 ``tests/test_exact_fast.py`` checks both paths against the reference at the bound itself.
 
 During training the same layers run in float32 with straight-through rounding, so the network
