@@ -87,6 +87,10 @@ class TrainConfig:
     # the largest enlargement factor
     upsample_prob: float = 0.0
     upsample_max: float = 2.0
+    # train only the parameters whose names start with one of these (empty: all). A study of a
+    # grown context trains only its new layers, so the transforms and thus the distortion stay
+    # those of the start and the measured gain is the context's own.
+    train_only: tuple[str, ...] = ()
 
 
 LR_FLOOR = 0.05  # the cosine schedule ends at this fraction of the peak lr
@@ -208,14 +212,23 @@ def _checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
             for k, v in load_file(str(path)).items()}
 
 
+GROWN_PREFIXES = ("spatial_tf.", "anchor_tf.")
+
+
 def grow_checkpoint(model: ConvNeXtCharm, path: Path) -> None:
-    """Load a channel-context checkpoint into the same architecture with the checkerboard
-    context added; only the new context layers may be missing from the file."""
+    """Load a checkpoint into the same architecture with more spatial context: the checkerboard
+    (channel -> checkerboard) or split anchors (more ``split_anchors``). Only those context
+    layers may be missing from the file; they start as a no-op (SpatialContext), so the grown
+    model codes exactly as the file's did until it is trained."""
     old = checkpoint_preset(path)
-    if dataclasses.replace(model.preset, context=old.context, context_width=old.context_width) != old:
-        raise SystemExit(f"{path} is not {model.preset} without its spatial context: cannot grow it")
-    fresh = {k: v for k, v in model.state_dict().items() if k.startswith("spatial_tf.")}
-    load_state(model, {**_checkpoint_state(path), **fresh})
+    if dataclasses.replace(model.preset, context=old.context, context_width=old.context_width,
+                           split_anchors=old.split_anchors) != old or model.preset.split_anchors < old.split_anchors:
+        raise SystemExit(f"{path} is not {model.preset} with less spatial context: cannot grow it")
+    state = _checkpoint_state(path)
+    fresh = {k: v for k, v in model.state_dict().items() if k not in state}
+    if any(not k.startswith(GROWN_PREFIXES) for k in fresh):
+        raise SystemExit(f"{path} lacks layers other than the spatial context's: cannot grow it")
+    load_state(model, {**state, **fresh})
 
 
 def load_checkpoint(model: ConvNeXtCharm, path: Path) -> None:
@@ -269,10 +282,15 @@ def train(cfg: TrainConfig, progress=None, sampler: CropSampler | None = None) -
     else:
         model = build_model(cfg.preset)
     model.to(dev).train()
+    if cfg.train_only:
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith(cfg.train_only))
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"no parameter starts with {cfg.train_only}")
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
-    main_named = [(n, p) for n, p in model.named_parameters() if not n.endswith("quantiles")]
+    aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles") and p.requires_grad]
+    main_named = [(n, p) for n, p in model.named_parameters() if not n.endswith("quantiles") and p.requires_grad]
     main_params = [p for _, p in main_named]
     basis = [p for n, p in main_named if transform_parameters(n)]
     entropy = [p for n, p in main_named if entropy_parameters(n)]
@@ -280,8 +298,8 @@ def train(cfg: TrainConfig, progress=None, sampler: CropSampler | None = None) -
     groups = [{"params": rest, "lr_scale": 1.0}, {"params": entropy, "lr_scale": cfg.entropy_lr_scale}]
     if basis:
         groups.append({"params": basis, "lr_scale": cfg.transform_lr_scale})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
-    aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=0.0)
+    aux_opt = torch.optim.Adam(aux_params, lr=1e-3) if aux_params else None
     step_fn = torch.compile(rd_loss) if cfg.compile else rd_loss
     if sampler is None:
         sampler = CropSampler(find_images(cfg.data), cfg.crop, cfg.seed, cfg.upsample_prob, cfg.upsample_max)
@@ -306,9 +324,10 @@ def train(cfg: TrainConfig, progress=None, sampler: CropSampler | None = None) -
             torch.nn.utils.clip_grad_norm_(main_params, 1.0)
             opt.step()
             aux = model.aux_loss()
-            aux_opt.zero_grad(set_to_none=True)
-            aux.backward()
-            aux_opt.step()
+            if aux_opt is not None:
+                aux_opt.zero_grad(set_to_none=True)
+                aux.backward()
+                aux_opt.step()
             if progress:
                 progress(step, cfg.steps, {k: float(v.detach()) for k, v in m.items()})
             if step % cfg.log_every == 0 or step == cfg.steps:

@@ -77,7 +77,8 @@ def test_older_presets_keep_their_meaning() -> None:
 
 
 @pytest.mark.parametrize("preset,size", [("complete8", (77, 50)), ("complete8", (128, 96)),
-                                         ("complete8-cb", (77, 50)), ("complete8-cb", (160, 96))])
+                                         ("complete8-cb", (77, 50)), ("complete8-cb", (160, 96)),
+                                         ("complete8-cb-split", (77, 50)), ("complete8-cb-split", (160, 96))])
 def test_untrained_complete_weights_round_trip_bit_exactly(tmp_path: Path, preset: str, size: tuple[int, int]) -> None:
     """A candidate weights file (not registered) encodes and decodes through the real container,
     at sizes that are not multiples of the 32-px hyper-latent stride; with the checkerboard
@@ -85,9 +86,9 @@ def test_untrained_complete_weights_round_trip_bit_exactly(tmp_path: Path, prese
     decoder checks the latent checksum)."""
     torch.manual_seed(1)
     m = build_model(preset).eval()
-    if preset.endswith("-cb"):
+    if "-cb" in preset:
         with torch.no_grad():
-            for sc in m.spatial_tf:
+            for sc in [*m.spatial_tf, *getattr(m, "anchor_tf", [])]:
                 sc.head.out.weight.normal_(0, 0.2)
                 sc.head.out.bias.normal_(0, 0.5)
     f = tmp_path / "cand.safetensors"
@@ -122,3 +123,77 @@ def test_a_channel_model_grows_a_checkerboard_context_that_starts_as_a_no_op(tmp
     assert torch.equal(a["x_hat"], b["x_hat"]) and torch.equal(a["y_lik"], b["y_lik"])
     with pytest.raises(SystemExit, match="cannot grow"):
         grow_checkpoint(build_model("complete16"), f)
+
+
+def test_coding_passes_cover_every_position_once_in_checkerboard_order() -> None:
+    from archiver.codec.model import anchor_mask, coding_passes
+
+    for h, w in ((5, 7), (6, 4), (1, 1)):
+        anchors = anchor_mask(h, w, "cpu")
+        plain, split = coding_passes(h, w, "cpu", False), coding_passes(h, w, "cpu", True)
+        assert torch.equal(plain[0], anchors) and torch.equal(plain[1], ~anchors)
+        assert len(split) == 3 and torch.equal(split[2], ~anchors)
+        assert torch.equal(split[0] | split[1], anchors) and not (split[0] & split[1]).any()
+        # the first quarter: even rows and columns; every second-pass anchor has a first-pass
+        # anchor on a diagonal (the context it is refined from)
+        assert bool(split[0][0, 0, 0, 0]) and (h < 2 or w < 2 or bool(split[1][0, 0, 1, 1]))
+        assert int(split[0].sum()) == ((h + 1) // 2) * ((w + 1) // 2)
+    with pytest.raises(ValueError, match="checkerboard"):
+        dataclasses.replace(PRESETS["complete8"], split_anchors=1)
+    with pytest.raises(ValueError, match="split_anchors"):
+        dataclasses.replace(PRESETS["complete8-cb"], split_anchors=9)
+
+
+def test_a_checkerboard_model_grows_split_anchors_that_start_as_a_no_op(tmp_path: Path) -> None:
+    """Grown from a checkerboard model, the split-anchor model codes the same symbols (real
+    container) and decodes to the same pixels until its new layers are trained; once they are not zero, its streams change and
+    still decode exactly (the tile checks compare every slice's symbols)."""
+    from archiver.train import grow_checkpoint
+
+    torch.manual_seed(3)
+    base = build_model("complete8-cb").eval()
+    with torch.no_grad():
+        for sc in base.spatial_tf:
+            sc.head.out.weight.normal_(0, 0.2)
+            sc.head.out.bias.normal_(0, 0.5)
+    f = tmp_path / "base.safetensors"
+    save_weights(base, f, {"steps": "0"})
+    grown = build_model("complete8-cb-split").eval()
+    grow_checkpoint(grown, f)
+    g = tmp_path / "grown.safetensors"
+    save_weights(grown, g, {"steps": "0"})
+    im = Image.open(KODAK / "kodim23.png").convert("RGB").crop((100, 100, 260, 228))
+    a = Codec.from_weights_file(f, "cpu").encode(im, quality=70)
+    b = Codec.from_weights_file(g, "cpu").encode(im, quality=70)
+    from archiver.codec.container import unpack
+
+    ca, cb = unpack(a), unpack(b)
+    assert ca.meta.latent_sha256 == cb.meta.latent_sha256
+    # the same symbols (the anchors come in another order, so the rANS bytes differ slightly)
+    assert [t.z for t in ca.tiles] == [t.z for t in cb.tiles]
+    assert abs(len(b) - len(a)) < 0.002 * len(a)
+    assert np.array_equal(Codec.from_weights_file(g, "cpu").decode(b).rgb, Codec.from_weights_file(f, "cpu").decode(a).rgb)
+    with torch.no_grad():
+        for sc in grown.anchor_tf:
+            sc.head.out.weight.normal_(0, 0.2)
+            sc.head.out.bias.normal_(0, 0.5)
+    save_weights(grown, g, {"steps": "1"})
+    codec = Codec.from_weights_file(g, "cpu")
+    c = codec.encode(im, quality=70)
+    assert unpack(c).meta.latent_sha256 != ca.meta.latent_sha256
+    assert psnr(np.asarray(im), codec.decode(c).rgb) > 30.0
+    with pytest.raises(SystemExit, match="cannot grow"):
+        grow_checkpoint(build_model("complete8-cb"), g)
+
+
+def test_scale_index_lookup_equals_bucketize_on_every_grid_value() -> None:
+    """The exact path's scale indexes come from a lookup table (model.scale_indexes); on grid
+    values, negative ones and ones past the table it must pick what bucketize picks."""
+    from archiver.codec.model import SCALE_MAX
+
+    for rule in ("up", "nearest"):
+        m = build_model(dataclasses.replace(PRESETS["complete8-cb"], scale_rule=rule))
+        grid = torch.arange(-512, int(SCALE_MAX * 256) + 4096, dtype=torch.float64).reshape(1, 1, -1, 64) / 256
+        want = torch.bucketize(grid.contiguous(), m.scale_bounds.double(), right=False)
+        got = m.scale_indexes(grid, on_grid=True)
+        assert torch.equal(got, want) and int(got.max()) == len(m.scale_bounds) and int(got.min()) == 0

@@ -142,8 +142,8 @@ def _paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     taken: list[str] = []
     chunks = ex.float32_chunks
 
-    def spy(w_abs, a_max, max_chunks=ex.MAX_F32_CHUNKS):
-        got = chunks(w_abs, a_max, max_chunks)
+    def spy(w_abs, a_max, max_chunks=ex.MAX_F32_CHUNKS, limit=ex.F32_EXACT):
+        got = chunks(w_abs, a_max, max_chunks, limit)
         taken.append("f64" if got is None else f"f32:{len(got)}")
         return got
 
@@ -173,16 +173,18 @@ def test_float32_ranges_keep_every_partial_sum_within_two_to_the_24() -> None:
     assert ex.float32_chunks(w_abs, a_max * 64, max_chunks=3) is None  # too many ranges: float64
 
 
-@pytest.mark.parametrize("a_units, want", [(2**10, "f32:1"), (2047, "f32:2"), (2**20, "f64")],
+@pytest.mark.parametrize("a_units, want", [(257, "f32:1"), (2047, "f32:2"), (2**20, "f64")],
                          ids=["at-the-bound", "ranges", "float64"])
 def test_pointwise_float32_path_equals_the_reference_at_its_bound(a_units: int, want: str,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """All weights and activations of one sign, so that the partial sums are as large as the
     bound allows; odd values where a float32 sum past 2^24 would round."""
     taken = _paths(monkeypatch)
-    w_units = 2**8 if a_units == 2**10 else 255  # 64 x 256 x 1024 = 2^24 exactly; 64 x 255 x 2047 = 1.99 x 2^24: two ranges
-    pw = _pointwise_units(64, 24, w_units, bias=3.25)
-    x = torch.full((1, 64, 9, 11), a_units / ex.GRID, dtype=torch.float64)
+    # 255 x 256 x 257 = 2^24 - 256 exactly (the float32 finish's bound: F32_FINISH, one range that
+    # stays float32 to the end); 64 x 255 x 2047 = 1.99 x 2^24: two ranges
+    cin, w_units = (255, 2**8) if a_units == 257 else (64, 255)
+    pw = _pointwise_units(cin, 24, w_units, bias=3.25 + 255 / 2**16)  # b_frac = 255: the largest
+    x = torch.full((1, cin, 9, 11), a_units / ex.GRID, dtype=torch.float64)
     x[:, :, ::2] *= -1 if a_units == 2**20 else 1
     with torch.no_grad():
         want_y = _reference_pointwise(x, ex.quant_weight(pw.weight).double(), ex.quant_bias(pw.bias).double())
@@ -190,7 +192,7 @@ def test_pointwise_float32_path_equals_the_reference_at_its_bound(a_units: int, 
     assert taken == [want]
     assert torch.equal(got, want_y)
     if want == "f32:1":  # the sum reached the bound itself
-        assert float(got.max()) == ex.F32_EXACT / ex.GRID / ex.GRID + 3.25  # 64 x 1.0 x 4.0 + the bias
+        assert float(got.max()) == ex.F32_FINISH / ex.GRID / ex.GRID + 3.25 + 1 / ex.GRID  # rounded up
 
 
 def test_depthwise_float32_path_equals_the_reference_at_its_bound() -> None:
@@ -278,3 +280,52 @@ def test_predicted_search_gives_up_when_out_of_reach() -> None:
     with pytest.raises(TargetNotReached):
         predicted_quality(lambda q: calls.append(q) or _concave(q), lambda q: _concave(q) - 1.0, 40.0)
     assert len(calls) <= 2
+
+
+def test_float32_finish_rounds_like_the_float64_finish() -> None:
+    """floor(y / 256) + b_int in float32 equals floor((y + b_frac) / 256 + ...) done in float64, for
+    sums up to the bound, biases with every fraction, both signs, with and without the ReLU."""
+    gen = torch.Generator().manual_seed(9)
+    sums = torch.randint(-(2**24 - 256), 2**24 - 256 + 1, (1, 16, 40, 40), generator=gen).double()
+    sums[0, 0, 0, :6] = torch.tensor([0.0, -1.0, 255.0, -256.0, 2**24 - 256.0, -(2**24 - 256.0)])
+    b = torch.randint(-(2**28), 2**28, (16,), generator=gen).double() / 2**16  # 16 fractional bits
+    b[:3] = torch.tensor([-4096.0, 4096.0, -1 / 2**16])
+    b_units = ex.quant_bias(b) * ex.GRID + 0.5
+    b_int, b_frac = ex.split_unit_bias(b_units)
+    assert bool(((b_frac >= 0) & (b_frac < 256)).all()) and torch.equal(b_frac, b_frac.round())
+    for relu in (False, True):
+        want = ex.finish_units(sums / ex.GRID + b_units.view(1, -1, 1, 1), relu)
+        y32 = (sums + b_frac.double().view(1, -1, 1, 1)).float()  # what the float32 sum holds: exact
+        got = ex.float32_finish(y32, b_int, relu)
+        assert got.dtype == torch.float32 and torch.equal(got.double(), want)
+        got = ex.float32_finish(sums.float(), b_int, relu, b_frac)  # the bias's fraction added here
+        assert got.dtype == torch.float32 and torch.equal(got.double(), want)
+
+
+def test_cached_layer_constants_follow_every_weight_change() -> None:
+    """prepared_weights caches a layer's derived constants: an in-place edit, a load_state_dict
+    and an optimiser step must each be seen by the next exact call (never stale constants)."""
+    torch.manual_seed(4)
+    pw, dw = ex.ExactPointwise(6, 5), ex.ExactDepthwise(6, 3)
+    x = torch.randint(-300, 300, (1, 6, 7, 9)).double() / ex.GRID
+
+    def check() -> None:
+        with torch.no_grad():
+            assert torch.equal(pw(x), _reference_pointwise(x, ex.quant_weight(pw.weight).double(),
+                                                           ex.quant_bias(pw.bias).double()))
+            assert torch.equal(dw(x), _reference_depthwise(x, ex.quant_weight(dw.weight).double(),
+                                                           ex.quant_bias(dw.bias).double()))
+
+    check()
+    before = pw(x)
+    with torch.no_grad():
+        pw.weight.mul_(-1.5)
+        dw.bias.add_(0.75)
+    check()
+    assert not torch.equal(pw(x), before)
+    pw.load_state_dict({"weight": torch.randn(5, 6), "bias": torch.randn(5)})
+    check()
+    opt = torch.optim.SGD([*pw.parameters(), *dw.parameters()], lr=0.5)
+    pw(x.float()).sum().add(dw(x.float()).sum()).backward()  # the training path: float32, gradients
+    opt.step()
+    check()

@@ -105,3 +105,34 @@ def test_eval_writes_compressai_json_bd_rates_and_plot(tmp_path: Path) -> None:
     assert res["results"]["bpp"][0] < res["results"]["bpp"][1]
     assert [row["anchor"] for row in res["bd_rate"]] == ["vtm.json", "jpeg_420.json"]
     assert Image.open(plot).size[0] > 400
+
+
+def test_train_only_grows_split_anchors_and_trains_nothing_else(tmp_path: Path) -> None:
+    """`--extend-to complete8-cb-split --train-only anchor_tf.`: the grown layers move, every other
+    tensor of the file stays bit-identical (the study's premise: same transforms, same
+    distortion)."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from archiver.codec.model import build_model
+    from archiver.codec.registry import save_weights
+    from archiver.train import train
+
+    torch.manual_seed(0)
+    start = tmp_path / "start.safetensors"
+    save_weights(build_model("complete8-cb").eval(), start, {"steps": "0"})
+    crops = {f"k{n}": np.asarray(Image.open(KODAK / f"kodim{n:02d}.png").convert("RGB"))[:128, :128].copy()
+             for n in (3, 23)}
+    out = tmp_path / "grown.safetensors"
+    cfg = TrainConfig(data=[], out=out, resume=start, extend_to="complete8-cb-split", train_only=("anchor_tf.",),
+                      steps=3, batch=2, crop=64, lr=1e-2, warmup=0, threads=1, device="cpu")
+    train(cfg, sampler=CropSampler.from_arrays(crops, 64, seed=1))
+    before, after = load_file(str(start)), load_file(str(out))
+    grown = [k for k in after if k.startswith("anchor_tf.")]
+    assert grown and all(k not in before for k in grown)
+    assert any(float(after[k].abs().max()) > 0 for k in grown if k.endswith("out.weight"))  # it learnt
+    assert all(torch.equal(before[k], after[k]) for k in before), "a frozen tensor changed"
+    with pytest.raises(ValueError, match="no parameter"):
+        train(TrainConfig(data=[], out=tmp_path / "x.safetensors", resume=start, train_only=("nothing.",), steps=1,
+                          batch=1, crop=64, threads=1, device="cpu"), sampler=CropSampler.from_arrays(crops, 64, seed=1))

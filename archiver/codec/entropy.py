@@ -27,7 +27,7 @@ from torch import Tensor
 from ..errors import ContainerError
 from .container import CHECK_BYTES
 from .exact import round_half_up
-from .model import SYMBOL_LIMIT, ConvNeXtCharm, anchor_mask
+from .model import SYMBOL_LIMIT, ConvNeXtCharm
 from .rdo import RateTable, RdoParams, choose
 
 
@@ -61,6 +61,12 @@ class _TileHasher:
         return self.tile.digest()
 
 
+def _int_list(t: Tensor) -> list[int]:
+    """An integer-valued tensor as the list of Python ints the rANS coder takes. Through numpy:
+    ``Tensor.tolist`` is about 10x slower, and a decode converts every symbol's index."""
+    return t.detach().to("cpu", torch.int32).numpy().reshape(-1).tolist()
+
+
 def _symbols_tensor(vals: list[int], device: torch.device) -> Tensor:
     """The rANS decoder's symbols as a clamped float64 tensor on ``device``. Through numpy:
     ``torch.tensor`` on a list of Python ints is 4x slower (a tenth of a decode)."""
@@ -88,6 +94,7 @@ class TileCoder:
         self.gc_off = gc._offset.reshape(-1).int().tolist()
         self.medians = eb._get_medians().detach().reshape(1, -1, 1, 1).double()
         self._rates: RateTable | None = None
+        self._positions: dict[tuple, list[Tensor]] = {}
 
     def rates(self, device: torch.device) -> RateTable:
         """Bits per symbol from the coder's own tables (for RDOQ; built on first use)."""
@@ -96,11 +103,28 @@ class TileCoder:
         return self._rates.to(device)
 
     def _code(self, enc: BufferedRansEncoder, sym: Tensor, idx: Tensor) -> None:
-        enc.encode_with_indexes(sym.int().tolist(), idx.int().tolist(), self.gc_cdf, self.gc_len, self.gc_off)
+        enc.encode_with_indexes(_int_list(sym), _int_list(idx), self.gc_cdf, self.gc_len, self.gc_off)
 
     def _decode(self, dec: RansDecoder, idx: Tensor, device: torch.device) -> Tensor:
-        vals = dec.decode_stream(idx.int().tolist(), self.gc_cdf, self.gc_len, self.gc_off)
+        vals = dec.decode_stream(_int_list(idx), self.gc_cdf, self.gc_len, self.gc_off)
         return _symbols_tensor(vals, device)
+
+    def _pass_positions(self, i: int, shape: torch.Size, device: torch.device) -> list[Tensor]:
+        """Flat positions of each coding pass of slice ``i`` in a (1, C, h, w) tensor, in the order
+        a boolean mask selects them. Cached per shape (every tile of a size shares them), so a
+        slice's passes cost an index_select/index_copy_ each, not a mask scan (a benign race
+        between threads at most builds an entry twice)."""
+        _, c, h, w = shape
+        split = i < self.model.preset.split_anchors
+        key = (c, h, w, split, str(device))
+        got = self._positions.get(key)
+        if got is None:
+            if len(self._positions) > 64:  # odd sizes (edge tiles): never more than a few
+                self._positions.clear()
+            got = [m.expand(1, c, h, w).reshape(-1).nonzero().squeeze(1)
+                   for m in self.model.passes(i, h, w, device)]
+            self._positions[key] = got
+        return got
 
     # z ---------------------------------------------------------------------------------------
     def _z_indexes(self, shape: tuple[int, int, int, int]) -> list[int]:
@@ -127,7 +151,7 @@ class TileCoder:
         z_bytes = b""
         if code:
             z_bytes = RansEncoder().encode_with_indexes(
-                zs.reshape(-1).int().tolist(), self._z_indexes(tuple(zs.shape)), self.eb_cdf, self.eb_len, self.eb_off
+                _int_list(zs.reshape(-1)), self._z_indexes(tuple(zs.shape)), self.eb_cdf, self.eb_len, self.eb_off
             )
         z_hat = zs + med
         means_h, scales_h = m.hyper(z_hat, exact=True)
@@ -138,7 +162,7 @@ class TileCoder:
         sc = m.slice_ch
         for i, y_i in enumerate(y_g.double().chunk(m.preset.slices, dim=1)):
             mu, scale, mean_sup = m.slice_params(i, means_h, scales_h, decoded)
-            idx = m.scale_indexes(scale)
+            idx = m.scale_indexes(scale, on_grid=True)
             if rdo is None:
                 sym = torch.clamp(round_half_up(y_i - mu), -SYMBOL_LIMIT, SYMBOL_LIMIT)
             else:
@@ -149,20 +173,27 @@ class TileCoder:
                 if code:
                     self._code(enc, sym.reshape(-1), idx.reshape(-1))
             else:
-                # anchors first, with the channel context; then the rest, refined from them
-                anchors = anchor_mask(sym.shape[2], sym.shape[3], sym.device).expand_as(sym)
-                if code:
-                    self._code(enc, sym[anchors], idx[anchors])
-                mu2, scale2 = m.spatial(i, sym * anchors, mu, scale)
-                rest = ~anchors
-                idx2 = m.scale_indexes(scale2)
-                if rdo is None:
-                    sym2 = torch.clamp(round_half_up(y_i - mu2), -SYMBOL_LIMIT, SYMBOL_LIMIT)
-                else:
-                    sym2 = choose(y_i - mu2, idx2, weight, rates, SYMBOL_LIMIT)
-                if code:
-                    self._code(enc, sym2[rest], idx2[rest])
-                sym, mu = torch.where(anchors, sym, sym2), torch.where(anchors, mu, mu2)
+                # pass by pass (anchors first, with the channel context; then the positions
+                # refined from the passes before them): model.coding_passes
+                masks = m.passes(i, sym.shape[2], sym.shape[3], sym.device)
+                positions = self._pass_positions(i, sym.shape, sym.device)
+                done = torch.zeros_like(sym)
+                mu_f = mu
+                for k, (mask, pos) in enumerate(zip(masks, positions)):
+                    if k:
+                        mu_k, scale_k = m.pass_params(i, k, len(masks), done, mu, scale)
+                        idx_k = m.scale_indexes(scale_k, on_grid=True)
+                        if rdo is None:
+                            sym_k = torch.clamp(round_half_up(y_i - mu_k), -SYMBOL_LIMIT, SYMBOL_LIMIT)
+                        else:
+                            sym_k = choose(y_i - mu_k, idx_k, weight, rates, SYMBOL_LIMIT)
+                        mu_f = torch.where(mask, mu_k, mu_f)
+                    else:
+                        sym_k, idx_k = sym, idx
+                    if code:
+                        self._code(enc, sym_k.reshape(-1)[pos], idx_k.reshape(-1)[pos])
+                    done = torch.where(mask, sym_k, done)
+                sym, mu = done, mu_f
             if code:
                 th.update(_symbols_bytes(sym))
                 digests.append(th.digest())
@@ -229,17 +260,23 @@ class TileCoder:
         checkerboard = m.preset.context == "checkerboard"
         for i in range(m.preset.slices):
             mu, scale, mean_sup = m.slice_params(i, means_h, scales_h, decoded)
-            idx = m.scale_indexes(scale)
             if not checkerboard:
-                sym = self._decode(dec, idx.reshape(-1), device).reshape(mu.shape)
+                sym = self._decode(dec, m.scale_indexes(scale, on_grid=True).reshape(-1), device).reshape(mu.shape)
             else:
-                anchors = anchor_mask(mu.shape[2], mu.shape[3], device).expand_as(mu)
+                masks = m.passes(i, mu.shape[2], mu.shape[3], device)
+                positions = self._pass_positions(i, mu.shape, device)
                 sym = torch.zeros_like(mu)
-                sym[anchors] = self._decode(dec, idx[anchors], device)
-                mu2, scale2 = m.spatial(i, sym * anchors, mu, scale)
-                rest = ~anchors
-                sym[rest] = self._decode(dec, m.scale_indexes(scale2)[rest], device)
-                mu = torch.where(anchors, mu, mu2)
+                flat = sym.view(-1)
+                mu_f = mu
+                for k, (mask, pos) in enumerate(zip(masks, positions)):
+                    if k:
+                        mu_k, scale_k = m.pass_params(i, k, len(masks), sym, mu, scale)
+                        # only this pass's positions need an index
+                        flat.index_copy_(0, pos, self._decode(dec, m.scale_indexes(scale_k.reshape(-1)[pos], on_grid=True), device))
+                        mu_f = torch.where(mask, mu_k, mu_f)
+                    else:
+                        flat.index_copy_(0, pos, self._decode(dec, m.scale_indexes(scale.reshape(-1)[pos], on_grid=True), device))
+                mu = mu_f
             th.update(_symbols_bytes(sym))
             checkpoint(i + 1, f"y slice {i}")
             y_hat_i = sym + mu

@@ -45,6 +45,17 @@ convolution only on a backend that sums products directly (oneDNN's or the im2co
 never NNPACK's Winograd/FFT).
 ``tests/test_exact_fast.py`` checks both paths against the reference at the bound itself.
 
+Float32 from end to end (issue 25, third pass): where one float32 product covers a layer, its
+finish stays in float32 too. The grid-unit bias 256 b + 1/2 is a multiple of 1/256, split into an
+integer ``b_int`` and a fraction ``b_frac / 256`` (``split_unit_bias``); then
+floor(W a / 256 + 256 b + 1/2) = floor((W a + b_frac) / 256) + b_int, and with |W a| + b_frac
+at most 2^24 every step is exact in float32 (``float32_finish``). The layer's output (integers of
+at most 2^20) stays float32 for the next layer, so a head runs without a float64 pass from its
+input to its output; supports are assembled directly as float32 grid units
+(``grid_units_f32``), and each layer's derived constants are cached until its weights change
+(``prepared_weights``). Layers split over channel ranges, and every other case, finish in
+float64 as before.
+
 During training the same layers run in float32 with straight-through rounding, so the network
 learns under the quantisation it will be evaluated with.
 """
@@ -145,12 +156,43 @@ def _ieee_float32() -> bool:
     return True
 
 
-def channel_max(a: Tensor) -> Tensor:
+def channel_max(a: Tensor, nonneg: bool = False) -> Tensor:
     """max |a| per channel of an (N, C, H, W) tensor, as a float64 (C,) tensor. Reductions over
     the spatial dims (two cheap passes; ``aminmax`` along one dim is several times slower), best
-    on the float32 copy that the fast path makes anyway."""
+    on the float32 copy that the fast path makes anyway. ``nonneg``: the caller guarantees a >= 0
+    by construction (the output of a layer with its ReLU folded into the clamp): one pass."""
     dims = (0, 2, 3)
+    if nonneg:
+        return a.amax(dim=dims).double()
     return torch.maximum(a.amax(dim=dims), -a.amin(dim=dims)).double()
+
+
+#: the float32 finish adds the bias's fraction (< 256 units^2) inside the sum: room for it
+F32_FINISH = F32_EXACT - GRID
+
+
+def split_unit_bias(b_units: Tensor) -> tuple[Tensor, Tensor]:
+    """A float64 grid-unit bias ``256 b + 1/2`` (a multiple of 1/256) as float32 ``(b_int, b_frac)``
+    with ``256 b + 1/2 = b_int + b_frac / 256``, ``b_int`` an integer (|b_int| <= 2^20 + 1) and
+    ``b_frac`` an integer in [0, 256): both exact in float32."""
+    b_int = torch.floor(b_units)
+    return b_int.float(), ((b_units - b_int) * GRID).float()
+
+
+def float32_finish(y: Tensor, b_int: Tensor, relu: bool = False, b_frac: Tensor | None = None) -> Tensor:
+    """``finish_units`` for a float32 sum. ``y`` (N, C, ...) holds ``W a + b_frac`` (or ``W a``,
+    with ``b_frac`` given here): integers with |W a + b_frac| <= 2^24, so
+    floor(W a / 256 + 256 b + 1/2) = floor((W a + b_frac) / 256) + b_int. Scaling by a power of
+    two is exact, the sum of the two scaled integers needs at most 24 bits, floor is exact, and
+    |floor(..) + b_int| <= 2^16 + 2^20 + 1 is an integer float32 holds: every step is exact, and
+    the result equals the float64 path's bits. In place when ``b_frac`` is not given; with it, one
+    out-of-place pass adds it (cheaper than filling a GEMM's output with the bias first)."""
+    shape = (1, -1) + (1,) * (y.dim() - 2)
+    if b_frac is None:
+        y = y.mul_(1.0 / GRID)
+    else:
+        y = torch.add(b_frac.view(shape) * (1.0 / GRID), y, alpha=1.0 / GRID)
+    return y.floor_().add_(b_int.view(shape)).clamp_(0.0 if relu else -UNIT_LIMIT, UNIT_LIMIT)
 
 
 #: a matrix product is split into at most this many float32 products over input-channel ranges;
@@ -158,7 +200,8 @@ def channel_max(a: Tensor) -> Tensor:
 MAX_F32_CHUNKS = 3
 
 
-def float32_chunks(w_abs: Tensor, a_max: Tensor, max_chunks: int = MAX_F32_CHUNKS) -> list[tuple[int, int]] | None:
+def float32_chunks(w_abs: Tensor, a_max: Tensor, max_chunks: int = MAX_F32_CHUNKS,
+                   limit: float = F32_EXACT) -> list[tuple[int, int]] | None:
     """Ranges of input channels over which float32 sums ``W a`` exactly, or None.
 
     ``w_abs`` (Cout, C): the absolute integer weights; ``a_max`` (C,): max |a| per input channel.
@@ -168,7 +211,7 @@ def float32_chunks(w_abs: Tensor, a_max: Tensor, max_chunks: int = MAX_F32_CHUNK
     ranges would be needed (the caller then stays in float64)."""
     contrib = w_abs * a_max[None, :]
     k = contrib.shape[1]
-    if float(contrib.sum(1).max()) <= F32_EXACT:
+    if float(contrib.sum(1).max()) <= limit:
         return [(0, k)]
     cum = contrib.cumsum(1)
     chunks: list[tuple[int, int]] = []
@@ -177,7 +220,7 @@ def float32_chunks(w_abs: Tensor, a_max: Tensor, max_chunks: int = MAX_F32_CHUNK
         if len(chunks) == max_chunks:
             return None
         base = cum[:, start - 1 : start] if start else 0.0
-        over = ((cum[:, start:] - base) > F32_EXACT).any(0)
+        over = ((cum[:, start:] - base) > limit).any(0)
         if not bool(over.any()):
             chunks.append((start, k))
             break
@@ -192,6 +235,23 @@ def float32_chunks(w_abs: Tensor, a_max: Tensor, max_chunks: int = MAX_F32_CHUNK
 def float32_allowed(a: Tensor) -> bool:
     """Whether the float32 fast path may run at all for ``a`` (CPU, IEEE float32 arithmetic)."""
     return a.device.type == "cpu" and _ieee_float32()
+
+
+def grid_units_f32(parts: list[Tensor]) -> Tensor:
+    """Float64 grid values (N, C_i, H, W), concatenated along channels as float32 grid units.
+
+    Exact where it is used: the exact path's supports are hyper means/scales (clamped to
+    +-ACT_LIMIT) and decoded latents (symbol +-SYMBOL_LIMIT = 2^15 plus a mean of at most
+    ACT_LIMIT plus LRP's 1/2), all below 2^16 with 8 fractional bits, i.e. integers below 2^24
+    in grid units, which float32 holds. One converting copy per part and one scaling pass,
+    instead of a float64 concatenation, a float64 scaling and a float32 copy."""
+    n, _, h, w = parts[0].shape
+    out = torch.empty((n, sum(p.shape[1] for p in parts), h, w), dtype=torch.float32, device=parts[0].device)
+    at = 0
+    for p in parts:
+        out[:, at : at + p.shape[1]].copy_(p)
+        at += p.shape[1]
+    return out.mul_(GRID)
 
 
 def _direct_conv(a: Tensor, w: Tensor, padding: int) -> bool:
@@ -224,6 +284,32 @@ def is_exact(x: Tensor) -> bool:
     return x.dtype == torch.float64
 
 
+def prepared_weights(layer: nn.Module) -> tuple[Tensor, ...]:
+    """A layer's inference constants, derived once and cached on the layer until its weights
+    change: float64 grid weights ``w`` and grid-unit bias ``b`` (unit_bias), the absolute integer
+    weights for the float32 bound (pointwise: (Cout, C); depthwise: summed over the taps, (C,)),
+    float32 integer weights, and ``split_unit_bias(b)``. Why: an exact decode calls ~150 layers,
+    and re-deriving these each call was ~25 small tensor operations per layer, about a tenth of
+    a decode. The key holds the parameters' version counters (bumped by every in-place update:
+    optimiser steps, load_state_dict) and storage, so a changed layer is never served stale
+    constants."""
+    wt, bs = layer.weight, layer.bias
+    key = (wt._version, bs._version, wt.data_ptr(), bs.data_ptr(), wt.device)
+    cached = layer.__dict__.get("_prepared")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.no_grad():
+        w = quant_weight(wt.detach()).double()
+        b = unit_bias(bs.detach(), torch.float64)
+        w_units = w * GRID  # integers
+        w_abs = w_units.abs()
+        if w_abs.dim() == 4:  # depthwise (C, 1, k, k): the bound sums a channel's taps
+            w_abs = w_abs.flatten(1).sum(1)
+        prepared = (w, b, w_abs, w_units.float(), *split_unit_bias(b))
+    layer.__dict__["_prepared"] = (key, prepared)
+    return prepared
+
+
 class ExactPointwise(nn.Module):
     """1x1 convolution on the grid: one matrix product, exact in float64."""
 
@@ -232,24 +318,31 @@ class ExactPointwise(nn.Module):
         self.weight = nn.Parameter(torch.randn(cout, cin) * (init_scale / cin**0.5))
         self.bias = nn.Parameter(torch.zeros(cout))
 
-    def forward_units(self, a: Tensor, relu: bool = False) -> Tensor:
-        """The exact layer on grid units (see the module docstring); ``relu`` folds a ReLU after it."""
-        w = quant_weight(self.weight).to(a.dtype)
-        b = unit_bias(self.bias, a.dtype)
+    def forward_units(self, a: Tensor, relu: bool = False, nonneg: bool = False) -> Tensor:
+        """The exact layer on grid units (see the module docstring); ``relu`` folds a ReLU after it.
+        ``a`` is float64 or float32 (integers either way); the result is float32 where the float32
+        path ran start to end, float64 otherwise. ``nonneg``: ``a`` >= 0 by construction (see
+        channel_max)."""
+        w, b, w_abs, w32, b_int, b_frac = prepared_weights(self)
         n, c, h, wd = a.shape
-        w_units = w * GRID  # integers
         a32 = a.float() if float32_allowed(a) else None  # exact: |a| <= 2^20 units
-        chunks = float32_chunks(w_units.abs(), channel_max(a32)) if a32 is not None else None
+        chunks = float32_chunks(w_abs, channel_max(a32, nonneg), limit=F32_FINISH) if a32 is not None else None
+        if chunks == [(0, c)]:
+            # one range: the whole layer in float32 (float32_finish), the activations stay float32
+            a32 = a32.reshape(n, c, h * wd)
+            y = torch.mm(w32, a32[0]) if n == 1 else torch.matmul(w32, a32)
+            return float32_finish(y.view(n, -1, h, wd), b_int, relu, b_frac)
         if chunks:
             # integer products and sums at most 2^24 within each range: float32 is exact there; the
             # ranges' sums, the 1/256 and the bias in float64
-            a32, w32 = a32.reshape(n, c, h * wd), w_units.float()
+            a32 = a32.reshape(n, c, h * wd)
             s0, e0 = chunks[0]
             # one pass: float64 bias + float32 sum / 256, computed in float64 (type promotion)
             y = torch.add(b[None, :, None], torch.matmul(w32[:, s0:e0], a32[:, s0:e0]), alpha=1.0 / GRID)
             for s, e in chunks[1:]:
                 y.add_(torch.matmul(w32[:, s:e], a32[:, s:e]), alpha=1.0 / GRID)
             return finish_units(y.view(n, -1, h, wd), relu)
+        a = a.double()
         if n == 1:  # (Cout, C) @ (C, H*W) in the NCHW layout: no permuted copies, bias in the GEMM
             y = torch.addmm(b[:, None], w, a.reshape(c, h * wd)).view(1, -1, h, wd)
         else:
@@ -258,7 +351,7 @@ class ExactPointwise(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if fast_exact(x):
-            return self.forward_units(x * GRID).div_(GRID)
+            return self.forward_units(x * GRID).double().div_(GRID)
         w = quant_weight(self.weight).to(x.dtype)
         b = quant_bias(self.bias).to(x.dtype)
         if is_exact(x):
@@ -280,20 +373,18 @@ class ExactDepthwise(nn.Module):
         self.weight = nn.Parameter(torch.randn(channels, 1, kernel, kernel) * (1.0 / kernel))
         self.bias = nn.Parameter(torch.zeros(channels))
 
-    def forward_units(self, a: Tensor) -> Tensor:
-        """The exact layer on grid units: the backend's float64 convolution on the CPU (exact
-        there, see the module docstring), the shift-and-add reference elsewhere."""
-        w = quant_weight(self.weight).to(a.dtype)
-        b = unit_bias(self.bias, a.dtype)
+    def forward_units(self, a: Tensor, nonneg: bool = False) -> Tensor:
+        """The exact layer on grid units: float32 where provably exact (the result is then
+        float32), else the backend's float64 convolution on the CPU (exact there, see the module
+        docstring), the shift-and-add reference elsewhere. ``nonneg`` as for ExactPointwise."""
+        w, b, w_abs, w32, b_int, b_frac = prepared_weights(self)
         p = self.kernel // 2
-        w_units = w * GRID  # integers
         a32 = a.float() if float32_allowed(a) else None  # exact: |a| <= 2^20 units
-        if a32 is not None and float((w_units.abs().flatten(1).sum(1) * channel_max(a32)).max()) <= F32_EXACT:
-            w32 = w_units.float()
+        if a32 is not None and float((w_abs * channel_max(a32, nonneg)).max()) <= F32_FINISH:
             if _direct_conv(a32, w32, p):
-                # integer products and sums below 2^24: float32 is exact, then 1/256 and the bias in float64
-                y32 = F.conv2d(a32, w32, None, padding=p, groups=a.shape[1])
-                return finish_units(torch.add(b.view(1, -1, 1, 1), y32, alpha=1.0 / GRID))
+                # integer products and sums below 2^24: float32 is exact, and so is float32_finish
+                return float32_finish(F.conv2d(a32, w32, b_frac, padding=p, groups=a.shape[1]), b_int)
+        a = a.double()
         if a.device.type == "cpu":
             y = F.conv2d(a, w, b, padding=p, groups=a.shape[1])
         else:
@@ -302,7 +393,7 @@ class ExactDepthwise(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if fast_exact(x):
-            return self.forward_units(x * GRID).div_(GRID)
+            return self.forward_units(x * GRID).double().div_(GRID)
         w = quant_weight(self.weight).to(x.dtype)
         b = quant_bias(self.bias).to(x.dtype)
         k = self.kernel
@@ -340,14 +431,15 @@ class ExactBlock(nn.Module):
         self.pw1 = ExactPointwise(channels, channels * expansion)
         self.pw2 = ExactPointwise(channels * expansion, channels, init_scale=0.1)
 
-    def forward_units(self, a: Tensor) -> Tensor:
-        # the sum of two grid values is on the grid: to_grid reduces to the clamp
-        return self.pw2.forward_units(self.pw1.forward_units(self.dw.forward_units(a), relu=True)).add_(a) \
-            .clamp_(-UNIT_LIMIT, UNIT_LIMIT)
+    def forward_units(self, a: Tensor, nonneg: bool = False) -> Tensor:
+        # the sum of two grid values is on the grid: to_grid reduces to the clamp; pw2 reads pw1's
+        # ReLU output (nonneg); ``nonneg``: the block's input is a ReLU output too
+        hidden = self.pw1.forward_units(self.dw.forward_units(a, nonneg=nonneg), relu=True)
+        return self.pw2.forward_units(hidden, nonneg=True).add_(a).clamp_(-UNIT_LIMIT, UNIT_LIMIT)
 
     def forward(self, x: Tensor) -> Tensor:
         if fast_exact(x):
-            return self.forward_units(x * GRID).div_(GRID)
+            return self.forward_units(x * GRID).double().div_(GRID)
         return to_grid(x + self.pw2(act(self.pw1(self.dw(x)))))
 
 
@@ -376,13 +468,13 @@ class ExactMLPHead(nn.Module):
 
     def forward_units(self, a: Tensor) -> Tensor:
         a = self.inp.forward_units(a, relu=True)
-        for block in self.blocks:
-            a = block.forward_units(a)
+        for k, block in enumerate(self.blocks):
+            a = block.forward_units(a, nonneg=k == 0)  # the first block reads inp's ReLU output
         return self.out.forward_units(a)
 
     def forward(self, x: Tensor) -> Tensor:
         if fast_exact(x):
-            return self.forward_units(x * GRID).div_(GRID)
+            return self.forward_units(x * GRID).double().div_(GRID)
         return self.out(self.blocks(act(self.inp(x))))
 
 

@@ -25,7 +25,7 @@ from .compressai_imports import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
 from .exact import (GRID, UNIT_LIMIT, ExactBlock, ExactDepthwise, ExactMLPHead, ExactPointwise, ExactUp, act, enter_grid,
-                    fast_exact, round_half_up, ste, to_grid)
+                    fast_exact, float32_allowed, grid_units_f32, round_half_up, ste, to_grid)
 from .complete import CompleteAnalysis, CompleteSynthesis
 from .layers import Analysis, HyperAnalysis, Synthesis
 
@@ -89,6 +89,9 @@ class Preset:
     # positions is refined from the decoded first half around it (see SpatialContext)
     context: str = "channel"
     context_width: int = 64
+    # checkerboard only: in the first ``split_anchors`` slices the anchors are coded in two
+    # passes, and the second quarter of positions is refined from the first (see coding_passes)
+    split_anchors: int = 0
 
     def __post_init__(self) -> None:
         if self.scale_rule not in SCALE_RULES:
@@ -97,6 +100,10 @@ class Preset:
             raise ValueError(f"unknown design {self.design!r}; known: {DESIGNS}")
         if self.context not in CONTEXTS:
             raise ValueError(f"unknown context {self.context!r}; known: {CONTEXTS}")
+        if not 0 <= self.split_anchors <= self.slices:
+            raise ValueError(f"split_anchors must be in 0..{self.slices}")
+        if self.split_anchors and self.context != "checkerboard":
+            raise ValueError("split_anchors needs the checkerboard context")
         if self.design == "complete" and self.latent != 3 * self.stride**2:
             raise ValueError("a complete design keeps every value: latent must be 3 * stride^2")
 
@@ -135,6 +142,13 @@ PRESETS: dict[str, Preset] = {
                            hyper_blocks=1, slices=8, support=4, slice_width=96, slice_blocks=1,
                            full_hyper=False, scale_rule="nearest", design="complete", stride=8,
                            expansion=2, lambda_min=0.01, lambda_max=1.6, context="checkerboard"),
+    # complete8-cb with the anchors of every slice coded in two passes (coding_passes); grown
+    # from a complete8-cb model with --extend-to, the new layers start as a no-op
+    "complete8-cb-split": Preset(dims=(192,), depths=(2, 4), latent=192, hyper_width=128, z_channels=128,
+                                 hyper_blocks=1, slices=8, support=4, slice_width=96, slice_blocks=1,
+                                 full_hyper=False, scale_rule="nearest", design="complete", stride=8,
+                                 expansion=2, lambda_min=0.01, lambda_max=1.6, context="checkerboard",
+                                 split_anchors=8),
     # the study's stride-16 variant: 16x16 DCT, 768 channels at 1/16 (docs/MODEL.md)
     "complete16": Preset(dims=(768,), depths=(2, 4), latent=768, hyper_width=128, z_channels=128,
                          hyper_blocks=1, slices=8, support=4, slice_width=128, slice_blocks=1,
@@ -161,7 +175,7 @@ class HyperSynthesis(nn.Module):
             for block in self.stage0:
                 a = block.forward_units(a)
             a = self.stage1.forward_units(self.up1.forward_units(a.relu_()))
-            return self.out.forward_units(self.up2.forward_units(a.relu_())).div_(GRID)
+            return self.out.forward_units(self.up2.forward_units(a.relu_())).double().div_(GRID)
         h = self.stage0(self.inp(z))
         h = self.stage1(self.up1(act(h)))
         return self.out(self.up2(act(h)))
@@ -172,6 +186,25 @@ def anchor_mask(h: int, w: int, device: torch.device | str) -> Tensor:
     r = torch.arange(h, device=device)[:, None]
     c = torch.arange(w, device=device)[None, :]
     return ((r + c) % 2 == 0)[None, None]
+
+
+def coding_passes(h: int, w: int, device: torch.device | str, split: bool) -> list[Tensor]:
+    """The coding passes of one checkerboard slice, as (1, 1, h, w) bool masks in coding order.
+
+    Unsplit: the anchors, then the rest. Split: the anchors at (even row, even column) first,
+    with the channel context only; then the other anchors, each of which sees the first quarter
+    on its four diagonals; then the rest, which sees every anchor. Why: the bit budget
+    (docs/BENCHMARKS.md) finds slice 0's anchors cost 2.8x the bits of its non-anchors, and
+    on smooth photos slice 0 holds 69 % of the bits; splitting leaves only a quarter of the
+    positions without any spatial context instead of half (the four-pass idea of He et al.
+    2021 / ELIC, applied to the anchors only)."""
+    anchors = anchor_mask(h, w, device)
+    if not split:
+        return [anchors, ~anchors]
+    r = torch.arange(h, device=device)[:, None]
+    c = torch.arange(w, device=device)[None, :]
+    first = ((r % 2 == 0) & (c % 2 == 0))[None, None]
+    return [first, anchors & ~first, ~anchors]
 
 
 class SpatialContext(nn.Module):
@@ -198,11 +231,20 @@ class SpatialContext(nn.Module):
 
     def forward(self, sym: Tensor, mu: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
         if fast_exact(sym):  # on grid units (exact.py); mu + d_mu is on the grid, so only clamped
-            s, mu_u, scale_u = sym * GRID, mu * GRID, scale * GRID
-            ctx = self.dw.forward_units(torch.cat([s, s.abs()], dim=1))
-            d_mu, d_scale = self.head.forward_units(torch.cat([ctx, mu_u, scale_u], dim=1)).chunk(2, dim=1)
-            return ((d_mu.add_(mu_u).clamp_(-UNIT_LIMIT, UNIT_LIMIT).div_(GRID)),
-                    d_scale.add_(scale_u).clamp_(-UNIT_LIMIT, UNIT_LIMIT).div_(GRID))
+            mu_u, scale_u = mu * GRID, scale * GRID
+            if float32_allowed(sym):
+                # float32 grid units from the start: symbols |s| <= 2^15 and means/scales
+                # |v| <= ACT_LIMIT with 8 fractional bits are integers below 2^24 in units
+                s = sym.float().mul_(GRID)
+                ctx = self.dw.forward_units(torch.cat([s, s.abs()], dim=1))
+                head_in = torch.cat([ctx.float(), grid_units_f32([mu, scale])], dim=1)
+            else:
+                s = sym * GRID
+                ctx = self.dw.forward_units(torch.cat([s, s.abs()], dim=1))
+                head_in = torch.cat([ctx, mu_u, scale_u], dim=1)
+            d_mu, d_scale = self.head.forward_units(head_in).chunk(2, dim=1)
+            return ((d_mu.double().add_(mu_u).clamp_(-UNIT_LIMIT, UNIT_LIMIT).div_(GRID)),
+                    d_scale.double().add_(scale_u).clamp_(-UNIT_LIMIT, UNIT_LIMIT).div_(GRID))
         ctx = self.dw(torch.cat([sym, sym.abs()], dim=1))
         d_mu, d_scale = self.head(torch.cat([ctx, mu, scale], dim=1)).chunk(2, dim=1)
         return to_grid(mu + d_mu), to_grid(scale + d_scale)
@@ -251,6 +293,9 @@ class ConvNeXtCharm(nn.Module):
             self.lrp_tf.append(ExactMLPHead(cin + self.slice_ch, p.slice_width, self.slice_ch, p.slice_blocks))
         if p.context == "checkerboard":
             self.spatial_tf = nn.ModuleList([SpatialContext(self.slice_ch, p.context_width) for _ in range(s)])
+        if p.split_anchors:
+            self.anchor_tf = nn.ModuleList([SpatialContext(self.slice_ch, p.context_width)
+                                            for _ in range(p.split_anchors)])
         init = initial_log_gains(p)[:, None].repeat(1, m)
         self.log_gain = nn.Parameter(init.clone())
         self.log_inv_gain = nn.Parameter(-init.clone())
@@ -275,17 +320,24 @@ class ConvNeXtCharm(nn.Module):
         h = self.h_s(enter_grid(z_hat, exact))
         return h.chunk(2, dim=1)
 
-    def _support(self, i: int, hyper: Tensor, decoded: list[Tensor]) -> Tensor:
+    def _support(self, i: int, hyper: Tensor, decoded: list[Tensor]) -> list[Tensor]:
         p = self.preset
         part = hyper if p.full_hyper else hyper[:, i * self.slice_ch : (i + 1) * self.slice_ch]
-        prev = decoded[max(0, i - p.support) : i]
-        return torch.cat([part, *prev], dim=1)
+        return [part, *decoded[max(0, i - p.support) : i]]
 
-    def slice_params(self, i: int, means_h: Tensor, scales_h: Tensor, decoded: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Mean and scale of slice ``i``; also returns the mean support (reused by LRP)."""
+    @staticmethod
+    def _head(tf: ExactMLPHead, parts: list[Tensor]) -> Tensor:
+        """``tf`` on the channel concatenation of ``parts``. On the exact path's float32 fast path
+        the concatenation is built directly as float32 grid units (exact.grid_units_f32)."""
+        if fast_exact(parts[0]) and float32_allowed(parts[0]):
+            return tf.forward_units(grid_units_f32(parts)).double().div_(GRID)
+        return tf(torch.cat(parts, dim=1))
+
+    def slice_params(self, i: int, means_h: Tensor, scales_h: Tensor, decoded: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Mean and scale of slice ``i``; also returns the mean support's parts (reused by LRP)."""
         mean_sup = self._support(i, means_h, decoded)
-        mu = self.mean_tf[i](mean_sup)
-        scale = self.scale_tf[i](self._support(i, scales_h, decoded))
+        mu = self._head(self.mean_tf[i], mean_sup)
+        scale = self._head(self.scale_tf[i], self._support(i, scales_h, decoded))
         return mu, scale, mean_sup
 
     def spatial(self, i: int, anchor_symbols: Tensor, mu: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
@@ -294,11 +346,26 @@ class ConvNeXtCharm(nn.Module):
         parameters. Exact; only the non-anchor positions of the result are used."""
         return self.spatial_tf[i](anchor_symbols, mu, scale)
 
-    def lrp(self, i: int, mean_sup: Tensor, y_hat_i: Tensor) -> Tensor:
-        r = self.lrp_tf[i](torch.cat([mean_sup, y_hat_i], dim=1))
+    def passes(self, i: int, h: int, w: int, device: torch.device | str) -> list[Tensor]:
+        """Slice ``i``'s coding passes (checkerboard models; see :func:`coding_passes`)."""
+        return coding_passes(h, w, device, i < self.preset.split_anchors)
+
+    def pass_params(self, i: int, k: int, n_passes: int, done: Tensor, mu: Tensor,
+                    scale: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and scale of pass ``k`` of slice ``i``: the channel context's (``mu``, ``scale``)
+        for the first pass, refined from ``done`` (the symbols of the earlier passes, zero
+        elsewhere) for the others. Exact; only the pass's own positions of the result are used."""
+        if k == 0:
+            return mu, scale
+        if k == n_passes - 1:
+            return self.spatial_tf[i](done, mu, scale)
+        return self.anchor_tf[i](done, mu, scale)
+
+    def lrp(self, i: int, mean_sup: list[Tensor], y_hat_i: Tensor) -> Tensor:
+        r = self._head(self.lrp_tf[i], [*mean_sup, y_hat_i])
         return torch.clamp(r, -LRP_BOUND, LRP_BOUND)
 
-    def scale_indexes(self, scale: Tensor) -> Tensor:
+    def scale_indexes(self, scale: Tensor, on_grid: bool = False) -> Tensor:
         """Index into the scale table, by the preset's rule.
 
         "up": the first entry >= ``scale`` (entries are 13 % apart, so a scale is overstated by
@@ -307,13 +374,30 @@ class ConvNeXtCharm(nn.Module):
         0.1 %). The boundaries are computed in float64 on the CPU (IEEE multiply and sqrt are
         correctly rounded) and ``scale`` is exact, so both sides pick the same index everywhere.
         """
+        if on_grid and scale.dtype == torch.float64 and scale.device.type == "cpu":
+            # ``on_grid``: the caller's scales are grid values (multiples of 1/256; the entropy
+            # coder's, from the exact layers), so one table lookup per
+            # value, built with this same bucketize over every grid value from 0 to just past the
+            # last boundary (anything above maps to the last index, anything below 0 to 0, as
+            # bucketize does)
+            lut = self._scale_lut()
+            return lut[(scale * GRID).clamp_(0.0, float(lut.numel() - 1)).long()]
         return torch.bucketize(scale.contiguous(), self.scale_bounds.to(scale.dtype), right=False)
+
+    def _scale_lut(self) -> Tensor:
+        lut = getattr(self, "_lut", None)
+        if lut is None:
+            bounds = self.scale_bounds.to("cpu", torch.float64)
+            grid = torch.arange(int(math.floor(float(bounds.max()) * GRID)) + 2, dtype=torch.float64) / GRID
+            lut = self._lut = torch.bucketize(grid, bounds, right=False)
+        return lut
 
     def refresh_scale_bounds(self) -> None:
         """Derive the index boundaries from the scale table (at build and after loading weights)."""
         t = self.scale_table.detach().to("cpu", torch.float64)
         bounds = t[:-1] if self.preset.scale_rule == "up" else torch.sqrt(t[:-1] * t[1:])
         self.register_buffer("scale_bounds", bounds.to(self.scale_table.device).contiguous(), persistent=False)
+        self._lut = None
 
     # ---- training --------------------------------------------------------------------------
     def forward(self, x: Tensor, q: Tensor) -> dict[str, Tensor]:
@@ -331,9 +415,15 @@ class ConvNeXtCharm(nn.Module):
         for i, y_i in enumerate(yg.chunk(self.preset.slices, dim=1)):
             mu, scale, mean_sup = self.slice_params(i, means_h, scales_h, decoded)
             if self.preset.context == "checkerboard":
-                anchors = anchor_mask(y_i.shape[2], y_i.shape[3], y_i.device)
-                mu2, scale2 = self.spatial(i, ste(y_i - mu, round_half_up) * anchors, mu, scale)
-                mu, scale = torch.where(anchors, mu, mu2), torch.where(anchors, scale, scale2)
+                masks = self.passes(i, y_i.shape[2], y_i.shape[3], y_i.device)
+                done = torch.zeros_like(y_i)
+                mu_f, scale_f = mu, scale
+                for k, mask in enumerate(masks):
+                    mu_k, scale_k = self.pass_params(i, k, len(masks), done, mu, scale)
+                    if k < len(masks) - 1:
+                        done = torch.where(mask, ste(y_i - mu_k, round_half_up), done)
+                    mu_f, scale_f = torch.where(mask, mu_k, mu_f), torch.where(mask, scale_k, scale_f)
+                mu, scale = mu_f, scale_f
             _, lik = self.gaussian_conditional(y_i, scale, means=mu)
             liks.append(lik)
             y_hat_i = to_grid(ste(y_i - mu, round_half_up) + mu)
