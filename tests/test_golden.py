@@ -83,11 +83,12 @@ def test_version_2_streams_only_add_tile_checks(model_id: str) -> None:
         assert all(len(t.checks) == 9 for t in new.tiles) and not any(t.checks for t in old.tiles)
 
 
-@pytest.mark.parametrize("model_id", list(registry.read_registry()))
+@pytest.mark.parametrize("model_id", sorted(cx.LEGACY_WRITERS[2]))
 def test_version_3_streams_only_bind_the_tile_checks(model_id: str, codecs: dict[str, Codec]) -> None:
     """Container version 3 changes only the tile checks (bound to the header and the tile index,
     issue 27): the same META and entropy-coded streams as the version-2 golden streams, and the
-    same decoded image, to the bit."""
+    same decoded image, to the bit. For every model that wrote version 2 (those registered later
+    never did: their golden streams are version 3 only, and decoding them is checked above)."""
     codec = codecs.get(model_id) or codecs.setdefault(model_id, Codec.load(model_id, "cpu"))
     for case in CASES:
         v2_path, v3_path = golden_dir(model_id, 2) / f"{case}.cxa", golden_dir(model_id, 3) / f"{case}.cxa"
