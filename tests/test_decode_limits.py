@@ -37,9 +37,28 @@ MAX_GROWTH_MIB = 300
 MAX_SECONDS = 2.0
 
 
+#: a model that wrote container versions 2 and 3 (compact-v6): the forgeries below claim every
+#: version, and a version-2 claim naming a model registered later (the default since compact-v7)
+#: is refused from the header before anything else (test_the_default_model_never_wrote_version_2)
+V2_MODEL = "compact-v6"
+
+
 @pytest.fixture(scope="module")
 def codec() -> Codec:
-    return Codec.load(registry.DEFAULT_MODEL, "cpu")
+    return Codec.load(V2_MODEL, "cpu")
+
+
+def test_the_default_model_never_wrote_version_2() -> None:
+    """compact-v7 on were registered after issue 27: a container of theirs that claims version 1 or 2
+    (a downgrade that strips or unbinds the tile checks) is refused from the header."""
+    default = Codec.load(registry.DEFAULT_MODEL, "cpu")
+    assert default.model_id not in cx.LEGACY_WRITERS[2]
+    v3 = (ROOT / "tests/data/golden/container-v3" / default.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    assert default.decode(v3).meta.quality == 60.0
+    for version in (1, 2):
+        with pytest.raises(ContainerError, match="downgraded") as e:
+            default.decode(forged.rebuild(v3, version=version))
+        assert e.value.code == "unsupported_version"
 
 
 @pytest.fixture(scope="module")
