@@ -94,7 +94,7 @@ class TileCoder:
         self.gc_off = gc._offset.reshape(-1).int().tolist()
         self.medians = eb._get_medians().detach().reshape(1, -1, 1, 1).double()
         self._rates: RateTable | None = None
-        self._positions: dict[tuple, list[Tensor]] = {}
+        self._passes_cache: dict[tuple, list[tuple[Tensor, Tensor]]] = {}
 
     def rates(self, device: torch.device) -> RateTable:
         """Bits per symbol from the coder's own tables (for RDOQ; built on first use)."""
@@ -109,21 +109,22 @@ class TileCoder:
         vals = dec.decode_stream(_int_list(idx), self.gc_cdf, self.gc_len, self.gc_off)
         return _symbols_tensor(vals, device)
 
-    def _pass_positions(self, i: int, shape: torch.Size, device: torch.device) -> list[Tensor]:
-        """Flat positions of each coding pass of slice ``i`` in a (1, C, h, w) tensor, in the order
-        a boolean mask selects them. Cached per shape (every tile of a size shares them), so a
-        slice's passes cost an index_select/index_copy_ each, not a mask scan (a benign race
-        between threads at most builds an entry twice)."""
+    def _passes(self, i: int, shape: torch.Size, device: torch.device) -> list[tuple[Tensor, Tensor]]:
+        """Slice ``i``'s coding passes (``model.passes``) for a (1, C, h, w) tensor: each pass's
+        (1, 1, h, w) mask and its flat positions, in the order a boolean mask selects them.
+        Cached per shape (every tile of a size shares them), so a pass costs an
+        index_select/index_copy_, not a mask scan (a benign race between threads at most builds
+        an entry twice)."""
         _, c, h, w = shape
         split = i < self.model.preset.split_anchors
         key = (c, h, w, split, str(device))
-        got = self._positions.get(key)
+        got = self._passes_cache.get(key)
         if got is None:
-            if len(self._positions) > 64:  # odd sizes (edge tiles): never more than a few
-                self._positions.clear()
-            got = [m.expand(1, c, h, w).reshape(-1).nonzero().squeeze(1)
+            if len(self._passes_cache) > 64:  # odd sizes (edge tiles): never more than a few
+                self._passes_cache.clear()
+            got = [(m, m.expand(1, c, h, w).reshape(-1).nonzero().squeeze(1))
                    for m in self.model.passes(i, h, w, device)]
-            self._positions[key] = got
+            self._passes_cache[key] = got
         return got
 
     # z ---------------------------------------------------------------------------------------
@@ -175,13 +176,12 @@ class TileCoder:
             else:
                 # pass by pass (anchors first, with the channel context; then the positions
                 # refined from the passes before them): model.coding_passes
-                masks = m.passes(i, sym.shape[2], sym.shape[3], sym.device)
-                positions = self._pass_positions(i, sym.shape, sym.device)
+                passes = self._passes(i, sym.shape, sym.device)
                 done = torch.zeros_like(sym)
                 mu_f = mu
-                for k, (mask, pos) in enumerate(zip(masks, positions)):
+                for k, (mask, pos) in enumerate(passes):
                     if k:
-                        mu_k, scale_k = m.pass_params(i, k, len(masks), done, mu, scale)
+                        mu_k, scale_k = m.pass_params(i, k, len(passes), done, mu, scale)
                         idx_k = m.scale_indexes(scale_k, on_grid=True)
                         if rdo is None:
                             sym_k = torch.clamp(round_half_up(y_i - mu_k), -SYMBOL_LIMIT, SYMBOL_LIMIT)
@@ -263,14 +263,13 @@ class TileCoder:
             if not checkerboard:
                 sym = self._decode(dec, m.scale_indexes(scale, on_grid=True).reshape(-1), device).reshape(mu.shape)
             else:
-                masks = m.passes(i, mu.shape[2], mu.shape[3], device)
-                positions = self._pass_positions(i, mu.shape, device)
+                passes = self._passes(i, mu.shape, device)
                 sym = torch.zeros_like(mu)
                 flat = sym.view(-1)
                 mu_f = mu
-                for k, (mask, pos) in enumerate(zip(masks, positions)):
+                for k, (mask, pos) in enumerate(passes):
                     if k:
-                        mu_k, scale_k = m.pass_params(i, k, len(masks), sym, mu, scale)
+                        mu_k, scale_k = m.pass_params(i, k, len(passes), sym, mu, scale)
                         # only this pass's positions need an index
                         flat.index_copy_(0, pos, self._decode(dec, m.scale_indexes(scale_k.reshape(-1)[pos], on_grid=True), device))
                         mu_f = torch.where(mask, mu_k, mu_f)

@@ -232,16 +232,13 @@ class SpatialContext(nn.Module):
     def forward(self, sym: Tensor, mu: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
         if fast_exact(sym):  # on grid units (exact.py); mu + d_mu is on the grid, so only clamped
             mu_u, scale_u = mu * GRID, scale * GRID
-            if float32_allowed(sym):
-                # float32 grid units from the start: symbols |s| <= 2^15 and means/scales
-                # |v| <= ACT_LIMIT with 8 fractional bits are integers below 2^24 in units
-                s = sym.float().mul_(GRID)
-                ctx = self.dw.forward_units(torch.cat([s, s.abs()], dim=1))
-                head_in = torch.cat([ctx.float(), grid_units_f32([mu, scale])], dim=1)
-            else:
-                s = sym * GRID
-                ctx = self.dw.forward_units(torch.cat([s, s.abs()], dim=1))
-                head_in = torch.cat([ctx, mu_u, scale_u], dim=1)
+            # float32 grid units from the start where allowed: symbols |s| <= 2^15 and
+            # means/scales |v| <= ACT_LIMIT with 8 fractional bits are integers below 2^24 in units
+            f32 = float32_allowed(sym)
+            s = sym.float().mul_(GRID) if f32 else sym * GRID
+            ctx = self.dw.forward_units(torch.cat([s, s.abs()], dim=1))
+            head_in = (torch.cat([ctx.float(), grid_units_f32([mu, scale])], dim=1) if f32
+                       else torch.cat([ctx, mu_u, scale_u], dim=1))
             d_mu, d_scale = self.head.forward_units(head_in).chunk(2, dim=1)
             return ((d_mu.double().add_(mu_u).clamp_(-UNIT_LIMIT, UNIT_LIMIT).div_(GRID)),
                     d_scale.double().add_(scale_u).clamp_(-UNIT_LIMIT, UNIT_LIMIT).div_(GRID))
