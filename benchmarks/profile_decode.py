@@ -15,7 +15,7 @@ timers and reports the median seconds per stage:
 * LRP: the latent residual prediction;
 * grid rounding: time inside ``exact.to_grid`` wherever it is called (it is *included* in the
   stages above, which are inclusive; a fused build that no longer calls it shows 0);
-* rANS: CompressAI's decoder calls (also included above);
+* rANS: the rANS decoder's calls (rans.py's or CompressAI's; also included above);
 * g_s: the synthesis (``Codec._synth``).
 
 ``--root`` imports ``archiver`` from another checkout (e.g. an export of the issue's start
@@ -138,6 +138,8 @@ def main() -> None:
             return out
 
     patches.append((ent, "RansDecoder", TimedRans))
+    if hasattr(ent.TileCoder, "_decode_z"):  # this checkout's coder (rans.py or CompressAI's)
+        patches.append((ent.TileCoder, "_decode_z", timed("z: rANS (twice, forgery check)", ent.TileCoder._decode_z)))
     saved = [(o, n, getattr(o, n)) for o, n, _ in patches]
     for o, n, v in patches:
         setattr(o, n, v)

@@ -282,9 +282,16 @@ def test_predicted_search_gives_up_when_out_of_reach() -> None:
     assert len(calls) <= 2
 
 
-def test_float32_finish_rounds_like_the_float64_finish() -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["numba-kernel", "tensor-ops"])
+def test_float32_finish_rounds_like_the_float64_finish(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """floor(y / 256) + b_int in float32 equals floor((y + b_frac) / 256 + ...) done in float64, for
-    sums up to the bound, biases with every fraction, both signs, with and without the ReLU."""
+    sums up to the bound, biases with every fraction, both signs, with and without the ReLU; both
+    with the compiled one-pass kernel (kernels.py) and with the tensor operations it replaces."""
+    from archiver.codec import kernels
+
+    if compiled and not kernels.available():
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(kernels, "available", lambda: compiled)
     gen = torch.Generator().manual_seed(9)
     sums = torch.randint(-(2**24 - 256), 2**24 - 256 + 1, (1, 16, 40, 40), generator=gen).double()
     sums[0, 0, 0, :6] = torch.tensor([0.0, -1.0, 255.0, -256.0, 2**24 - 256.0, -(2**24 - 256.0)])
@@ -329,3 +336,29 @@ def test_cached_layer_constants_follow_every_weight_change() -> None:
     pw(x.float()).sum().add(dw(x.float()).sum()).backward()  # the training path: float32, gradients
     opt.step()
     check()
+
+
+def test_block_by_rows_equals_the_block_in_one_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ExactBlock runs its pointwise pair over ``ROWS`` positions at a time on large inputs: the
+    same integers as in one piece, including a chunk that takes the float64 path (one position
+    with activations too large for the float32 bound)."""
+    torch.manual_seed(12)
+    block = ex.ExactBlock(8, kernel=5)
+    with torch.no_grad():
+        block.pw1.weight.normal_(0, 1.0)
+        block.pw2.weight.normal_(0, 1.0)
+    x = torch.randint(-2000, 2000, (1, 8, 30, 41)).double() / ex.GRID
+    x[0, :, 29, 40] = 4000.0  # the last chunk's bound exceeds 2^24: float64 there
+    with torch.no_grad():
+        monkeypatch.setattr(ex.ExactBlock, "ROWS", 10**9)
+        whole = block(x)
+        monkeypatch.setattr(ex.ExactBlock, "ROWS", 100)  # 13 chunks, the last one short
+        calls = []
+        orig = ex.ExactBlock._pointwise_by_rows
+        monkeypatch.setattr(ex.ExactBlock, "_pointwise_by_rows",
+                            lambda self, a, d: calls.append(1) or orig(self, a, d))
+        by_rows = block(x)
+    assert calls and torch.equal(whole, by_rows)
+    monkeypatch.setattr(ex, "float32_allowed", lambda a: False)  # float64 only: no chunks, no float32
+    with torch.no_grad():
+        assert torch.equal(whole, block(x))

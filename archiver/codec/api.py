@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,8 @@ from .default import EFFORTS
 from .registry import DEFAULT_MODEL, load_model
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from ..model_store import ModelStore
     from ..settings import Settings
 
@@ -208,6 +210,41 @@ class _TilePool:
 
     def windows(self, items: list) -> list[list]:
         return [items[i:i + self.workers] for i in range(0, len(items), self.workers)]
+
+    def ordered(self, fn: Callable, items: list) -> Iterator:
+        """``fn`` over ``items`` with at most ``workers`` running at once, results yielded in order
+        (the first failure in order raises). Unlike ``windows`` + ``map``, a worker that finishes
+        takes the next item at once instead of waiting for its window's slowest tile (an image's
+        last column and row of tiles are narrow, and content makes equal tiles unequal); results
+        finished ahead of their turn wait, so ``fn`` should return little (the decode's tile task
+        returns its hash record, not its latents)."""
+        if self.workers <= 1:
+            for it in items:
+                yield fn(it)
+            return
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        task = torch.inference_mode()(fn)
+        futures: dict[int, "Future"] = {}
+        running: set = set()
+        nxt = 0
+
+        def fill() -> None:
+            nonlocal nxt
+            while nxt < len(items) and len(running) < self.workers:
+                f = self._ex.submit(task, items[nxt])
+                futures[nxt] = f
+                running.add(f)
+                nxt += 1
+
+        for k in range(len(items)):
+            fill()
+            while not futures[k].done():
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                running.difference_update(done)
+                fill()
+            running.discard(futures[k])
+            yield futures.pop(k).result()
 
 
 def tile_grid(height: int, width: int, tile: int) -> list[tuple[int, int, slice, slice]]:
@@ -496,11 +533,10 @@ class Codec:
             return r, c, coded, rec
 
         with _TilePool(len(grid), self.device) as pool:
-            for window in pool.windows(grid):
-                for r, c, coded, rec in pool.map(one, window):
-                    rec.replay(hasher)
-                    if not dry:
-                        tiles.append(cx.TilePayload(row=r, col=c, z=coded.z, y=[coded.y], digests=coded.digests))
+            for r, c, coded, rec in pool.ordered(one, grid):
+                rec.replay(hasher)
+                if not dry:
+                    tiles.append(cx.TilePayload(row=r, col=c, z=coded.z, y=[coded.y], digests=coded.digests))
         return tiles, recon, hasher.hexdigest()
 
     def _predicted_psnr(self, img: LoadedImage, latents: list[torch.Tensor], quality: float) -> float:
@@ -678,10 +714,31 @@ class Codec:
             _, _, rs, cs = grid[k]
             rgb[rs, cs] = self._timed(lambda: self._synth(y_hat, inv_gain, rs.stop - rs.start, cs.stop - cs.start))
 
-        # tiles in windows of the pool's size (one at a time without a pool): entropy decoding in
-        # parallel, the latent hash fed in tile order, then the windows' syntheses in parallel
+        def whole(k: int) -> _Recorded:
+            y_hat, rec = entropy(k)
+            synth((k, y_hat))
+            return rec
+
         with _TilePool(len(grid), self.device) as pool:
-            for window in pool.windows(list(range(len(grid)))):
+            if c.version >= 2 and len(grid) > 1:
+                # every tile's symbols are checked by its own tile checks before entropy() returns,
+                # so a tile is synthesised right after its entropy decoding, on the same worker, and
+                # workers never wait for each other; the image-wide hash is compared at the end
+                for rec in pool.ordered(whole, list(range(len(grid)))):
+                    rec.replay(hasher)
+                if hasher.hexdigest() != meta.latent_sha256:
+                    raise ContainerError(
+                        "decoded latents do not match the checksum recorded at encode time: the entropy-coded "
+                        "data is corrupt or forged (or was decoded with a different probability model)",
+                        code="latent_mismatch",
+                    )
+                windows = []
+            else:
+                # version 1 (no tile checks), or one tile: entropy decoding of a window of tiles in
+                # parallel, the latent hash fed in tile order and compared before the last window's
+                # syntheses (a forged one-tile container is refused before its most memory-hungry step)
+                windows = pool.windows(list(range(len(grid))))
+            for window in windows:
                 decoded = pool.map(entropy, window)
                 for y_hat, rec in decoded:
                     rec.replay(hasher)

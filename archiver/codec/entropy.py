@@ -1,4 +1,7 @@
-"""Entropy coding of one tile's latents with CompressAI's rANS coder.
+"""Entropy coding of one tile's latents in CompressAI's rANS stream format.
+
+The coder is rans.py's (compiled, without the GIL, the same bytes) where numba is installed, else
+CompressAI's own binding; ``TileCoder(model, fast=False)`` forces the latter.
 
 The probability model that the coder sees is computed entirely by exact layers in float64 (see
 exact.py) from shipped CDF tables, so encoder and decoder agree bit for bit on any device. A
@@ -25,6 +28,7 @@ from .compressai_imports import BufferedRansEncoder, RansDecoder, RansEncoder
 from torch import Tensor
 
 from ..errors import ContainerError
+from . import rans
 from .container import CHECK_BYTES
 from .exact import round_half_up
 from .model import SYMBOL_LIMIT, ConvNeXtCharm
@@ -67,10 +71,15 @@ def _int_list(t: Tensor) -> list[int]:
     return t.detach().to("cpu", torch.int32).numpy().reshape(-1).tolist()
 
 
-def _symbols_tensor(vals: list[int], device: torch.device) -> Tensor:
+def _int_array(t: Tensor) -> np.ndarray:
+    """An integer-valued tensor as the flat int32 array rans.py takes."""
+    return t.detach().to("cpu", torch.int32).numpy().reshape(-1)
+
+
+def _symbols_tensor(vals: list[int] | np.ndarray, device: torch.device) -> Tensor:
     """The rANS decoder's symbols as a clamped float64 tensor on ``device``. Through numpy:
     ``torch.tensor`` on a list of Python ints is 4x slower (a tenth of a decode)."""
-    sym = torch.from_numpy(np.array(vals, dtype=np.int64)).to(device=device, dtype=torch.float64)
+    sym = torch.from_numpy(np.asarray(vals, dtype=np.float64)).to(device=device)
     return torch.clamp(sym, -SYMBOL_LIMIT, SYMBOL_LIMIT)
 
 
@@ -79,10 +88,14 @@ def _symbols_bytes(t: Tensor) -> bytes:
 
 
 class TileCoder:
-    """Holds the CDF tables as Python lists once (CompressAI's coder wants lists)."""
+    """Holds the CDF tables once: as numpy arrays for rans.py, as Python lists for CompressAI's
+    coder (which wants lists, and is the fallback and the rate tables' source)."""
 
-    def __init__(self, model: ConvNeXtCharm) -> None:
+    def __init__(self, model: ConvNeXtCharm, fast: bool | None = None) -> None:
         self.model = model
+        self.fast = rans.available() if fast is None else fast
+        if self.fast and not rans.available():
+            raise RuntimeError("the compiled rANS coder needs numba")
         eb, gc = model.entropy_bottleneck, model.gaussian_conditional
         if eb._quantized_cdf.numel() == 0 or gc._quantized_cdf.numel() == 0:
             raise RuntimeError("model has no CDF tables: call update_tables() before coding")
@@ -92,6 +105,8 @@ class TileCoder:
         self.gc_cdf = gc._quantized_cdf.tolist()
         self.gc_len = gc._cdf_length.reshape(-1).int().tolist()
         self.gc_off = gc._offset.reshape(-1).int().tolist()
+        self.eb_tables = rans.Tables(eb._quantized_cdf.numpy(), self.eb_len, self.eb_off)
+        self.gc_tables = rans.Tables(gc._quantized_cdf.numpy(), self.gc_len, self.gc_off)
         self.medians = eb._get_medians().detach().reshape(1, -1, 1, 1).double()
         self._rates: RateTable | None = None
         self._passes_cache: dict[tuple, list[tuple[Tensor, Tensor]]] = {}
@@ -102,11 +117,49 @@ class TileCoder:
             self._rates = RateTable(self.gc_cdf, self.gc_len, self.gc_off)
         return self._rates.to(device)
 
-    def _code(self, enc: BufferedRansEncoder, sym: Tensor, idx: Tensor) -> None:
-        enc.encode_with_indexes(_int_list(sym), _int_list(idx), self.gc_cdf, self.gc_len, self.gc_off)
+    # the coder: rans.py's or CompressAI's (same streams) -------------------------------------
+    def _y_encoder(self) -> "rans.Encoder | BufferedRansEncoder":
+        return rans.Encoder(self.gc_tables) if self.fast else BufferedRansEncoder()
 
-    def _decode(self, dec: RansDecoder, idx: Tensor, device: torch.device) -> Tensor:
-        vals = dec.decode_stream(_int_list(idx), self.gc_cdf, self.gc_len, self.gc_off)
+    def _code(self, enc: "rans.Encoder | BufferedRansEncoder", sym: Tensor, idx: Tensor) -> None:
+        if self.fast:
+            enc.encode(_int_array(sym), _int_array(idx))
+        else:
+            enc.encode_with_indexes(_int_list(sym), _int_list(idx), self.gc_cdf, self.gc_len, self.gc_off)
+
+    def _encode_z(self, zs: Tensor) -> bytes:
+        idx = self._z_indexes(tuple(zs.shape))
+        if self.fast:
+            return rans.encode(_int_array(zs), idx, self.eb_tables)
+        return RansEncoder().encode_with_indexes(_int_list(zs.reshape(-1)), idx.tolist(), self.eb_cdf, self.eb_len,
+                                                 self.eb_off)
+
+    def _decode_z(self, z_bytes: bytes, n_z: int, idx: np.ndarray, fill: int, where: str) -> np.ndarray | list[int]:
+        if self.fast:
+            try:
+                return rans.Decoder(z_bytes, self.eb_tables, pad=_pad_length(z_bytes, n_z), fill=fill).decode(idx)
+            except rans.StreamOverrun as exc:
+                raise ContainerError(f"{where}: the z stream ends before its symbols do ({exc})",
+                                     code="bad_section") from exc
+        return RansDecoder().decode_with_indexes(_padded(z_bytes, n_z, fill=fill), idx.tolist(), self.eb_cdf,
+                                                 self.eb_len, self.eb_off)
+
+    def _y_decoder(self, y_bytes: bytes, n_symbols: int) -> "rans.Decoder | RansDecoder":
+        if self.fast:
+            return rans.Decoder(y_bytes, self.gc_tables, pad=_pad_length(y_bytes, n_symbols))
+        dec = RansDecoder()
+        dec.set_stream(_padded(y_bytes, n_symbols))
+        return dec
+
+    def _decode(self, dec: "rans.Decoder | RansDecoder", idx: Tensor, device: torch.device) -> Tensor:
+        if self.fast:
+            try:
+                vals = dec.decode(_int_array(idx))
+            except rans.StreamOverrun as exc:
+                # unreachable within _pad_length's bound for any stream the length check admits
+                raise ContainerError(f"the y stream ends before its symbols do ({exc})", code="bad_section") from exc
+        else:
+            vals = dec.decode_stream(_int_list(idx), self.gc_cdf, self.gc_len, self.gc_off)
         return _symbols_tensor(vals, device)
 
     def _passes(self, i: int, shape: torch.Size, device: torch.device) -> list[tuple[Tensor, Tensor]]:
@@ -128,9 +181,9 @@ class TileCoder:
         return got
 
     # z ---------------------------------------------------------------------------------------
-    def _z_indexes(self, shape: tuple[int, int, int, int]) -> list[int]:
+    def _z_indexes(self, shape: tuple[int, int, int, int]) -> np.ndarray:
         _, c, h, w = shape
-        return np.repeat(np.arange(c, dtype=np.int64), h * w).tolist()
+        return np.repeat(np.arange(c, dtype=np.int32), h * w)
 
     @torch.no_grad()
     def encode(self, y_g: Tensor, hasher: "hashlib._Hash", code: bool = True,
@@ -151,12 +204,10 @@ class TileCoder:
             digests.append(th.digest())
         z_bytes = b""
         if code:
-            z_bytes = RansEncoder().encode_with_indexes(
-                _int_list(zs.reshape(-1)), self._z_indexes(tuple(zs.shape)), self.eb_cdf, self.eb_len, self.eb_off
-            )
+            z_bytes = self._encode_z(zs)
         z_hat = zs + med
         means_h, scales_h = m.hyper(z_hat, exact=True)
-        enc = BufferedRansEncoder()
+        enc = self._y_encoder()
         decoded: list[Tensor] = []
         checkerboard = m.preset.context == "checkerboard"
         rates = self.rates(y_g.device) if rdo is not None else None
@@ -239,13 +290,12 @@ class TileCoder:
         # rANS reads without bounds checks: _padded gives a forged stream zeros to read, never
         # memory beyond the buffer (the bound is derived in _padded).
         z_idx = self._z_indexes((1, c, hz, wz))
-        zs = RansDecoder().decode_with_indexes(_padded(z_bytes, n_z), z_idx, self.eb_cdf, self.eb_len, self.eb_off)
+        zs = self._decode_z(z_bytes, n_z, z_idx, 0, where)
         # An honest stream is read exactly to its end; one too short for its symbols (the issue-16
         # forgery: 8 bytes for a whole tile) makes the decoder read the padding. Decoding z again
         # over other padding tells the two apart for 1/25 of the tile's symbols and before any
         # layer runs, in every container version.
-        if zs != RansDecoder().decode_with_indexes(_padded(z_bytes, n_z, fill=_ALT_FILL), z_idx, self.eb_cdf,
-                                                   self.eb_len, self.eb_off):
+        if not np.array_equal(zs, self._decode_z(z_bytes, n_z, z_idx, _ALT_FILL, where)):
             raise ContainerError(f"{where}: the z stream of {len(z_bytes):,} bytes ends before its {n_z:,} symbols "
                                  "do (truncated or forged)", code="bad_section")
         zs_t = _symbols_tensor(zs, device).reshape(1, c, hz, wz)
@@ -254,8 +304,7 @@ class TileCoder:
         z_hat = zs_t + self.medians.to(device)
         means_h, scales_h = m.hyper(z_hat, exact=True)
         h, w = 4 * hz, 4 * wz
-        dec = RansDecoder()
-        dec.set_stream(_padded(y_bytes, m.preset.latent * h * w))
+        dec = self._y_decoder(y_bytes, m.preset.latent * h * w)
         decoded: list[Tensor] = []
         checkerboard = m.preset.context == "checkerboard"
         for i in range(m.preset.slices):
@@ -294,7 +343,15 @@ _ALT_FILL = 0x11
 
 
 def _padded(data: bytes, n_symbols: int, fill: int = 0) -> bytes:
-    """The stream followed by enough zeros that CompressAI's decoder never reads past them.
+    """The stream followed by ``_pad_length`` bytes of ``fill`` (for CompressAI's decoder)."""
+    n = _pad_length(data, n_symbols)
+    return data + (bytes(n) if fill == 0 else bytes([fill]) * n)
+
+
+def _pad_length(data: bytes, n_symbols: int) -> int:
+    """How many zero bytes must follow the stream so that CompressAI's decoder never reads past
+    them (rans.py's decoder takes the same padding as given, without allocating it, and checks
+    its reads).
 
     Its rANS decoder (64-bit state, 32-bit refills, no bounds checks) refills at most once per
     call, and a refill happens only after 16 or more bits of state were consumed; so, reading
@@ -314,5 +371,4 @@ def _padded(data: bytes, n_symbols: int, fill: int = 0) -> bytes:
     if len(data) > MAX_STREAM_BYTES_PER_SYMBOL * n_symbols + 64:
         raise ContainerError(f"entropy-coded stream of {len(data):,} bytes for {n_symbols:,} symbols is longer than "
                              "the encoder can produce", code="bad_section")
-    n = 4 * n_symbols + 16 * len(data) + 65536
-    return data + (bytes(n) if fill == 0 else bytes([fill]) * n)
+    return 4 * n_symbols + 16 * len(data) + 65536

@@ -56,6 +56,13 @@ input to its output; supports are assembled directly as float32 grid units
 (``prepared_weights``). Layers split over channel ranges, and every other case, finish in
 float64 as before.
 
+Fewer passes through memory (issue 25, fourth pass): the float32 finish runs as one compiled pass
+where numba is installed (kernels.py, the same float32 steps, so the same bits), and an
+``ExactBlock`` on a large input runs its pointwise pair over 1,024 positions at a time
+(``ExactBlock.ROWS``), so the expanded hidden activations stay in the cache; each position's
+result depends on that position alone and the float32 bound is taken per chunk, so the integers
+are the same as in one piece (``tests/test_exact_fast.py``).
+
 During training the same layers run in float32 with straight-through rounding, so the network
 learns under the quantisation it will be evaluated with.
 """
@@ -68,6 +75,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from . import kernels as _kernels
 
 FRAC_BITS = 8
 GRID = float(2**FRAC_BITS)  # activation / weight grid: multiples of 1/256
@@ -187,6 +196,13 @@ def float32_finish(y: Tensor, b_int: Tensor, relu: bool = False, b_frac: Tensor 
     |floor(..) + b_int| <= 2^16 + 2^20 + 1 is an integer float32 holds: every step is exact, and
     the result equals the float64 path's bits. In place when ``b_frac`` is not given; with it, one
     out-of-place pass adds it (cheaper than filling a GEMM's output with the bias first)."""
+    if (_kernels.available() and y.device.type == "cpu" and y.dtype == torch.float32 and y.is_contiguous()
+            and not y.requires_grad):
+        # one compiled pass instead of the five below (kernels.py): the same float32 steps
+        bf = b_frac if b_frac is not None else torch.zeros_like(b_int)
+        _kernels.finish_f32(y.detach().view(y.shape[0], y.shape[1], -1).numpy(), bf.numpy(), b_int.numpy(),
+                            0.0 if relu else -UNIT_LIMIT, UNIT_LIMIT)
+        return y
     shape = (1, -1) + (1,) * (y.dim() - 2)
     if b_frac is None:
         y = y.mul_(1.0 / GRID)
@@ -431,11 +447,34 @@ class ExactBlock(nn.Module):
         self.pw1 = ExactPointwise(channels, channels * expansion)
         self.pw2 = ExactPointwise(channels * expansion, channels, init_scale=0.1)
 
+    #: positions per step of the pointwise pair (pw1, pw2) on a large input: the expanded hidden
+    #: activations (2 x channels x this x 4 bytes, 768 KB for 96 channels) then stay in the
+    #: core's cache between the two products and the rounding passes
+    ROWS = 1024
+
     def forward_units(self, a: Tensor, nonneg: bool = False) -> Tensor:
         # the sum of two grid values is on the grid: to_grid reduces to the clamp; pw2 reads pw1's
         # ReLU output (nonneg); ``nonneg``: the block's input is a ReLU output too
-        hidden = self.pw1.forward_units(self.dw.forward_units(a, nonneg=nonneg), relu=True)
+        d = self.dw.forward_units(a, nonneg=nonneg)
+        n, c, h, w = d.shape
+        if n == 1 and h * w > 2 * self.ROWS and float32_allowed(d):
+            return self._pointwise_by_rows(a, d)
+        hidden = self.pw1.forward_units(d, relu=True)
         return self.pw2.forward_units(hidden, nonneg=True).add_(a).clamp_(-UNIT_LIMIT, UNIT_LIMIT)
+
+    def _pointwise_by_rows(self, a: Tensor, d: Tensor) -> Tensor:
+        """pw1, ReLU, pw2 and the residual over ``ROWS`` positions at a time. Each position's
+        result depends on that position alone, and every path is exact (the float32 bound is
+        taken per chunk), so the result is the same integers as in one piece."""
+        c, hw = d.shape[1], d.shape[2] * d.shape[3]
+        out = a.clone(memory_format=torch.contiguous_format)
+        src = d.reshape(1, c, 1, hw)
+        dst = out.view(1, c, 1, hw)
+        for s in range(0, hw, self.ROWS):
+            e = min(s + self.ROWS, hw)
+            hidden = self.pw1.forward_units(src[..., s:e], relu=True)
+            dst[..., s:e].add_(self.pw2.forward_units(hidden, nonneg=True).view(1, c, 1, e - s))
+        return out.clamp_(-UNIT_LIMIT, UNIT_LIMIT)
 
     def forward(self, x: Tensor) -> Tensor:
         if fast_exact(x):
