@@ -43,9 +43,11 @@ it passes as ``GPU_RUN_T0``); a step that would overrun is skipped with its reas
    ``ms_per_image`` by stage (``analysis``, ``entropy_encode``, ``synthesis``,
    ``entropy_decode``, ``other`` = container pack/unpack, PSNR, uploads, hashing; the entropy
    stages are TileCoder's calls: float64 hyper/slice transforms on the device plus rANS),
-   ``cpu_rans_ms`` (own time of CompressAI's rANS built-ins, CPU, GIL held) and
-   ``to_host_ms`` (the ``tolist`` device-to-host copies feeding it, which include waiting for
-   the kernels queued before them), both from one extra pass under cProfile
+   ``cpu_rans_ms`` (own time of the rANS coder's calls on the CPU: archiver/codec/rans.py's,
+   or CompressAI's built-ins where numba is missing) and ``to_host_ms`` (the ``tolist``
+   device-to-host copies feeding CompressAI's coder, which include waiting for the kernels
+   queued before them; about 0 with the compiled coder, whose copies are ``.numpy()`` calls
+   inside the entropy stages), both from one extra pass under cProfile
    (``entropy_share.coder_split``). Writes ``throughput.json``.
 4. ``refine``: does encoder-side latent refinement with many iterations beat effort 1?
    (``benchmarks/refine_study.py``, imported: ``RefiningCodec``, SGA with ``RefineParams(
