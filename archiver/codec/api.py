@@ -723,39 +723,36 @@ class Codec:
             synth((k, y_hat))
             return rec
 
+        def check_image_hash() -> None:
+            if hasher.hexdigest() != meta.latent_sha256:
+                raise ContainerError(
+                    "decoded latents do not match the checksum recorded at encode time: the entropy-coded data "
+                    "is corrupt or forged (or was decoded with a different probability model)",
+                    code="latent_mismatch",
+                )
+
+        order = list(range(len(grid)))
         with _TilePool(len(grid), self.device) as pool:
             if c.version >= 2 and len(grid) > 1:
                 # every tile's symbols are checked by its own tile checks before entropy() returns,
                 # so a tile is synthesised right after its entropy decoding, on the same worker, and
                 # workers never wait for each other; the image-wide hash is compared at the end
-                for rec in pool.ordered(whole, list(range(len(grid)))):
+                for rec in pool.ordered(whole, order):
                     rec.replay(hasher)
-                if hasher.hexdigest() != meta.latent_sha256:
-                    raise ContainerError(
-                        "decoded latents do not match the checksum recorded at encode time: the entropy-coded "
-                        "data is corrupt or forged (or was decoded with a different probability model)",
-                        code="latent_mismatch",
-                    )
-                windows = []
+                check_image_hash()
             else:
                 # version 1 (no tile checks), or one tile: entropy decoding of a window of tiles in
-                # parallel, the latent hash fed in tile order and compared before the last window's
-                # syntheses (a forged one-tile container is refused before its most memory-hungry step)
-                windows = pool.windows(list(range(len(grid))))
-            for window in windows:
-                decoded = pool.map(entropy, window)
-                for y_hat, rec in decoded:
-                    rec.replay(hasher)
-                if window[-1] == len(grid) - 1 and hasher.hexdigest() != meta.latent_sha256:
-                    # before the last synthesis: a one-tile container (most images; every version-1
-                    # forgery of one tile) is refused before its most memory-hungry step
-                    raise ContainerError(
-                        "decoded latents do not match the checksum recorded at encode time: the entropy-coded data "
-                        "is corrupt or forged (or was decoded with a different probability model)",
-                        code="latent_mismatch",
-                    )
-                pool.map(synth, [(k, y) for k, (y, _) in zip(window, decoded)])
-                del decoded
+                # parallel, the latent hash fed in tile order, then the window's syntheses
+                for window in pool.windows(order):
+                    decoded = pool.map(entropy, window)
+                    for y_hat, rec in decoded:
+                        rec.replay(hasher)
+                    if window[-1] == len(grid) - 1:
+                        # before the last synthesis: a one-tile container (most images; every
+                        # version-1 forgery of one tile) is refused before its most memory-hungry step
+                        check_image_hash()
+                    pool.map(synth, [(k, y) for k, (y, _) in zip(window, decoded)])
+                    del decoded
         alpha = None
         if c.alpha is not None:
             alpha = np.frombuffer(c.alpha, dtype=np.uint8).reshape(meta.height, meta.width).copy()

@@ -65,15 +65,15 @@ class _TileHasher:
         return self.tile.digest()
 
 
-def _int_list(t: Tensor) -> list[int]:
-    """An integer-valued tensor as the list of Python ints the rANS coder takes. Through numpy:
-    ``Tensor.tolist`` is about 10x slower, and a decode converts every symbol's index."""
-    return t.detach().to("cpu", torch.int32).numpy().reshape(-1).tolist()
-
-
 def _int_array(t: Tensor) -> np.ndarray:
     """An integer-valued tensor as the flat int32 array rans.py takes."""
     return t.detach().to("cpu", torch.int32).numpy().reshape(-1)
+
+
+def _int_list(t: Tensor) -> list[int]:
+    """An integer-valued tensor as the list of Python ints CompressAI's coder takes. Through
+    numpy: ``Tensor.tolist`` is about 10x slower, and a decode converts every symbol's index."""
+    return _int_array(t).tolist()
 
 
 def _symbols_tensor(vals: list[int] | np.ndarray, device: torch.device) -> Tensor:
@@ -131,7 +131,7 @@ class TileCoder:
         idx = self._z_indexes(tuple(zs.shape))
         if self.fast:
             return rans.encode(_int_array(zs), idx, self.eb_tables)
-        return RansEncoder().encode_with_indexes(_int_list(zs.reshape(-1)), idx.tolist(), self.eb_cdf, self.eb_len,
+        return RansEncoder().encode_with_indexes(_int_list(zs), idx.tolist(), self.eb_cdf, self.eb_len,
                                                  self.eb_off)
 
     def _decode_z(self, z_bytes: bytes, n_z: int, idx: np.ndarray, fill: int, where: str) -> np.ndarray | list[int]:
@@ -287,8 +287,9 @@ class TileCoder:
         hz, wz = z_shape
         c = m.preset.z_channels
         n_z = c * hz * wz
-        # rANS reads without bounds checks: _padded gives a forged stream zeros to read, never
-        # memory beyond the buffer (the bound is derived in _padded).
+        # a forged stream is read into padding (_pad_length derives how much), never into memory
+        # beyond the buffer: allocated for CompressAI's unchecked decoder, virtual and bounds
+        # checked in rans.py's
         z_idx = self._z_indexes((1, c, hz, wz))
         zs = self._decode_z(z_bytes, n_z, z_idx, 0, where)
         # An honest stream is read exactly to its end; one too short for its symbols (the issue-16
