@@ -195,7 +195,9 @@ def test_pointwise_float32_path_equals_the_reference_at_its_bound(a_units: int, 
         assert float(got.max()) == ex.F32_FINISH / ex.GRID / ex.GRID + 3.25 + 1 / ex.GRID  # rounded up
 
 
-def test_depthwise_float32_path_equals_the_reference_at_its_bound() -> None:
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "conv-then-finish"])
+def test_depthwise_float32_path_equals_the_reference_at_its_bound(fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ex, "FUSED_DEPTHWISE", fused)
     dw = ex.ExactDepthwise(8, 5)
     with torch.no_grad():
         dw.weight.fill_(2**9 / ex.GRID)  # 25 taps x 2^9 = 12800 units per channel
@@ -209,6 +211,36 @@ def test_depthwise_float32_path_equals_the_reference_at_its_bound() -> None:
         x[0, 0, 5, 5] = 2.0**19 / ex.GRID  # one activation past the bound: float64 for this call
         want = _reference_depthwise(x, ex.quant_weight(dw.weight).double(), ex.quant_bias(dw.bias).double())
         assert torch.equal(dw(x), want)
+
+
+@pytest.mark.skipif(not ex._kernels.available(), reason="numba missing: the fused kernel is not built")
+@pytest.mark.parametrize("shape", [(1, 6, 1, 1), (2, 5, 1, 9), (1, 7, 6, 3), (2, 4, 13, 17)], ids=str)
+def test_fused_depthwise_equals_the_reference_within_its_bound(shape, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled 5x5 depthwise + finish (kernels.depthwise5_f32) against shift-and-add and
+    against oneDNN's convolution + finish: borders (images smaller than the kernel), batches,
+    both signs, activations drawn up to the float32 bound of each channel's weights."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    n, c, h, w = shape
+    dw = ex.ExactDepthwise(c, 5)
+    calls = []
+    real = ex._kernels.depthwise5_f32
+    monkeypatch.setattr(ex._kernels, "depthwise5_f32", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        dw.weight.copy_(torch.randn(dw.weight.shape, generator=gen) * 3)
+        dw.bias.copy_(torch.randn(c, generator=gen) * 50)
+        wq, bq = ex.quant_weight(dw.weight).double(), ex.quant_bias(dw.bias).double()
+        w_abs = (wq * ex.GRID).abs().flatten(1).sum(1)
+        limit = int(min(2**20, ex.F32_FINISH // float(w_abs.max())))  # units: the bound holds
+        x = _grid(shape, limit, gen)
+        x[..., 0, 0] = limit / ex.GRID  # the largest activation itself, in every channel
+        want = _reference_depthwise(x, wq, bq)
+        got = dw(x)
+        monkeypatch.setattr(ex, "FUSED_DEPTHWISE", False)
+        unfused = dw(x)
+    assert calls, "the fused kernel did not run"
+    assert torch.equal(got, want)
+    assert torch.equal(unfused, want)
+    assert got.abs().max() > 0
 
 
 def test_float32_path_only_with_ieee_float32(monkeypatch: pytest.MonkeyPatch) -> None:

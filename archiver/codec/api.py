@@ -29,6 +29,7 @@ from ..errors import ArchiverError, ContainerError
 from ..images import LoadedImage, delivered, from_pil, to_pil  # noqa: F401 - delivered re-exported
 from ..metrics import psnr
 from . import container as cx
+from .bands import row_bands
 from .entropy import TileCoder
 from .model import quality_to_lambda
 from .rdo import RdoParams, distortion_weight
@@ -181,11 +182,17 @@ class _TilePool:
     def __init__(self, n_tiles: int, device: torch.device) -> None:
         # CPU only: an accelerator runs one tile's kernels in parallel already (and the per-thread
         # accelerator-time accounting must stay on the caller's thread)
-        self.workers = min(n_tiles, torch.get_num_threads()) if device.type == "cpu" else 1
+        threads = torch.get_num_threads() if device.type == "cpu" else 1
+        self.workers = min(n_tiles, threads)
+        #: one tile and several threads: the tile runs on the calling thread and its layers on row
+        #: bands across the threads instead (bands.py; the same result)
+        self.band_workers = threads if n_tiles == 1 and threads > 1 else 1
+        self._bands = None
 
     def __enter__(self) -> "_TilePool":
         global _pool_users, _threads_before
-        if self.workers > 1:
+        size = max(self.workers, self.band_workers)
+        if size > 1:
             with _POOL_LOCK:
                 if _pool_users == 0:
                     _threads_before = torch.get_num_threads()
@@ -193,12 +200,18 @@ class _TilePool:
                 _pool_users += 1
             from concurrent.futures import ThreadPoolExecutor
 
-            self._ex = ThreadPoolExecutor(self.workers, thread_name_prefix="archiver-tile")
+            self._ex = ThreadPoolExecutor(size, thread_name_prefix="archiver-tile")
+            if self.band_workers > 1:
+                self._bands = row_bands(self._ex, self.band_workers)
+                self._bands.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         global _pool_users
-        if self.workers > 1:
+        if max(self.workers, self.band_workers) > 1:
+            if self._bands is not None:
+                self._bands.__exit__(None, None, None)
+                self._bands = None
             self._ex.shutdown(wait=True, cancel_futures=True)
             with _POOL_LOCK:
                 _pool_users -= 1

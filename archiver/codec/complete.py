@@ -33,6 +33,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from . import bands
 from .layers import ConvNeXtBlock
 
 # Orthonormal colour transform (rows: luma-like, two chroma-like). Orthonormal, so squared
@@ -139,7 +140,20 @@ class CompleteSynthesis(nn.Module):
         self.blocks = blocks(3 * stride * stride, depth, expansion)
         self.unstem = DCTUnstem(stride)
 
+    @property
+    def scale(self) -> int:
+        """Pixel rows per latent row."""
+        return self.unstem.conv.stride[0]
+
     def forward(self, y: Tensor) -> Tensor:
+        if bands.active() and not torch.is_grad_enabled():
+            # on row bands in parallel (a one-tile decode or encode, bands.py), layer by layer so
+            # that only the depthwise convolutions recompute their few halo rows: the same
+            # per-position arithmetic, the same bits (tests/test_bands.py)
+            for b in self.blocks:
+                d = bands.banded(b.dw, [y], b.dw.kernel_size[0] // 2)
+                y = bands.banded(b.mlp_residual, [d, y], 0)
+            return bands.banded(self.unstem, [y], 0, self.scale)
         return self.unstem(self.blocks(y))
 
 

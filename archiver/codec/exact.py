@@ -382,6 +382,11 @@ class ExactPointwise(nn.Module):
         return to_grid(y)
 
 
+#: whether a 5x5 depthwise layer on the float32 path runs as one compiled pass (kernels.py); a
+#: switch for tests and benchmarks, which compare it with oneDNN's convolution plus the finish
+FUSED_DEPTHWISE = True
+
+
 class ExactDepthwise(nn.Module):
     """k x k depthwise convolution on the grid (zero padding, stride 1)."""
 
@@ -399,6 +404,14 @@ class ExactDepthwise(nn.Module):
         p = self.kernel // 2
         a32 = a.float() if float32_allowed(a) else None  # exact: |a| <= 2^20 units
         if a32 is not None and float((w_abs * channel_max(a32, nonneg)).max()) <= F32_FINISH:
+            if self.kernel == 5 and FUSED_DEPTHWISE and _kernels.available() and not a32.requires_grad:
+                # the convolution and its finish in one compiled pass (kernels.py): the same
+                # integers, since under this bound no sum order can round
+                a32 = a32.contiguous()
+                out = torch.empty_like(a32)
+                _kernels.depthwise5_f32(a32.numpy(), w32.view(-1, 5, 5).numpy(), b_frac.numpy(), b_int.numpy(),
+                                        -UNIT_LIMIT, UNIT_LIMIT, out.numpy())
+                return out
             if _direct_conv(a32, w32, p):
                 # integer products and sums below 2^24: float32 is exact, and so is float32_finish
                 return float32_finish(F.conv2d(a32, w32, b_frac, padding=p, groups=a.shape[1]), b_int)
@@ -506,6 +519,11 @@ class ExactMLPHead(nn.Module):
         self.inp = ExactPointwise(cin, width)
         self.blocks = nn.Sequential(*[ExactBlock(width, kernel) for _ in range(blocks)])
         self.out = ExactPointwise(width, cout, init_scale=0.5)
+
+    @property
+    def halo(self) -> int:
+        """Rows of input beyond a position that its output depends on (bands.py)."""
+        return sum(b.dw.kernel // 2 for b in self.blocks)
 
     def forward_units(self, a: Tensor) -> Tensor:
         a = self.inp.forward_units(a, relu=True)

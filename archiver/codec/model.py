@@ -21,6 +21,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+from .bands import banded
 from .compressai_imports import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
@@ -174,8 +175,12 @@ class HyperSynthesis(nn.Module):
             a = self.inp.forward_units(z * GRID)
             for block in self.stage0:
                 a = block.forward_units(a)
-            a = self.stage1.forward_units(self.up1.forward_units(a.relu_()))
-            return self.out.forward_units(self.up2.forward_units(a.relu_())).double().div_(GRID)
+            a = self.up1.forward_units(a.relu_())
+            # the two full-resolution stages on row bands in parallel where allowed (bands.py):
+            # exact, so the same integers; the bands' inputs overlap, so no in-place ReLU there
+            a = banded(self.stage1.forward_units, [a], self.stage1.dw.kernel // 2)
+            return banded(lambda t: self.out.forward_units(self.up2.forward_units(t.relu())), [a], 0,
+                          2).double().div_(GRID)
         h = self.stage0(self.inp(z))
         h = self.stage1(self.up1(act(h)))
         return self.out(self.up2(act(h)))
@@ -230,6 +235,12 @@ class SpatialContext(nn.Module):
             self.head.out.bias.zero_()
 
     def forward(self, sym: Tensor, mu: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        if fast_exact(sym) and float32_allowed(sym):
+            # on row bands in parallel where allowed (bands.py); exact, so the same integers
+            return banded(self._units, (sym, mu, scale), self.dw.kernel // 2 + self.head.halo)
+        return self._units(sym, mu, scale)
+
+    def _units(self, sym: Tensor, mu: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
         if fast_exact(sym):  # on grid units (exact.py); mu + d_mu is on the grid, so only clamped
             mu_u, scale_u = mu * GRID, scale * GRID
             # float32 grid units from the start where allowed: symbols |s| <= 2^15 and
@@ -323,18 +334,30 @@ class ConvNeXtCharm(nn.Module):
         return [part, *decoded[max(0, i - p.support) : i]]
 
     @staticmethod
-    def _head(tf: ExactMLPHead, parts: list[Tensor]) -> Tensor:
-        """``tf`` on the channel concatenation of ``parts``. On the exact path's float32 fast path
-        the concatenation is built directly as float32 grid units (exact.grid_units_f32)."""
-        if fast_exact(parts[0]) and float32_allowed(parts[0]):
-            return tf.forward_units(grid_units_f32(parts)).double().div_(GRID)
-        return tf(torch.cat(parts, dim=1))
+    def _heads(tfs: list[ExactMLPHead], supports: list[list[Tensor]]) -> list[Tensor]:
+        """Each ``tfs[k]`` on the channel concatenation of ``supports[k]``. On the exact path's
+        float32 fast path the concatenations are built directly as float32 grid units
+        (exact.grid_units_f32), and the heads run on row bands in parallel where a one-tile
+        decode or encode allows it (bands.py; exact integers, so the same result), all of them
+        in one banded call so that the threads meet once."""
+        flat = [t for sup in supports for t in sup]
+        if fast_exact(flat[0]) and float32_allowed(flat[0]):
+            cuts = [0]
+            for sup in supports:
+                cuts.append(cuts[-1] + len(sup))
+
+            def run(*ps: Tensor) -> tuple[Tensor, ...]:
+                return tuple(tf.forward_units(grid_units_f32(list(ps[a:b])))
+                             for tf, a, b in zip(tfs, cuts, cuts[1:]))
+
+            out = banded(run, flat, max(tf.halo for tf in tfs))
+            return [o.double().div_(GRID) for o in out]
+        return [tf(torch.cat(sup, dim=1)) for tf, sup in zip(tfs, supports)]
 
     def slice_params(self, i: int, means_h: Tensor, scales_h: Tensor, decoded: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Mean and scale of slice ``i``; also returns the mean support's parts (reused by LRP)."""
         mean_sup = self._support(i, means_h, decoded)
-        mu = self._head(self.mean_tf[i], mean_sup)
-        scale = self._head(self.scale_tf[i], self._support(i, scales_h, decoded))
+        mu, scale = self._heads([self.mean_tf[i], self.scale_tf[i]], [mean_sup, self._support(i, scales_h, decoded)])
         return mu, scale, mean_sup
 
     def spatial(self, i: int, anchor_symbols: Tensor, mu: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
@@ -359,7 +382,7 @@ class ConvNeXtCharm(nn.Module):
         return self.anchor_tf[i](done, mu, scale)
 
     def lrp(self, i: int, mean_sup: list[Tensor], y_hat_i: Tensor) -> Tensor:
-        r = self._head(self.lrp_tf[i], [*mean_sup, y_hat_i])
+        r, = self._heads([self.lrp_tf[i]], [[*mean_sup, y_hat_i]])
         return torch.clamp(r, -LRP_BOUND, LRP_BOUND)
 
     def scale_indexes(self, scale: Tensor, on_grid: bool = False) -> Tensor:
