@@ -63,11 +63,12 @@ def test_exact_heads_on_bands_equal_one_piece(workers: int) -> None:
     assert all(torch.equal(g, w) for g, w in zip(got_ctx, want_ctx))
 
 
-@pytest.mark.parametrize("name", ["kodim03", "kodim20"])
-def test_one_tile_on_two_threads_gives_one_threads_bytes_and_pixels(name: str, threads) -> None:
+@pytest.mark.parametrize("name, how", [("kodim03", {"quality": 40}),
+                                       ("kodim20", {"target_psnr": 40.0, "effort": 1})], ids=["q40", "floor-effort1"])
+def test_one_tile_on_two_threads_gives_one_threads_bytes_and_pixels(name: str, how: dict, threads) -> None:
     """A one-tile image coded with two threads (row bands) and with one (no bands): the same
-    container bytes (the encoder's exact path and synthesis, which the quality search reads) and
-    the same decoded pixels (the float synthesis on bands)."""
+    container bytes (the encoder's exact path, RDOQ, and the synthesis that the quality search's
+    probes decode) and the same decoded pixels (the float synthesis on bands)."""
     img = Image.open(KODAK / f"{name}.png").convert("RGB")
     codec = Codec.load("compact-v7", "cpu")
     used = []
@@ -84,7 +85,7 @@ def test_one_tile_on_two_threads_gives_one_threads_bytes_and_pixels(name: str, t
             for mod in ("archiver.codec.bands", "archiver.codec.model"):
                 mp.setattr(f"{mod}.banded", counting)
             used.clear()
-            data = codec.encode(img, quality=40)
+            data = codec.encode(img, **how)
             rgb = codec.decode(data).rgb
         out[n] = (data, rgb, any(used))
         assert torch.get_num_threads() == n  # the pool restored the caller's thread count

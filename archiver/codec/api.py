@@ -177,7 +177,9 @@ class _TilePool:
     are too small to keep several intra-op threads busy (and on a shared machine their barriers
     spin against each other), so while a pool runs torch's intra-op pool is set to one thread,
     process-wide (reference-counted, restored when the last pool ends). Tiles go in windows of
-    ``workers``, so at most that many tiles' intermediates are alive at once."""
+    ``workers``, so at most that many tiles' intermediates are alive at once. With one tile the
+    workers take row bands of its layers instead (bands.py), the tile itself runs on the
+    calling thread."""
 
     def __init__(self, n_tiles: int, device: torch.device) -> None:
         # CPU only: an accelerator runs one tile's kernels in parallel already (and the per-thread
