@@ -26,6 +26,7 @@ one-tile image when more than one thread is allowed.
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -73,18 +74,26 @@ def banded(fn: Callable[..., Tensor | tuple[Tensor, ...]], inputs: Sequence[Tens
     if executor is None or workers <= 1 or h < workers * MIN_BAND_ROWS:
         return fn(*inputs)
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+    parts = bounds(h, workers)
+    result: list[tuple[Tensor, ...]] = []
+    single: list[bool] = []
+    lock = threading.Lock()
 
-    def band(lo: int, hi: int) -> Tensor | tuple[Tensor, ...]:
+    def band(lo: int, hi: int) -> None:
         a, b = max(0, lo - halo), min(h, hi + halo)
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            out = fn(*(x[:, :, a:b] for x in inputs))
-        keep = slice((lo - a) * scale, (hi - a) * scale)
-        return tuple(o[:, :, keep] for o in out) if isinstance(out, tuple) else out[:, :, keep]
+            got = fn(*(x[:, :, a:b] for x in inputs))
+            outs = got if isinstance(got, tuple) else (got,)
+            with lock:  # the first band to finish allocates the whole output
+                if not result:
+                    result.append(tuple(o.new_empty((*o.shape[:2], h * scale, *o.shape[3:])) for o in outs))
+                    single.append(not isinstance(got, tuple))
+            # each band copies its own rows on its own thread: no serial concatenation afterwards
+            for dst, o in zip(result[0], outs):
+                dst[:, :, lo * scale : hi * scale].copy_(o[:, :, (lo - a) * scale : (hi - a) * scale])
 
-    parts = bounds(h, workers)
     futures = [executor.submit(band, lo, hi) for lo, hi in parts[1:]]
-    first = band(*parts[0])  # the calling thread takes the first band itself
-    outs = [first, *(f.result() for f in futures)]
-    if isinstance(first, tuple):
-        return tuple(torch.cat([o[k] for o in outs], dim=2) for k in range(len(first)))
-    return torch.cat(outs, dim=2)
+    band(*parts[0])  # the calling thread takes the first band itself
+    for f in futures:
+        f.result()
+    return result[0][0] if single[0] else result[0]

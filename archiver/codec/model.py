@@ -347,11 +347,10 @@ class ConvNeXtCharm(nn.Module):
                 cuts.append(cuts[-1] + len(sup))
 
             def run(*ps: Tensor) -> tuple[Tensor, ...]:
-                return tuple(tf.forward_units(grid_units_f32(list(ps[a:b])))
+                return tuple(tf.forward_units(grid_units_f32(list(ps[a:b]))).double().div_(GRID)
                              for tf, a, b in zip(tfs, cuts, cuts[1:]))
 
-            out = banded(run, flat, max(tf.halo for tf in tfs))
-            return [o.double().div_(GRID) for o in out]
+            return list(banded(run, flat, max(tf.halo for tf in tfs)))
         return [tf(torch.cat(sup, dim=1)) for tf, sup in zip(tfs, supports)]
 
     def slice_params(self, i: int, means_h: Tensor, scales_h: Tensor, decoded: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
