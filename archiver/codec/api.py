@@ -189,12 +189,12 @@ class _TilePool:
         #: one tile and several threads: the tile runs on the calling thread and its layers on row
         #: bands across the threads instead (bands.py; the same result)
         self.band_workers = threads if n_tiles == 1 and threads > 1 else 1
+        self.size = max(self.workers, self.band_workers)  # the executor's threads
         self._bands = None
 
     def __enter__(self) -> "_TilePool":
         global _pool_users, _threads_before
-        size = max(self.workers, self.band_workers)
-        if size > 1:
+        if self.size > 1:
             with _POOL_LOCK:
                 if _pool_users == 0:
                     _threads_before = torch.get_num_threads()
@@ -202,7 +202,7 @@ class _TilePool:
                 _pool_users += 1
             from concurrent.futures import ThreadPoolExecutor
 
-            self._ex = ThreadPoolExecutor(size, thread_name_prefix="archiver-tile")
+            self._ex = ThreadPoolExecutor(self.size, thread_name_prefix="archiver-tile")
             if self.band_workers > 1:
                 self._bands = row_bands(self._ex, self.band_workers)
                 self._bands.__enter__()
@@ -210,7 +210,7 @@ class _TilePool:
 
     def __exit__(self, *exc) -> None:
         global _pool_users
-        if max(self.workers, self.band_workers) > 1:
+        if self.size > 1:
             if self._bands is not None:
                 self._bands.__exit__(None, None, None)
                 self._bands = None

@@ -71,12 +71,11 @@ def banded(fn: Callable[..., Tensor | tuple[Tensor, ...]], inputs: Sequence[Tens
     its input (the synthesis: 8). Returns what ``fn`` returns (a tensor or a tuple of them)."""
     executor, workers = _EXECUTOR.get(), _WORKERS.get()
     h = inputs[0].shape[2]
-    if executor is None or workers <= 1 or h < workers * MIN_BAND_ROWS:
+    if not active() or h < workers * MIN_BAND_ROWS:
         return fn(*inputs)
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
     parts = bounds(h, workers)
-    result: list[tuple[Tensor, ...]] = []
-    single: list[bool] = []
+    result: list[tuple[tuple[Tensor, ...], bool]] = []  # (the whole outputs, fn returns a tuple)
     lock = threading.Lock()
 
     def band(lo: int, hi: int) -> None:
@@ -86,14 +85,15 @@ def banded(fn: Callable[..., Tensor | tuple[Tensor, ...]], inputs: Sequence[Tens
             outs = got if isinstance(got, tuple) else (got,)
             with lock:  # the first band to finish allocates the whole output
                 if not result:
-                    result.append(tuple(o.new_empty((*o.shape[:2], h * scale, *o.shape[3:])) for o in outs))
-                    single.append(not isinstance(got, tuple))
+                    result.append((tuple(o.new_empty((*o.shape[:2], h * scale, *o.shape[3:])) for o in outs),
+                                   isinstance(got, tuple)))
             # each band copies its own rows on its own thread: no serial concatenation afterwards
-            for dst, o in zip(result[0], outs):
+            for dst, o in zip(result[0][0], outs):
                 dst[:, :, lo * scale : hi * scale].copy_(o[:, :, (lo - a) * scale : (hi - a) * scale])
 
     futures = [executor.submit(band, lo, hi) for lo, hi in parts[1:]]
     band(*parts[0])  # the calling thread takes the first band itself
     for f in futures:
         f.result()
-    return result[0][0] if single[0] else result[0]
+    whole, is_tuple = result[0]
+    return whole if is_tuple else whole[0]

@@ -17,14 +17,15 @@ g_s turns latents into pixels without feeding anything back into a probability m
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
 import torch
-from .bands import banded
 from .compressai_imports import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
+from .bands import banded
 from .exact import (GRID, UNIT_LIMIT, ExactBlock, ExactDepthwise, ExactMLPHead, ExactPointwise, ExactUp, act, enter_grid,
                     fast_exact, float32_allowed, grid_units_f32, round_half_up, ste, to_grid)
 from .complete import CompleteAnalysis, CompleteSynthesis
@@ -235,10 +236,9 @@ class SpatialContext(nn.Module):
             self.head.out.bias.zero_()
 
     def forward(self, sym: Tensor, mu: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-        if fast_exact(sym) and float32_allowed(sym):
-            # on row bands in parallel where allowed (bands.py); exact, so the same integers
-            return banded(self._units, (sym, mu, scale), self.dw.kernel // 2 + self.head.halo)
-        return self._units(sym, mu, scale)
+        # on row bands in parallel where a one-tile decode or encode allows it (bands.py); exact,
+        # so the same integers
+        return banded(self._units, (sym, mu, scale), self.dw.kernel // 2 + self.head.halo)
 
     def _units(self, sym: Tensor, mu: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
         if fast_exact(sym):  # on grid units (exact.py); mu + d_mu is on the grid, so only clamped
@@ -342,9 +342,7 @@ class ConvNeXtCharm(nn.Module):
         in one banded call so that the threads meet once."""
         flat = [t for sup in supports for t in sup]
         if fast_exact(flat[0]) and float32_allowed(flat[0]):
-            cuts = [0]
-            for sup in supports:
-                cuts.append(cuts[-1] + len(sup))
+            cuts = [0, *itertools.accumulate(len(sup) for sup in supports)]
 
             def run(*ps: Tensor) -> tuple[Tensor, ...]:
                 return tuple(tf.forward_units(grid_units_f32(list(ps[a:b]))).double().div_(GRID)
