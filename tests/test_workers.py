@@ -919,8 +919,9 @@ def test_a_batch_longer_than_the_visibility_timeout_runs_on_one_worker(stack: St
     try:
         client = redis.Redis.from_url(redis_main.url)
         # About 3x the visibility timeout on a 2-core CI machine; 12 images once finished within it
-        # on an idle one, and then the test proves nothing.
-        sources = {f"long/{i}.png": noise_png(900 + i, 384, 384) for i in range(36)}
+        # on an idle one, and then the test proves nothing; so did 36 of 384x384 once a one-tile
+        # image's layers ran on both cores (row bands, issue 25): 512x512 now.
+        sources = {f"long/{i}.png": noise_png(900 + i, 512, 512) for i in range(36)}
         bucket = stack.bucket(sources)
         job_id = jobs.submit(bucket, {**ACCEPT}, chunk_size=len(sources), runtime=runtime_for(stack.settings()), enqueue=celery_enqueue(stack.settings()))
         pending = wait_until(lambda: client.zrange("unacked_index", 0, -1, withscores=True), 60,
