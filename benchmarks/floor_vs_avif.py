@@ -1,7 +1,7 @@
 """Bytes at the archive's PSNR floor, ConvNeXt-ChARM against AVIF, image by image (issue 24).
 
     python benchmarks/floor_vs_avif.py [--floor 40] [--effort 1] [--preset all] [--threads 1]
-                                       [--weights W.safetensors] [--out benchmarks/results/floor-vs-avif.json]
+                                       [--model ID | --weights W.safetensors] [--out benchmarks/results/floor-vs-avif.json]
 
 Why: BD-rate averages over a PSNR range, but an archive works at one floor, and the buyer's pilot
 compares, per photo, the smallest file each codec makes that still meets it. This is that
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--effort", type=int, default=1)
     ap.add_argument("--preset", default="all", choices=["fast", "all"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default=None, help="a registered model id instead of the default model")
     ap.add_argument("--weights", type=Path, default=None, help="an unregistered weights file instead of the default model")
     ap.add_argument("--images", type=int, default=24, help="the first N Kodak images")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "floor-vs-avif.json")
@@ -44,12 +45,15 @@ def main() -> None:
 
     from archiver.baselines import baseline_codecs, smallest_at_floor
     from archiver.codec import Codec
+    from archiver.codec.default import DEFAULT_MODEL
     from archiver.images import from_pil
     from archiver.metrics import psnr
     from shared_paths import KODAK
 
     torch.set_num_threads(a.threads)
-    codec = Codec.from_weights_file(a.weights, "cpu") if a.weights else Codec.load(device="cpu")
+    if a.model and a.weights:
+        ap.error("give --model or --weights, not both")
+    codec = Codec.from_weights_file(a.weights, "cpu") if a.weights else Codec.load(a.model or DEFAULT_MODEL, "cpu")
     avif = next(c for c in baseline_codecs(a.preset) if c.name == "avif")
     earlier = {}
     if a.avif_from:

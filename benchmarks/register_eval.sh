@@ -2,8 +2,8 @@
 # The measurements that decide whether a newly registered model ships (docs/MODEL.md, *Shipping a
 # model*), in one unattended run on the 2-core dev machine, one process per core:
 #   benchmarks/register_eval.sh NEW OLD     e.g. benchmarks/register_eval.sh compact-v8 compact-v7
-# NEW must already be registered (archiver register-model) and be the default model (floor_vs_avif
-# encodes with the default); OLD is the model it must beat, whose results files exist.
+# NEW must already be registered (archiver register-model); OLD is the model it must beat, whose
+# results files exist. A step that fails stops the run (each background job is waited for by pid).
 # Writes benchmarks/results/{kodak-NEW,kodak-NEW-effort1}.json (+ RD plots), floor-vs-avif-NEW.json,
 # rdo-study-kodak2x-all24-NEW.json, NEW-vs-OLD-kodak.json and NEW-vs-OLD-kodak2x.json; logs go to
 # runs/register-NEW/. About 20 minutes with nothing else running.
@@ -28,18 +28,18 @@ ev() { # effort, output name, OLD's results at that effort
 }
 date
 # 1. Kodak, 24 images x 8 qualities, at efforts 0 and 1, against OLD at the same effort
-ev 0 "kodak-$NEW" "kodak-$OLD" > "$LOG/eval-effort0.txt" 2>&1 &
-ev 1 "kodak-$NEW-effort1" "kodak-$OLD-effort1" > "$LOG/eval-effort1.txt" 2>&1 &
-wait
+ev 0 "kodak-$NEW" "kodak-$OLD" > "$LOG/eval-effort0.txt" 2>&1 & e0=$!
+ev 1 "kodak-$NEW-effort1" "kodak-$OLD-effort1" > "$LOG/eval-effort1.txt" 2>&1 & e1=$!
+wait $e0; wait $e1
 date
 # 2. bytes at the 40 dB floor against AVIF (AVIF's deterministic search reused), and Kodak 2x on
 #    all 24 images against AVIF
-$PY benchmarks/floor_vs_avif.py --threads 1 --avif-from "$AVIF_FROM" --out "$R/floor-vs-avif-$NEW.json" \
-  > "$LOG/floor.txt" 2>&1 &
+$PY benchmarks/floor_vs_avif.py --model "$NEW" --threads 1 --avif-from "$AVIF_FROM" \
+  --out "$R/floor-vs-avif-$NEW.json" > "$LOG/floor.txt" 2>&1 & floor=$!
 $PY benchmarks/rdo_study.py --model "$NEW" --images $(for i in $(seq -w 1 24); do echo kodim$i; done) \
   --upsample 2 --crop 1024 --settings 1 --qualities 20 40 60 --avif 55,70,82,90 --threads 1 \
-  --out "$R/rdo-study-kodak2x-all24-$NEW.json" > "$LOG/rdo-2x-all24.txt" 2>&1 &
-wait
+  --out "$R/rdo-study-kodak2x-all24-$NEW.json" > "$LOG/rdo-2x-all24.txt" 2>&1 & rdo=$!
+wait $floor; wait $rdo
 date
 # 3. NEW against OLD, weights to weights: Kodak 24 x 4 qualities, and the three-image 2x proxy
 W=archiver/codec/weights
