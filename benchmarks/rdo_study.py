@@ -8,7 +8,8 @@ levels (archiver/codec/rdo.py, docs/BENCHMARKS.md "Encoder effort").
     python benchmarks/rdo_study.py --images kodim01 kodim03 kodim15 kodim23 \
         --settings 0 1:1.0 1:1.5 1:2.5 --qualities 20 35 50 65 [--upsample 2]
 
-A setting is ``effort[:strength]`` (strength: the lambda' multiplier, default api.RDO_STRENGTH).
+A setting is ``effort[:strength]`` (strength: the lambda' multiplier, default api.RDO_STRENGTH;
+comma-separated: one per slice in coding order, the last repeated, e.g. ``1:2.5,1.5``).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def main() -> None:
     for setting in a.settings:
         parts = setting.split(":")
         effort = int(parts[0])
-        codec.rdo_strength = float(parts[1]) if len(parts) > 1 else api.RDO_STRENGTH
+        strengths = tuple(float(v) for v in parts[1].split(",")) if len(parts) > 1 else (api.RDO_STRENGTH,)
+        codec.rdo_strength = strengths[0] if len(strengths) == 1 else strengths
         per = curves.setdefault(setting, {"bpp": [], "psnr": [], "enc_s": []})
         for name, img in images:
             bpps, ps, ts = [], [], []

@@ -438,8 +438,9 @@ class QualityHints:
 
 
 class Codec:
-    #: lambda' multiplier of RDOQ at effort 1; a study (benchmarks/rdo_study.py) sets another
-    rdo_strength: float = RDO_STRENGTH
+    #: lambda' multiplier of RDOQ at effort 1 (a tuple: one per slice); a study
+    #: (benchmarks/rdo_study.py) sets another
+    rdo_strength: float | tuple[float, ...] = RDO_STRENGTH
 
     def __init__(self, model, entry, device: torch.device, tile_size: int = DEFAULT_TILE) -> None:
         if tile_size % PAD_MULTIPLE or not 64 <= tile_size <= cx.MAX_TILE_SIZE:
@@ -517,7 +518,7 @@ class Codec:
         if effort <= 0:
             return None
         lam = quality_to_lambda(quality, self.model.preset)
-        return RdoParams(weight=distortion_weight(lam, inv_gain, self.rdo_strength))
+        return RdoParams(weight=distortion_weight(lam, inv_gain, self.rdo_strength, self.model.slice_ch))
 
     def _timed(self, fn):
         t = time.perf_counter()

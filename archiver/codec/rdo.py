@@ -95,11 +95,27 @@ class RdoParams:
     weight: Tensor
 
 
-def distortion_weight(lam: float, inv_gain: Tensor, strength: float) -> Tensor:
+def distortion_weight(lam: float, inv_gain: Tensor, strength: float | tuple[float, ...],
+                      slice_channels: int = 0) -> Tensor:
     """``lambda' * inv_gain**2``: bits per unit of squared (gained) latent error at quality
     ``lam = quality_to_lambda(q)``. ``strength`` scales lambda' (larger: closer to plain
-    rounding, which is the limit of an infinite lambda')."""
-    return (strength * lam * 255.0**2 / 3.0) * inv_gain.double() ** 2
+    rounding, which is the limit of an infinite lambda').
+
+    A tuple gives one strength per slice of ``slice_channels`` channels, in coding order (the
+    last value repeats for the slices after it): greedy RDOQ does not price a symbol's effect on
+    the contexts of later slices, so early slices may want a larger strength than late ones
+    (``benchmarks/rdo_study.py`` measures it)."""
+    w = (lam * 255.0**2 / 3.0) * inv_gain.double() ** 2
+    if isinstance(strength, (int, float)):
+        return float(strength) * w
+    if not strength or any(v <= 0 for v in strength) or slice_channels <= 0:
+        raise ValueError(f"per-slice strengths need positive values and slice_channels, got {strength!r}, "
+                         f"{slice_channels}")
+    channels = w.shape[1]
+    n = -(-channels // slice_channels)
+    vals = list(strength)[:n] + [strength[-1]] * max(0, n - len(strength))
+    per = torch.tensor(vals, dtype=w.dtype, device=w.device).repeat_interleave(slice_channels)[:channels]
+    return w * per.reshape(1, channels, 1, 1)
 
 
 def choose(target: Tensor, indexes: Tensor, weight: Tensor, rates: RateTable,
