@@ -118,8 +118,8 @@ def test_effort_is_validated(codec: Codec) -> None:
 def test_per_slice_strengths_price_each_slice_apart(codec: Codec) -> None:
     """``rdo_strength`` as a tuple (a study setting): each slice's channels get their own lambda'
     multiplier, the last value repeating; a single value is the same as a tuple of that value;
-    and the encoder follows it (a larger strength on slice 0 alone moves only slice 0's symbols
-    toward plain rounding, so the stream changes and still decodes)."""
+    and the encoder follows it (a much larger strength on slice 0 moves its symbols toward plain
+    rounding, so the stream changes, and it still decodes to the photo)."""
     from archiver.codec.rdo import distortion_weight
 
     sc = codec.model.slice_ch
