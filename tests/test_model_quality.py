@@ -22,7 +22,8 @@ from shared_paths import KODAK  # noqa: E402
 # and 0.877 / 22.79; compact-v3 0.361 / 22.78 and 1.096 / 23.47; compact-v4 0.422 / 23.75 and
 # 1.166 / 24.51; compact-v5 (complete design) 1.249 / 35.55 and 3.680 / 44.81; compact-v6 (compact-v5
 # trained on) 1.241 / 35.53 and 3.618 / 44.81; compact-v7 (compact-v6 trained on) 1.232 / 35.54 and
-# 3.607 / 44.79; compact-v8 (compact-v7 trained on) 1.228 / 35.50 and 3.592 / 44.76
+# 3.607 / 44.79; compact-v8 (compact-v7 trained on) 1.228 / 35.50 and 3.592 / 44.76; compact-v9
+# (compact-v8 trained on) 1.225 / 35.51 and 3.588 / 44.74
 EXPECTED = [
     ("compact-v1", 20.0, 0.25, 20.6),
     ("compact-v1", 80.0, 0.82, 21.4),
@@ -40,6 +41,8 @@ EXPECTED = [
     ("compact-v7", 80.0, 3.73, 44.5),
     ("compact-v8", 20.0, 1.28, 35.2),
     ("compact-v8", 80.0, 3.72, 44.5),
+    ("compact-v9", 20.0, 1.28, 35.2),
+    ("compact-v9", 80.0, 3.72, 44.5),
 ]
 _codecs: dict[str, Codec] = {}
 
