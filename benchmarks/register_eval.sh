@@ -6,7 +6,8 @@
 # results files exist. A step that fails stops the run (each background job is waited for by pid).
 # Writes benchmarks/results/{kodak-NEW,kodak-NEW-effort1}.json (+ RD plots), floor-vs-avif-NEW.json,
 # rdo-study-kodak2x-all24-NEW.json, NEW-vs-OLD-kodak.json and NEW-vs-OLD-kodak2x.json; logs go to
-# runs/register-NEW/. About 20 minutes with nothing else running.
+# runs/register-NEW/, and register_report.py's markdown of all of it to runs/register-NEW/report.md.
+# 13-20 minutes with nothing else running (13 for compact-v9).
 set -euo pipefail
 NEW=${1:?new model id}
 OLD=${2:?model to beat}
@@ -50,3 +51,5 @@ $PY benchmarks/weights_compare.py "$W/$OLD.safetensors" "$W/$NEW.safetensors" --
   --out "$R/$NEW-vs-${OLD#compact-}-kodak2x.json" > "$LOG/vs-old-kodak2x.txt" 2>&1
 date
 tail -n 1 "$LOG/floor.txt" "$LOG/vs-old-kodak.txt" "$LOG/vs-old-kodak2x.txt"
+$PY benchmarks/register_report.py "$NEW" "$OLD" > "$LOG/report.md"
+echo "report: $LOG/report.md"
