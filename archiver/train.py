@@ -91,6 +91,10 @@ class TrainConfig:
     # grown context trains only its new layers, so the transforms and thus the distortion stay
     # those of the start and the measured gain is the context's own.
     train_only: tuple[str, ...] = ()
+    # with extend_to a split-anchor preset: set each newly grown split-anchor context to the
+    # least-squares linear predictor from its decoded neighbours (context_fit.py) before training,
+    # instead of leaving it a no-op that gradient descent barely moves
+    fit_context: bool = False
 
 
 LR_FLOOR = 0.05  # the cosine schedule ends at this fraction of the peak lr
@@ -231,6 +235,24 @@ def grow_checkpoint(model: ConvNeXtCharm, path: Path) -> None:
     load_state(model, {**state, **fresh})
 
 
+def _fit_grown_contexts(model: ConvNeXtCharm, cfg: TrainConfig, sampler: CropSampler, log_path: Path) -> None:
+    """``fit_context``: fit the split-anchor contexts that growing added (context_fit.py) and
+    record what was chosen in the training log."""
+    from .context_fit import fit_split_context
+
+    if not (cfg.resume and cfg.extend_to and model.preset.split_anchors):
+        raise ValueError("fit_context needs --resume and --extend-to a split-anchor preset")
+    first_new = checkpoint_preset(cfg.resume).split_anchors
+    if first_new >= model.preset.split_anchors:
+        raise ValueError(f"{cfg.resume} already has every split-anchor context of {cfg.extend_to}: nothing to fit")
+    with log_path.open("a") as log:
+        for i in range(first_new, model.preset.split_anchors):
+            fits = fit_split_context(model, sampler, slice_index=i)
+            log.write(json.dumps({"fit_context": {"slice": i, "channels": [
+                {"channel": f.channel, "beta": round(f.beta, 4), "gamma": f.gamma,
+                 "bits_pct": round(f.gain_pct, 2)} for f in fits]}}) + "\n")
+
+
 def load_checkpoint(model: ConvNeXtCharm, path: Path) -> None:
     load_state(model, _checkpoint_state(path))
 
@@ -307,6 +329,12 @@ def train(cfg: TrainConfig, progress=None, sampler: CropSampler | None = None) -
         raise ValueError(f"no training image is at least {cfg.crop} px on each side")
     log_path = cfg.out.with_suffix(".log.jsonl")
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.fit_context:
+        _fit_grown_contexts(model, cfg, sampler, log_path)
+    if cfg.steps == 0:
+        model.eval()
+        save_weights(model, cfg.out, {"steps": "0"})
+        return cfg.out
     t0 = time.time()
     use_amp = cfg.amp and dev.type == "cuda"
     with log_path.open("a") as log:

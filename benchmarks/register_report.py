@@ -55,6 +55,12 @@ def _short(model_id: str) -> str:
     return model_id.removeprefix("compact-")
 
 
+def _presets(*model_ids: str) -> list[dict | None]:
+    """The registered presets of ``model_ids`` (None for an id the registry lacks)."""
+    reg = json.loads((ROOT / "archiver" / "codec" / "weights" / "registry.json").read_text())["models"]
+    return [reg.get(m, {}).get("preset") for m in model_ids]
+
+
 def kodak_section(new: str, old: str, day: str) -> list[str]:
     e0, e1, old0 = _load(f"kodak-{new}.json"), _load(f"kodak-{new}-effort1.json"), _load(f"kodak-{old}.json")
     if e0 is None:
@@ -145,8 +151,11 @@ def bars(new: str, old: str) -> list[str]:
     if wk is not None:
         s = wk["summary"]
         better = sum(v < 0 for v in s["per_image"].values())
+        presets = _presets(new, old)
+        why = ("same architecture: noise" if presets[0] == presets[1] else
+               "the architecture differs, see the registry's presets")
         out.append(f"Weights to weights on Kodak: {better} of {len(s['per_image'])} images better; decode time "
-                   f"x{s['decode_time_ratio']:.2f}, encode x{s['encode_time_ratio']:.2f} (same architecture: noise).")
+                   f"x{s['decode_time_ratio']:.2f}, encode x{s['encode_time_ratio']:.2f} ({why}).")
     return out
 
 

@@ -78,7 +78,8 @@ def test_older_presets_keep_their_meaning() -> None:
 
 @pytest.mark.parametrize("preset,size", [("complete8", (77, 50)), ("complete8", (128, 96)),
                                          ("complete8-cb", (77, 50)), ("complete8-cb", (160, 96)),
-                                         ("complete8-cb-split", (77, 50)), ("complete8-cb-split", (160, 96))])
+                                         ("complete8-cb-split", (77, 50)), ("complete8-cb-split", (160, 96)),
+                                         ("complete8-cb-split1", (77, 50))])
 def test_untrained_complete_weights_round_trip_bit_exactly(tmp_path: Path, preset: str, size: tuple[int, int]) -> None:
     """A candidate weights file (not registered) encodes and decodes through the real container,
     at sizes that are not multiples of the 32-px hyper-latent stride; with the checkerboard
@@ -144,10 +145,13 @@ def test_coding_passes_cover_every_position_once_in_checkerboard_order() -> None
         dataclasses.replace(PRESETS["complete8-cb"], split_anchors=9)
 
 
-def test_a_checkerboard_model_grows_split_anchors_that_start_as_a_no_op(tmp_path: Path) -> None:
-    """Grown from a checkerboard model, the split-anchor model codes the same symbols (real
-    container) and decodes to the same pixels until its new layers are trained; once they are not zero, its streams change and
-    still decode exactly (the tile checks compare every slice's symbols)."""
+@pytest.mark.parametrize("preset,n_split", [("complete8-cb-split1", 1), ("complete8-cb-split", 8)])
+def test_a_checkerboard_model_grows_split_anchors_that_start_as_a_no_op(tmp_path: Path, preset: str,
+                                                                         n_split: int) -> None:
+    """Grown from a checkerboard model, the split-anchor model (slice 0 only, or every slice)
+    codes the same symbols (real container) and decodes to the same pixels until its new layers
+    are trained; once they are not zero, its streams change and still decode exactly (the tile
+    checks compare every slice's symbols)."""
     from archiver.train import grow_checkpoint
 
     torch.manual_seed(3)
@@ -158,7 +162,9 @@ def test_a_checkerboard_model_grows_split_anchors_that_start_as_a_no_op(tmp_path
             sc.head.out.bias.normal_(0, 0.5)
     f = tmp_path / "base.safetensors"
     save_weights(base, f, {"steps": "0"})
-    grown = build_model("complete8-cb-split").eval()
+    grown = build_model(preset).eval()
+    assert len(grown.anchor_tf) == n_split
+    assert [len(grown.passes(i, 4, 4, "cpu")) for i in range(8)] == [3] * n_split + [2] * (8 - n_split)
     grow_checkpoint(grown, f)
     g = tmp_path / "grown.safetensors"
     save_weights(grown, g, {"steps": "0"})

@@ -23,7 +23,8 @@ from shared_paths import KODAK  # noqa: E402
 # 1.166 / 24.51; compact-v5 (complete design) 1.249 / 35.55 and 3.680 / 44.81; compact-v6 (compact-v5
 # trained on) 1.241 / 35.53 and 3.618 / 44.81; compact-v7 (compact-v6 trained on) 1.232 / 35.54 and
 # 3.607 / 44.79; compact-v8 (compact-v7 trained on) 1.228 / 35.50 and 3.592 / 44.76; compact-v9
-# (compact-v8 trained on) 1.225 / 35.51 and 3.588 / 44.74
+# (compact-v8 trained on) 1.225 / 35.51 and 3.588 / 44.74; compact-v10 (compact-v9 trained on, slice 0's
+# anchors split with a fitted context) 1.212 / 35.52 and 3.580 / 44.72
 EXPECTED = [
     ("compact-v1", 20.0, 0.25, 20.6),
     ("compact-v1", 80.0, 0.82, 21.4),
@@ -43,6 +44,8 @@ EXPECTED = [
     ("compact-v8", 80.0, 3.72, 44.5),
     ("compact-v9", 20.0, 1.28, 35.2),
     ("compact-v9", 80.0, 3.72, 44.5),
+    ("compact-v10", 20.0, 1.28, 35.2),
+    ("compact-v10", 80.0, 3.72, 44.5),
 ]
 _codecs: dict[str, Codec] = {}
 

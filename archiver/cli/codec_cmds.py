@@ -147,7 +147,7 @@ def info(src: Path, as_json: bool) -> None:
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="image folder (repeatable); e.g. ../shared/data/train/shard-00")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="output .safetensors")
-@click.option("--preset", default="complete8", type=click.Choice(["complete8-cb", "complete8-cb-split", "complete8", "complete16", "compact", "paper"]), show_default=True)
+@click.option("--preset", default="complete8", type=click.Choice(["complete8-cb", "complete8-cb-split1", "complete8-cb-split", "complete8", "complete16", "compact", "paper"]), show_default=True)
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="start from these weights")
 @click.option("--steps", default=1000, show_default=True)
 @click.option("--batch", default=8, show_default=True)
@@ -165,9 +165,12 @@ def info(src: Path, as_json: bool) -> None:
 @click.option("--threads", default=0, show_default=True, help="torch CPU threads (0: one per core)")
 @click.option("--entropy-lr-scale", default=1.0, show_default=True,
               help="lr factor of the entropy model (h_s, slice transforms, LRP, z density)")
-@click.option("--extend-to", default=None, type=click.Choice(["complete8-cb", "complete8-cb-split"]),
+@click.option("--extend-to", default=None, type=click.Choice(["complete8-cb", "complete8-cb-split1", "complete8-cb-split"]),
               help="with --resume: grow the resumed model into this preset (adds the checkerboard context, "
-                   "or splits the anchors' pass)")
+                   "or splits the anchors' pass of slice 0 or of every slice)")
+@click.option("--fit-context", is_flag=True,
+              help="with --extend-to a split-anchor preset: start each new split-anchor context as the least-squares "
+                   "linear predictor from its decoded neighbours, not as a no-op (with --steps 0: only that)")
 @click.option("--train-only", multiple=True, metavar="PREFIX",
               help="train only parameters whose names start with PREFIX (repeatable), e.g. anchor_tf.")
 @click.option("--upsample-prob", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
@@ -175,7 +178,8 @@ def info(src: Path, as_json: bool) -> None:
 @click.option("--upsample-max", default=2.0, show_default=True, type=click.FloatRange(1.0, 4.0),
               help="largest enlargement factor of those crops (drawn uniformly from 1 to this)")
 def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, max_minutes, seed, schedule,
-          warmup, q_sampling, threads, entropy_lr_scale, extend_to, train_only, upsample_prob, upsample_max) -> None:
+          warmup, q_sampling, threads, entropy_lr_scale, extend_to, fit_context, train_only, upsample_prob,
+          upsample_max) -> None:
     """Train the variable-rate model; logs loss/bpp/PSNR to OUT.log.jsonl."""
     from ..train import TrainConfig, train as run
 
@@ -185,7 +189,8 @@ def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, ma
                       lr=lr, device=device, compile=compile, max_minutes=max_minutes, seed=seed,
                       schedule=schedule, warmup=warmup, q_sampling=q_sampling, threads=threads,
                       entropy_lr_scale=entropy_lr_scale, extend_to=extend_to,
-                      upsample_prob=upsample_prob, upsample_max=upsample_max, train_only=tuple(train_only))
+                      upsample_prob=upsample_prob, upsample_max=upsample_max, train_only=tuple(train_only),
+                      fit_context=fit_context)
     ticker = _ticker()
     with _progress() as prog:
         task = prog.add_task("training", total=steps, info="")

@@ -232,7 +232,7 @@ class TileCoder:
                 mu_f = mu
                 for k, (mask, pos) in enumerate(passes):
                     if k:
-                        mu_k, scale_k = m.pass_params(i, k, len(passes), done, mu, scale)
+                        mu_k, scale_k = m.pass_params(i, k, len(passes), done, mu, scale, mu_f)
                         idx_k = m.scale_indexes(scale_k, on_grid=True)
                         if rdo is None:
                             sym_k = torch.clamp(round_half_up(y_i - mu_k), -SYMBOL_LIMIT, SYMBOL_LIMIT)
@@ -319,7 +319,7 @@ class TileCoder:
                 mu_f = mu
                 for k, (mask, pos) in enumerate(passes):
                     if k:
-                        mu_k, scale_k = m.pass_params(i, k, len(passes), sym, mu, scale)
+                        mu_k, scale_k = m.pass_params(i, k, len(passes), sym, mu, scale, mu_f)
                         # only this pass's positions need an index
                         flat.index_copy_(0, pos, self._decode(dec, m.scale_indexes(scale_k.reshape(-1)[pos], on_grid=True), device))
                         mu_f = torch.where(mask, mu_k, mu_f)
