@@ -7,7 +7,7 @@
 # Writes benchmarks/results/{kodak-NEW,kodak-NEW-effort1}.json (+ RD plots), floor-vs-avif-NEW.json,
 # rdo-study-kodak2x-all24-NEW.json, NEW-vs-OLD-kodak.json and NEW-vs-OLD-kodak2x.json; logs go to
 # runs/register-NEW/, and register_report.py's markdown of all of it to runs/register-NEW/report.md.
-# 13-20 minutes with nothing else running (13 for compact-v9).
+# 13-25 minutes with nothing else running (13 for compact-v9; 24 for compact-v10 on a machine running at half speed).
 set -euo pipefail
 NEW=${1:?new model id}
 OLD=${2:?model to beat}
