@@ -79,8 +79,8 @@ def _samples(model: ConvNeXtCharm, sampler: CropSampler, slice_index: int, batch
         sym = torch.floor(r + 0.5)  # the first pass's symbols: what the split pass sees
         c = m.slice_ch
         centre = r[:, :, 1:-1:2, 1:-1:2]
-        avg = (sym[:, :, 0:-2:2, 0:-2:2] + sym[:, :, 0:-2:2, 2::2] + sym[:, :, 2::2, 0:-2:2]
-               + sym[:, :, 2::2, 2::2]) / 4
+        h, w = sym.shape[2:]
+        avg = sum(sym[:, :, 1 + dy:h - 1 + dy:2, 1 + dx:w - 1 + dx:2] for dy, dx in DIAGONALS) / len(DIAGONALS)
         vals.append(centre.transpose(0, 1).reshape(c, -1))
         nbs.append(avg.transpose(0, 1).reshape(c, -1))
         scales.append(scale[:, :, 1:-1:2, 1:-1:2].transpose(0, 1).reshape(c, -1))
@@ -127,7 +127,7 @@ def fit_split_context(model: ConvNeXtCharm, sampler: CropSampler, slice_index: i
                   ctx.head.out.bias):
             p.zero_()
         for dy, dx in DIAGONALS:  # the symbols' channels of the depthwise: their diagonal average
-            ctx.dw.weight[:c, 0, 2 + dy, 2 + dx] = 0.25
+            ctx.dw.weight[:c, 0, 2 + dy, 2 + dx] = 1.0 / len(DIAGONALS)
         for j, f in enumerate(fits):
             u = 2 * j  # + and - the average (input channel k) through the ReLU
             ctx.head.inp.weight[u, f.channel] = 1.0
