@@ -9,9 +9,10 @@ residual of slice 0's second DC channel from 15.0 to 14.9 steps, while a plain l
 the mean of the four decoded diagonal neighbours, leaves 2.1 (8.9 against 50.9 on training crops).
 
 So the context is set, before any training, to exactly that predictor on the channels where it
-pays: the depthwise taps average the four diagonal neighbours' values; for each chosen channel k
-one pair of hidden units carries +/- that average through the ReLU, the output layer turns it
-into ``d_mu_k = beta_k * average``, and one hidden unit carries the slice's scale so that
+pays: the depthwise taps average the four nearest decoded neighbours' values (the diagonals for
+the split anchors; two steps away for a deeper split's lattice passes, ``pass_neighbours``); for
+each chosen channel k one pair of hidden units carries +/- that average through the ReLU, the
+output layer turns it into ``d_mu_k = beta_k * average``, and one hidden unit carries the slice's scale so that
 ``d_scale_k = (gamma_k - 1) * scale_k``. ``beta_k`` is the least-squares slope over training
 crops and ``gamma_k`` the factor, from a short list, that gives the fewest bits under the coder's
 own discrete Gaussian; a channel whose bits do not fall by ``min_gain`` keeps its exact no-op.
@@ -26,13 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .codec.model import ConvNeXtCharm
+from .codec.model import ConvNeXtCharm, pass_neighbours
 from .train import CropSampler, sample_qualities
 
 #: the candidate scale factors gamma (1.0: keep the hyperprior's scale)
 GAMMAS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1)
-#: the split pass's decoded neighbours: the four diagonals (coding_passes: even-even first)
-DIAGONALS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 
 
 @dataclass
@@ -49,10 +48,13 @@ class ChannelFit:
 
 
 @torch.no_grad()
-def _samples(model: ConvNeXtCharm, sampler: CropSampler, slice_index: int, batches: int,
+def _samples(model: ConvNeXtCharm, sampler: CropSampler, slice_index: int, pass_index: int, batches: int,
              batch: int, q_sampling: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(value, diagonal average, scale) per channel at the split pass's positions (odd rows and
-    columns), each (C, N): what the decoder will know there, from the float twin of the model."""
+    """(value, neighbours' average, scale) per channel at the positions of pass ``pass_index``,
+    each (C, N): what the decoder will know there, from the float twin of the model. Positions
+    closer to the border than the farthest neighbour are left out (their neighbours are
+    missing); the earlier passes' values are their residuals from the channel mean, rounded
+    (what the offsets of ``pass_params`` show a context)."""
     m = model
     dev = next(m.parameters()).device
     vals, nbs, scales = [], [], []
@@ -76,14 +78,23 @@ def _samples(model: ConvNeXtCharm, sampler: CropSampler, slice_index: int, batch
             decoded.append(y_hat + m.lrp(i, mean_sup, y_hat))
         assert y_i is not None
         r = y_i - mu
-        sym = torch.floor(r + 0.5)  # the first pass's symbols: what the split pass sees
+        h, w = r.shape[2:]
+        masks = m.passes(slice_index, h, w, r.device)
+        taps = pass_neighbours(len(masks), pass_index)
+        e = max(max(abs(dy), abs(dx)) for dy, dx in taps)
+        known = torch.stack(masks[:pass_index]).any(0)
+        sym = torch.where(known, torch.floor(r + 0.5), torch.zeros_like(r))
+        pad = torch.nn.functional.pad(sym, (e, e, e, e))
+        avg = sum(pad[:, :, e + dy:e + dy + h, e + dx:e + dx + w] for dy, dx in taps) / len(taps)
+        at = masks[pass_index].clone()
+        at[..., :e, :] = False
+        at[..., h - e:, :] = False
+        at[..., :, :e] = False
+        at[..., :, w - e:] = False
+        pos = at.expand_as(r)
         c = m.slice_ch
-        centre = r[:, :, 1:-1:2, 1:-1:2]
-        h, w = sym.shape[2:]
-        avg = sum(sym[:, :, 1 + dy:h - 1 + dy:2, 1 + dx:w - 1 + dx:2] for dy, dx in DIAGONALS) / len(DIAGONALS)
-        vals.append(centre.transpose(0, 1).reshape(c, -1))
-        nbs.append(avg.transpose(0, 1).reshape(c, -1))
-        scales.append(scale[:, :, 1:-1:2, 1:-1:2].transpose(0, 1).reshape(c, -1))
+        for out, t in ((vals, r), (nbs, avg), (scales, scale)):
+            out.append(t.transpose(0, 1)[pos.transpose(0, 1)].reshape(c, -1))
     return torch.cat(vals, 1).double(), torch.cat(nbs, 1).double(), torch.cat(scales, 1).double()
 
 
@@ -94,19 +105,26 @@ def _bits(model: ConvNeXtCharm, residual: Tensor, scale: Tensor) -> float:
 
 
 def fit_split_context(model: ConvNeXtCharm, sampler: CropSampler, slice_index: int = 0, batches: int = 30,
-                      batch: int = 4, min_gain: float = 0.03, q_sampling: str = "high") -> list[ChannelFit]:
-    """Set ``model.anchor_tf[slice_index]`` (a split-anchor context, as grown) to the fitted
-    linear predictor described in the module docstring; returns the channels it chose. The
-    model's other weights are read, never changed."""
+                      batch: int = 4, min_gain: float = 0.03, q_sampling: str = "high",
+                      pass_index: int | None = None) -> list[ChannelFit]:
+    """Set the context of pass ``pass_index`` of slice ``slice_index`` (a split-anchor or
+    lattice context, as grown; default: the split anchors' pass, ``anchor_tf``) to the fitted
+    linear predictor described in the module docstring, over that pass's four nearest decoded
+    neighbours (``pass_neighbours``); returns the channels it chose. The model's other weights
+    are read, never changed."""
     if slice_index >= model.preset.split_anchors:
         raise ValueError(f"slice {slice_index} has no split-anchor context (preset split_anchors="
                          f"{model.preset.split_anchors})")
+    n = len(model.passes(slice_index, 4, 4, "cpu"))
+    k = n - 2 if pass_index is None else pass_index
+    if not 0 < k < n - 1:
+        raise ValueError(f"pass {k} of slice {slice_index} has no split-anchor or lattice context (passes 1..{n - 2})")
     was_training = model.training
     model.eval()
-    val, avg, scale = _samples(model, sampler, slice_index, batches, batch, q_sampling)
+    val, avg, scale = _samples(model, sampler, slice_index, k, batches, batch, q_sampling)
     fits: list[ChannelFit] = []
-    for k in range(model.slice_ch):
-        a, b, s = val[k], avg[k], scale[k]
+    for ch in range(model.slice_ch):
+        a, b, s = val[ch], avg[ch], scale[ch]
         beta = float((a * b).sum() / (b * b).sum().clamp(min=1e-9))
         before = _bits(model, a, s)
         best = (before, 1.0)
@@ -115,8 +133,8 @@ def fit_split_context(model: ConvNeXtCharm, sampler: CropSampler, slice_index: i
             if got < best[0]:
                 best = (got, g)
         if best[0] < (1.0 - min_gain) * before:
-            fits.append(ChannelFit(k, beta, best[1], before, best[0]))
-    ctx = model.anchor_tf[slice_index]
+            fits.append(ChannelFit(ch, beta, best[1], before, best[0]))
+    ctx = model.pass_context(slice_index, k, n)
     c = model.slice_ch
     width = ctx.head.inp.weight.shape[0]
     if 3 * len(fits) > width:
@@ -126,8 +144,9 @@ def fit_split_context(model: ConvNeXtCharm, sampler: CropSampler, slice_index: i
         for p in (ctx.dw.weight, ctx.dw.bias, ctx.head.inp.weight, ctx.head.inp.bias, ctx.head.out.weight,
                   ctx.head.out.bias):
             p.zero_()
-        for dy, dx in DIAGONALS:  # the symbols' channels of the depthwise: their diagonal average
-            ctx.dw.weight[:c, 0, 2 + dy, 2 + dx] = 1.0 / len(DIAGONALS)
+        taps = pass_neighbours(n, k)
+        for dy, dx in taps:  # the symbols' channels of the depthwise: the neighbours' average
+            ctx.dw.weight[:c, 0, 2 + dy, 2 + dx] = 1.0 / len(taps)
         for j, f in enumerate(fits):
             u = 2 * j  # + and - the average (input channel k) through the ReLU
             ctx.head.inp.weight[u, f.channel] = 1.0

@@ -216,17 +216,20 @@ def _checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
             for k, v in load_file(str(path)).items()}
 
 
-GROWN_PREFIXES = ("spatial_tf.", "anchor_tf.")
+GROWN_PREFIXES = ("spatial_tf.", "anchor_tf.", "lattice_tf.")
 
 
 def grow_checkpoint(model: ConvNeXtCharm, path: Path) -> None:
     """Load a checkpoint into the same architecture with more spatial context: the checkerboard
-    (channel -> checkerboard) or split anchors (more ``split_anchors``). Only those context
-    layers may be missing from the file; they start as a no-op (SpatialContext), so the grown
-    model codes exactly as the file's did until it is trained."""
+    (channel -> checkerboard), split anchors (more ``split_anchors``) or a deeper split
+    (``split_depth``). Only those context layers may be missing from the file; they start as a
+    no-op (SpatialContext), so the grown model codes exactly as the file's did until it is
+    trained (a deeper split only reorders positions that keep their mean and scale)."""
     old = checkpoint_preset(path)
-    if dataclasses.replace(model.preset, context=old.context, context_width=old.context_width,
-                           split_anchors=old.split_anchors) != old or model.preset.split_anchors < old.split_anchors:
+    new = model.preset
+    if (dataclasses.replace(new, context=old.context, context_width=old.context_width,
+                            split_anchors=old.split_anchors, split_depth=old.split_depth) != old
+            or new.split_anchors < old.split_anchors or new.split_depth < old.split_depth):
         raise SystemExit(f"{path} is not {model.preset} with less spatial context: cannot grow it")
     state = _checkpoint_state(path)
     fresh = {k: v for k, v in model.state_dict().items() if k not in state}
@@ -235,20 +238,31 @@ def grow_checkpoint(model: ConvNeXtCharm, path: Path) -> None:
     load_state(model, {**state, **fresh})
 
 
+def grown_passes(model: ConvNeXtCharm, old: Preset) -> list[tuple[int, int]]:
+    """(slice, pass) of every split-anchor or lattice context that ``model`` has and a model of
+    preset ``old`` lacks: the ones growing added, in coding order."""
+    out = []
+    for i in range(model.preset.split_anchors):
+        n = len(model.passes(i, 4, 4, "cpu"))
+        had = 0 if i >= old.split_anchors else old.split_depth  # contexts before the last pass
+        out += [(i, k) for k in range(1, n - 1) if n - 1 - k > had]
+    return out
+
+
 def _fit_grown_contexts(model: ConvNeXtCharm, cfg: TrainConfig, sampler: CropSampler, log_path: Path) -> None:
-    """``fit_context``: fit the split-anchor contexts that growing added (context_fit.py) and
-    record what was chosen in the training log."""
+    """``fit_context``: fit the split-anchor and lattice contexts that growing added
+    (context_fit.py) and record what was chosen in the training log."""
     from .context_fit import fit_split_context
 
     if not (cfg.resume and cfg.extend_to and model.preset.split_anchors):
         raise ValueError("fit_context needs --resume and --extend-to a split-anchor preset")
-    first_new = checkpoint_preset(cfg.resume).split_anchors
-    if first_new >= model.preset.split_anchors:
+    todo = grown_passes(model, checkpoint_preset(cfg.resume))
+    if not todo:
         raise ValueError(f"{cfg.resume} already has every split-anchor context of {cfg.extend_to}: nothing to fit")
     with log_path.open("a") as log:
-        for i in range(first_new, model.preset.split_anchors):
-            fits = fit_split_context(model, sampler, slice_index=i)
-            log.write(json.dumps({"fit_context": {"slice": i, "channels": [
+        for i, k in todo:
+            fits = fit_split_context(model, sampler, slice_index=i, pass_index=k)
+            log.write(json.dumps({"fit_context": {"slice": i, "pass": k, "channels": [
                 {"channel": f.channel, "beta": round(f.beta, 4), "gamma": f.gamma,
                  "bits_pct": round(f.gain_pct, 2)} for f in fits]}}) + "\n")
 

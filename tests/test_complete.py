@@ -79,7 +79,8 @@ def test_older_presets_keep_their_meaning() -> None:
 @pytest.mark.parametrize("preset,size", [("complete8", (77, 50)), ("complete8", (128, 96)),
                                          ("complete8-cb", (77, 50)), ("complete8-cb", (160, 96)),
                                          ("complete8-cb-split", (77, 50)), ("complete8-cb-split", (160, 96)),
-                                         ("complete8-cb-split1", (77, 50))])
+                                         ("complete8-cb-split1", (77, 50)), ("complete8-cb-split1d3", (77, 50)),
+                                         ("complete8-cb-split1d3", (160, 96))])
 def test_untrained_complete_weights_round_trip_bit_exactly(tmp_path: Path, preset: str, size: tuple[int, int]) -> None:
     """A candidate weights file (not registered) encodes and decodes through the real container,
     at sizes that are not multiples of the 32-px hyper-latent stride; with the checkerboard
@@ -89,7 +90,8 @@ def test_untrained_complete_weights_round_trip_bit_exactly(tmp_path: Path, prese
     m = build_model(preset).eval()
     if "-cb" in preset:
         with torch.no_grad():
-            for sc in [*m.spatial_tf, *getattr(m, "anchor_tf", [])]:
+            lattice = [c for row in getattr(m, "lattice_tf", []) for c in row]
+            for sc in [*m.spatial_tf, *getattr(m, "anchor_tf", []), *lattice]:
                 sc.head.out.weight.normal_(0, 0.2)
                 sc.head.out.bias.normal_(0, 0.5)
     f = tmp_path / "cand.safetensors"
@@ -145,7 +147,49 @@ def test_coding_passes_cover_every_position_once_in_checkerboard_order() -> None
         dataclasses.replace(PRESETS["complete8-cb"], split_anchors=9)
 
 
-@pytest.mark.parametrize("preset,n_split", [("complete8-cb-split1", 1), ("complete8-cb-split", 8)])
+@pytest.mark.parametrize("depth", [2, 3])
+def test_deeper_splits_code_every_position_once_after_the_neighbours_their_context_reads(depth: int) -> None:
+    """A deeper split (split_depth) halves the first quarter as a checkerboard at twice the
+    spacing: only an eighth (depth 2) or a sixteenth (depth 3) of the positions has no decoded
+    neighbour, and every later pass's four nearest neighbours (pass_neighbours, what a fitted
+    context averages) are decoded before it wherever they lie inside the image."""
+    from archiver.codec.model import coding_passes, pass_neighbours
+
+    h, w = 12, 16
+    passes = coding_passes(h, w, "cpu", True, depth)
+    assert len(passes) == 2 + depth
+    total = torch.stack(passes).sum(0)
+    assert bool((total == 1).all())  # a partition
+    assert torch.equal(passes[-1], ~coding_passes(h, w, "cpu", False)[0])  # the non-anchors last
+    assert int(passes[0].sum()) == h * w // (4 * 2 ** (depth - 1))
+    assert bool(passes[0][0, 0, 0, 0])
+    for k in range(1, len(passes)):
+        done = torch.stack(passes[:k]).any(0)[0, 0]
+        for r, c in passes[k][0, 0].nonzero().tolist():
+            for dy, dx in pass_neighbours(len(passes), k):
+                if 0 <= r + dy < h and 0 <= c + dx < w:
+                    assert bool(done[r + dy, c + dx]), (depth, k, r, c, dy, dx)
+    m = build_model(f"complete8-cb-split1d{depth}")
+    assert len(m.lattice_tf[0]) == depth - 1
+    assert [len(m.passes(i, 8, 8, "cpu")) for i in range(8)] == [2 + depth] + [2] * 7
+    with pytest.raises(ValueError, match="split_depth"):
+        dataclasses.replace(PRESETS["complete8-cb"], split_depth=2)
+    with pytest.raises(ValueError, match="split_depth"):
+        dataclasses.replace(PRESETS["complete8-cb-split1"], split_depth=4)
+
+
+def test_grown_passes_names_the_contexts_a_deeper_split_adds() -> None:
+    from archiver.train import grown_passes
+
+    d3 = build_model("complete8-cb-split1d3")
+    assert grown_passes(d3, PRESETS["complete8-cb"]) == [(0, 1), (0, 2), (0, 3)]
+    assert grown_passes(d3, PRESETS["complete8-cb-split1"]) == [(0, 1), (0, 2)]
+    assert grown_passes(d3, PRESETS["complete8-cb-split1d2"]) == [(0, 1)]
+    assert grown_passes(build_model("complete8-cb-split1"), PRESETS["complete8-cb"]) == [(0, 1)]
+
+
+@pytest.mark.parametrize("preset,n_split", [("complete8-cb-split1", 1), ("complete8-cb-split", 8),
+                                            ("complete8-cb-split1d3", 1)])
 def test_a_checkerboard_model_grows_split_anchors_that_start_as_a_no_op(tmp_path: Path, preset: str,
                                                                          n_split: int) -> None:
     """Grown from a checkerboard model, the split-anchor model (slice 0 only, or every slice)
@@ -164,7 +208,8 @@ def test_a_checkerboard_model_grows_split_anchors_that_start_as_a_no_op(tmp_path
     save_weights(base, f, {"steps": "0"})
     grown = build_model(preset).eval()
     assert len(grown.anchor_tf) == n_split
-    assert [len(grown.passes(i, 4, 4, "cpu")) for i in range(8)] == [3] * n_split + [2] * (8 - n_split)
+    depth = grown.preset.split_depth
+    assert [len(grown.passes(i, 4, 4, "cpu")) for i in range(8)] == [2 + depth] * n_split + [2] * (8 - n_split)
     grow_checkpoint(grown, f)
     g = tmp_path / "grown.safetensors"
     save_weights(grown, g, {"steps": "0"})
@@ -180,7 +225,7 @@ def test_a_checkerboard_model_grows_split_anchors_that_start_as_a_no_op(tmp_path
     assert abs(len(b) - len(a)) < 0.002 * len(a)
     assert np.array_equal(Codec.from_weights_file(g, "cpu").decode(b).rgb, Codec.from_weights_file(f, "cpu").decode(a).rgb)
     with torch.no_grad():
-        for sc in grown.anchor_tf:
+        for sc in [*grown.anchor_tf, *(c for row in getattr(grown, "lattice_tf", []) for c in row)]:
             sc.head.out.weight.normal_(0, 0.2)
             sc.head.out.bias.normal_(0, 0.5)
     save_weights(grown, g, {"steps": "1"})

@@ -147,7 +147,7 @@ def info(src: Path, as_json: bool) -> None:
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="image folder (repeatable); e.g. ../shared/data/train/shard-00")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="output .safetensors")
-@click.option("--preset", default="complete8", type=click.Choice(["complete8-cb", "complete8-cb-split1", "complete8-cb-split", "complete8", "complete16", "compact", "paper"]), show_default=True)
+@click.option("--preset", default="complete8", type=click.Choice(["complete8-cb", "complete8-cb-split1", "complete8-cb-split1d2", "complete8-cb-split1d3", "complete8-cb-split", "complete8", "complete16", "compact", "paper"]), show_default=True)
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="start from these weights")
 @click.option("--steps", default=1000, show_default=True)
 @click.option("--batch", default=8, show_default=True)
@@ -165,12 +165,13 @@ def info(src: Path, as_json: bool) -> None:
 @click.option("--threads", default=0, show_default=True, help="torch CPU threads (0: one per core)")
 @click.option("--entropy-lr-scale", default=1.0, show_default=True,
               help="lr factor of the entropy model (h_s, slice transforms, LRP, z density)")
-@click.option("--extend-to", default=None, type=click.Choice(["complete8-cb", "complete8-cb-split1", "complete8-cb-split"]),
+@click.option("--extend-to", default=None, type=click.Choice(["complete8-cb", "complete8-cb-split1", "complete8-cb-split1d2",
+                                                                      "complete8-cb-split1d3", "complete8-cb-split"]),
               help="with --resume: grow the resumed model into this preset (adds the checkerboard context, "
-                   "or splits the anchors' pass of slice 0 or of every slice)")
+                   "splits the anchors' pass of slice 0 or of every slice, or splits slice 0's first quarter again)")
 @click.option("--fit-context", is_flag=True,
-              help="with --extend-to a split-anchor preset: start each new split-anchor context as the least-squares "
-                   "linear predictor from its decoded neighbours, not as a no-op (with --steps 0: only that)")
+              help="with --extend-to a split-anchor preset: start each new split-anchor or lattice context as the "
+                   "least-squares linear predictor from its decoded neighbours, not as a no-op (with --steps 0: only that)")
 @click.option("--train-only", multiple=True, metavar="PREFIX",
               help="train only parameters whose names start with PREFIX (repeatable), e.g. anchor_tf.")
 @click.option("--upsample-prob", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),

@@ -169,8 +169,8 @@ class TileCoder:
         index_select/index_copy_, not a mask scan (a benign race between threads at most builds
         an entry twice)."""
         _, c, h, w = shape
-        split = i < self.model.preset.split_anchors
-        key = (c, h, w, split, str(device))
+        p = self.model.preset
+        key = (c, h, w, p.split_depth if i < p.split_anchors else 0, str(device))
         got = self._passes_cache.get(key)
         if got is None:
             if len(self._passes_cache) > 64:  # odd sizes (edge tiles): never more than a few

@@ -94,6 +94,10 @@ class Preset:
     # checkerboard only: in the first ``split_anchors`` slices the anchors are coded in two
     # passes, and the second quarter of positions is refined from the first (see coding_passes)
     split_anchors: int = 0
+    # how often those slices' anchor lattice is halved (coding_passes): 1 = the anchors in two
+    # passes; 2 and 3 split the first quarter again, once or twice, so that only an eighth or a
+    # sixteenth of the positions is coded without any decoded neighbour
+    split_depth: int = 1
 
     def __post_init__(self) -> None:
         if self.scale_rule not in SCALE_RULES:
@@ -106,6 +110,10 @@ class Preset:
             raise ValueError(f"split_anchors must be in 0..{self.slices}")
         if self.split_anchors and self.context != "checkerboard":
             raise ValueError("split_anchors needs the checkerboard context")
+        if self.split_depth not in (1, 2, 3):
+            raise ValueError("split_depth must be 1, 2 or 3")
+        if self.split_depth > 1 and not self.split_anchors:
+            raise ValueError("split_depth > 1 needs split_anchors")
         if self.design == "complete" and self.latent != 3 * self.stride**2:
             raise ValueError("a complete design keeps every value: latent must be 3 * stride^2")
 
@@ -159,6 +167,14 @@ PRESETS: dict[str, Preset] = {
                                   full_hyper=False, scale_rule="nearest", design="complete", stride=8,
                                   expansion=2, lambda_min=0.01, lambda_max=1.6, context="checkerboard",
                                   split_anchors=1),
+    # complete8-cb-split1 with slice 0's first quarter split again, once (d2) or twice (d3):
+    # see coding_passes; grown with --extend-to (and --fit-context), the new layers start as a
+    # no-op
+    **{f"complete8-cb-split1d{d}": Preset(dims=(192,), depths=(2, 4), latent=192, hyper_width=128, z_channels=128,
+                                          hyper_blocks=1, slices=8, support=4, slice_width=96, slice_blocks=1,
+                                          full_hyper=False, scale_rule="nearest", design="complete", stride=8,
+                                          expansion=2, lambda_min=0.01, lambda_max=1.6, context="checkerboard",
+                                          split_anchors=1, split_depth=d) for d in (2, 3)},
     # the study's stride-16 variant: 16x16 DCT, 768 channels at 1/16 (docs/MODEL.md)
     "complete16": Preset(dims=(768,), depths=(2, 4), latent=768, hyper_width=128, z_channels=128,
                          hyper_blocks=1, slices=8, support=4, slice_width=128, slice_blocks=1,
@@ -202,23 +218,54 @@ def anchor_mask(h: int, w: int, device: torch.device | str) -> Tensor:
     return ((r + c) % 2 == 0)[None, None]
 
 
-def coding_passes(h: int, w: int, device: torch.device | str, split: bool) -> list[Tensor]:
+def coding_passes(h: int, w: int, device: torch.device | str, split: bool, depth: int = 1) -> list[Tensor]:
     """The coding passes of one checkerboard slice, as (1, 1, h, w) bool masks in coding order.
 
-    Unsplit: the anchors, then the rest. Split: the anchors at (even row, even column) first,
-    with the channel context only; then the other anchors, each of which sees the first quarter
-    on its four diagonals; then the rest, which sees every anchor. Why: the bit budget
-    (docs/BENCHMARKS.md) finds slice 0's anchors cost 2.8x the bits of its non-anchors, and
-    on smooth photos slice 0 holds 69 % of the bits; splitting leaves only a quarter of the
+    Unsplit: the anchors, then the rest. Split (``depth`` 1): the anchors at (even row, even
+    column) first, with the channel context only; then the other anchors, each of which sees the
+    first quarter on its four diagonals; then the rest, which sees every anchor. Why: the bit
+    budget (docs/BENCHMARKS.md) finds slice 0's anchors cost 2.8x the bits of its non-anchors,
+    and on smooth photos slice 0 holds 69 % of the bits; splitting leaves only a quarter of the
     positions without any spatial context instead of half (the four-pass idea of He et al.
-    2021 / ELIC, applied to the anchors only)."""
+    2021 / ELIC, applied to the anchors only).
+
+    Deeper splits halve that first quarter again, as a checkerboard of its own at twice the
+    spacing: ``depth`` 2 codes the quarter's positions with (row + column) divisible by 4 first,
+    then the rest of the quarter, each of which sees four of them two steps away along the axes;
+    ``depth`` 3 also splits those first ones, (row, column) both divisible by 4 first, then
+    (2 mod 4, 2 mod 4), which see four of them two steps away on the diagonals. A 5x5 context
+    reaches both. The passes' decoded neighbours: :func:`pass_neighbours`."""
     anchors = anchor_mask(h, w, device)
     if not split:
         return [anchors, ~anchors]
     r = torch.arange(h, device=device)[:, None]
     c = torch.arange(w, device=device)[None, :]
     first = ((r % 2 == 0) & (c % 2 == 0))[None, None]
-    return [first, anchors & ~first, ~anchors]
+    rest = [anchors & ~first, ~anchors]
+    if depth == 1:
+        return [first, *rest]
+    lattice = first & ((r + c) % 4 == 0)[None, None]
+    if depth == 2:
+        return [lattice, first & ~lattice, *rest]
+    corner = ((r % 4 == 0) & (c % 4 == 0))[None, None]
+    return [corner, lattice & ~corner, first & ~lattice, *rest]
+
+
+#: the decoded neighbours a refined pass leans on most, as (row, column) offsets: see
+#: pass_neighbours (the fitted start of a context, context_fit.py, averages them)
+DIAGONALS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+AXES_2 = ((-2, 0), (2, 0), (0, -2), (0, 2))
+DIAGONALS_2 = ((-2, -2), (-2, 2), (2, -2), (2, 2))
+
+
+def pass_neighbours(n_passes: int, k: int) -> tuple[tuple[int, int], ...]:
+    """The four nearest decoded neighbours of pass ``k`` of ``n_passes`` (coding_passes): the
+    last pass sees the anchors on its axes, the one before it the first quarter on its
+    diagonals; a deeper split's passes see the quarter's lattice two steps away, along the axes
+    (the pass before the diagonal one), then on the diagonals."""
+    if not 0 < k < n_passes:
+        raise ValueError(f"pass {k} of {n_passes} has no decoded neighbours")
+    return {1: ((-1, 0), (1, 0), (0, -1), (0, 1)), 2: DIAGONALS, 3: AXES_2, 4: DIAGONALS_2}[n_passes - k]
 
 
 class SpatialContext(nn.Module):
@@ -312,6 +359,12 @@ class ConvNeXtCharm(nn.Module):
         if p.split_anchors:
             self.anchor_tf = nn.ModuleList([SpatialContext(self.slice_ch, p.context_width)
                                             for _ in range(p.split_anchors)])
+        if p.split_depth > 1:
+            # lattice_tf[i][j]: slice i's pass that is j + 1 passes before its anchor_tf pass
+            # (pass_context), so a model grown deeper keeps the names of what it had
+            self.lattice_tf = nn.ModuleList([
+                nn.ModuleList([SpatialContext(self.slice_ch, p.context_width) for _ in range(p.split_depth - 1)])
+                for _ in range(p.split_anchors)])
         init = initial_log_gains(p)[:, None].repeat(1, m)
         self.log_gain = nn.Parameter(init.clone())
         self.log_inv_gain = nn.Parameter(-init.clone())
@@ -373,7 +426,18 @@ class ConvNeXtCharm(nn.Module):
 
     def passes(self, i: int, h: int, w: int, device: torch.device | str) -> list[Tensor]:
         """Slice ``i``'s coding passes (checkerboard models; see :func:`coding_passes`)."""
-        return coding_passes(h, w, device, i < self.preset.split_anchors)
+        split = i < self.preset.split_anchors
+        return coding_passes(h, w, device, split, self.preset.split_depth if split else 1)
+
+    def pass_context(self, i: int, k: int, n_passes: int) -> "SpatialContext":
+        """The context that refines pass ``k`` (> 0) of slice ``i``'s ``n_passes``: the last pass
+        has the checkerboard's (spatial_tf), the one before it the split anchors' (anchor_tf),
+        earlier ones a deeper split's (lattice_tf, counted back from there)."""
+        if k == n_passes - 1:
+            return self.spatial_tf[i]
+        if k == n_passes - 2:
+            return self.anchor_tf[i]
+        return self.lattice_tf[i][n_passes - 3 - k]
 
     def pass_params(self, i: int, k: int, n_passes: int, done: Tensor, mu: Tensor,
                     scale: Tensor, mu_done: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -393,9 +457,7 @@ class ConvNeXtCharm(nn.Module):
             return mu, scale
         if k >= 2 and mu_done is not None:
             done = done + (mu_done - mu)  # grid values, exact in float64
-        if k == n_passes - 1:
-            return self.spatial_tf[i](done, mu, scale)
-        return self.anchor_tf[i](done, mu, scale)
+        return self.pass_context(i, k, n_passes)(done, mu, scale)
 
     def lrp(self, i: int, mean_sup: list[Tensor], y_hat_i: Tensor) -> Tensor:
         r, = self._heads([self.lrp_tf[i]], [[*mean_sup, y_hat_i]])

@@ -158,7 +158,7 @@ def _state_from(blob: bytes) -> dict[str, torch.Tensor]:
 
 
 #: the exact layers (exact.py): what the decoder derives probabilities from
-EXACT_PREFIXES = ("h_s.", "mean_tf.", "scale_tf.", "lrp_tf.", "spatial_tf.", "anchor_tf.")
+EXACT_PREFIXES = ("h_s.", "mean_tf.", "scale_tf.", "lrp_tf.", "spatial_tf.", "anchor_tf.", "lattice_tf.")
 
 
 def _is_exact_param(name: str) -> bool:
