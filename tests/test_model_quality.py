@@ -24,7 +24,9 @@ from shared_paths import KODAK  # noqa: E402
 # trained on) 1.241 / 35.53 and 3.618 / 44.81; compact-v7 (compact-v6 trained on) 1.232 / 35.54 and
 # 3.607 / 44.79; compact-v8 (compact-v7 trained on) 1.228 / 35.50 and 3.592 / 44.76; compact-v9
 # (compact-v8 trained on) 1.225 / 35.51 and 3.588 / 44.74; compact-v10 (compact-v9 trained on, slice 0's
-# anchors split with a fitted context) 1.212 / 35.52 and 3.580 / 44.72
+# anchors split with a fitted context) 1.212 / 35.52 and 3.580 / 44.72; compact-v11 (compact-v10
+# trained on, slice 0's first quarter split twice more with fitted contexts) 1.192 / 35.50 and
+# 3.543 / 44.73
 EXPECTED = [
     ("compact-v1", 20.0, 0.25, 20.6),
     ("compact-v1", 80.0, 0.82, 21.4),
@@ -46,6 +48,8 @@ EXPECTED = [
     ("compact-v9", 80.0, 3.72, 44.5),
     ("compact-v10", 20.0, 1.28, 35.2),
     ("compact-v10", 80.0, 3.72, 44.5),
+    ("compact-v11", 20.0, 1.28, 35.2),
+    ("compact-v11", 80.0, 3.72, 44.5),
 ]
 _codecs: dict[str, Codec] = {}
 
