@@ -47,6 +47,43 @@ class ChannelFit:
         return 100.0 * (self.bits_after / self.bits_before - 1.0)
 
 
+def float_entropy_inputs(model: ConvNeXtCharm, x: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The gained latent ``y_g`` and the hyperprior's means and scales for images ``x`` at
+    qualities ``q``, from the float twin of the model with z rounded as the coder rounds it
+    (what ``forward`` computes before the slices)."""
+    gain, _ = model.gains(q)
+    yg = model.g_a(x).float() * gain
+    z = model.h_a(yg).float()
+    med = model.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
+    means_h, scales_h = model.hyper(torch.floor(z - med + 0.5) + med, exact=False)
+    return yg, means_h, scales_h
+
+
+def neighbours(t: Tensor, offsets: tuple[tuple[int, int], ...]) -> Tensor:
+    """``t`` (N, C, h, w) seen from each position's (row, column) ``offsets``, zero outside:
+    (N, C, h, w, len(offsets))."""
+    h, w = t.shape[2:]
+    e = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    pad = torch.nn.functional.pad(t, (e, e, e, e))
+    return torch.stack([pad[:, :, e + dy:e + dy + h, e + dx:e + dx + w] for dy, dx in offsets], -1)
+
+
+def interior(mask: Tensor, margin: int) -> Tensor:
+    """``mask`` without the positions closer than ``margin`` to the border (whose neighbours at
+    that distance are missing)."""
+    h, w = mask.shape[-2:]
+    out = torch.zeros_like(mask)
+    out[..., margin:h - margin, margin:w - margin] = mask[..., margin:h - margin, margin:w - margin]
+    return out
+
+
+def per_channel(t: Tensor, pos: Tensor) -> Tensor:
+    """The values of ``t`` (N, C, h, w, ...) at the (N, C, h, w) positions ``pos``, per channel:
+    (C, n, ...), every channel having the same positions."""
+    c = t.shape[1]
+    return t.transpose(0, 1)[pos.transpose(0, 1)].reshape(c, -1, *t.shape[4:])
+
+
 @torch.no_grad()
 def _samples(model: ConvNeXtCharm, sampler: CropSampler, slice_index: int, pass_index: int, batches: int,
              batch: int, q_sampling: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -60,13 +97,7 @@ def _samples(model: ConvNeXtCharm, sampler: CropSampler, slice_index: int, pass_
     vals, nbs, scales = [], [], []
     for _ in range(batches):
         x = sampler.batch(batch).to(dev)
-        q = sample_qualities(q_sampling, batch, dev)
-        gain, _ = m.gains(q)
-        yg = m.g_a(x).float() * gain
-        z = m.h_a(yg).float()
-        med = m.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
-        z_hat = torch.floor(z - med + 0.5) + med
-        means_h, scales_h = m.hyper(z_hat, exact=False)
+        yg, means_h, scales_h = float_entropy_inputs(m, x, sample_qualities(q_sampling, batch, dev))
         decoded: list[Tensor] = []
         y_i = None
         for i, part in enumerate(yg.chunk(m.preset.slices, dim=1)):
@@ -78,23 +109,14 @@ def _samples(model: ConvNeXtCharm, sampler: CropSampler, slice_index: int, pass_
             decoded.append(y_hat + m.lrp(i, mean_sup, y_hat))
         assert y_i is not None
         r = y_i - mu
-        h, w = r.shape[2:]
-        masks = m.passes(slice_index, h, w, r.device)
+        masks = m.passes(slice_index, r.shape[2], r.shape[3], r.device)
         taps = pass_neighbours(len(masks), pass_index)
-        e = max(max(abs(dy), abs(dx)) for dy, dx in taps)
         known = torch.stack(masks[:pass_index]).any(0)
         sym = torch.where(known, torch.floor(r + 0.5), torch.zeros_like(r))
-        pad = torch.nn.functional.pad(sym, (e, e, e, e))
-        avg = sum(pad[:, :, e + dy:e + dy + h, e + dx:e + dx + w] for dy, dx in taps) / len(taps)
-        at = masks[pass_index].clone()
-        at[..., :e, :] = False
-        at[..., h - e:, :] = False
-        at[..., :, :e] = False
-        at[..., :, w - e:] = False
-        pos = at.expand_as(r)
-        c = m.slice_ch
+        avg = neighbours(sym, taps).sum(-1) / len(taps)
+        pos = interior(masks[pass_index], max(max(abs(dy), abs(dx)) for dy, dx in taps)).expand_as(r)
         for out, t in ((vals, r), (nbs, avg), (scales, scale)):
-            out.append(t.transpose(0, 1)[pos.transpose(0, 1)].reshape(c, -1))
+            out.append(per_channel(t, pos))
     return torch.cat(vals, 1).double(), torch.cat(nbs, 1).double(), torch.cat(scales, 1).double()
 
 

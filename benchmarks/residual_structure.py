@@ -22,10 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from archiver.codec.registry import file_preset  # noqa: E402
 from archiver.codec.model import build_model  # noqa: E402
-from archiver.context_fit import GAMMAS, _bits  # noqa: E402
+from archiver.context_fit import GAMMAS, _bits, float_entropy_inputs, interior, neighbours, per_channel  # noqa: E402
 from archiver.train import CropSampler, find_images, load_checkpoint, sample_qualities  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+#: a pass's context window: every offset of its 5x5 depthwise kernel
+WINDOW = tuple((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3))
 
 
 @torch.no_grad()
@@ -34,13 +38,7 @@ def collect(model, sampler, slices: list[int], batches: int, batch: int) -> dict
     m = model
     for _ in range(batches):
         x = sampler.batch(batch)
-        q = sample_qualities("high", batch, x.device)
-        gain, _ = m.gains(q)
-        yg = m.g_a(x).float() * gain
-        z = m.h_a(yg).float()
-        med = m.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
-        z_hat = torch.floor(z - med + 0.5) + med
-        means_h, scales_h = m.hyper(z_hat, exact=False)
+        yg, means_h, scales_h = float_entropy_inputs(m, x, sample_qualities("high", batch, x.device))
         decoded = []
         for i, y_i in enumerate(yg.chunk(m.preset.slices, dim=1)):
             mu, scale, mean_sup = m.slice_params(i, means_h, scales_h, decoded)
@@ -53,21 +51,11 @@ def collect(model, sampler, slices: list[int], batches: int, batch: int) -> dict
                     off = done + (mu_f - mu)  # what the pass's context reads (zero where undecoded)
                     known = torch.stack(masks[:k]).any(0).expand_as(off)
                     off = torch.where(known, off, torch.zeros_like(off))
-                    h, w = off.shape[2:]
-                    pad = torch.nn.functional.pad(off, (2, 2, 2, 2))
-                    taps = torch.stack([pad[:, :, 2 + dy:2 + dy + h, 2 + dx:2 + dx + w]
-                                        for dy in range(-2, 3) for dx in range(-2, 3)], -1)
-                    at = mask.clone()
-                    at[..., :2, :] = False
-                    at[..., h - 2:, :] = False
-                    at[..., :, :2] = False
-                    at[..., :, w - 2:] = False
-                    pos = at.expand_as(off).transpose(0, 1)
-                    c = off.shape[1]
+                    pos = interior(mask, 2).expand_as(off)
                     rec = out.setdefault((i, k), {"r": [], "s": [], "t": []})
-                    rec["r"].append((y_i - mu_k).transpose(0, 1)[pos].reshape(c, -1))
-                    rec["s"].append(scale_k.transpose(0, 1)[pos].reshape(c, -1))
-                    rec["t"].append(taps.transpose(0, 1)[pos].reshape(c, -1, 25))
+                    rec["r"].append(per_channel(y_i - mu_k, pos))
+                    rec["s"].append(per_channel(scale_k, pos))
+                    rec["t"].append(per_channel(neighbours(off, WINDOW), pos))
                 sym = torch.floor(y_i - mu_k + 0.5)
                 done = torch.where(mask, sym, done)
                 mu_f = torch.where(mask, mu_k, mu_f)
