@@ -315,6 +315,10 @@ def train(cfg: TrainConfig, progress=None, sampler: CropSampler | None = None) -
     elif cfg.resume:
         model = build_model(cfg.resume_preset or checkpoint_preset(cfg.resume))
         load_checkpoint(model, cfg.resume)
+        if model.preset.y_tables != "gaussian":
+            # fitted y tables (table_fit) describe the weights they were fitted to; training moves
+            # the weights, so what it writes carries Gaussian tables again (fit anew before shipping)
+            model.preset = dataclasses.replace(model.preset, y_tables="gaussian")
     else:
         model = build_model(cfg.preset)
     model.to(dev).train()

@@ -6,7 +6,7 @@ API, every stream is decoded with the real decoder, and the per-image (bpp, PSNR
 compared with BD-rate. Decode seconds are summed per side, since a context costs decode time.
 
     python benchmarks/weights_compare.py BASE.safetensors CAND.safetensors \
-        [--images kodim01 ...] [--qualities 0 33 67 100] [--upsample 2 --crop 1024] [--out F.json]
+        [--images kodim01 ...] [--qualities 0 33 67 100] [--upsample 2 --crop 1024] [--effort 1] [--out F.json]
 
 Without --images: all 24 Kodak images.
 """
@@ -31,14 +31,14 @@ from archiver.metrics import psnr  # noqa: E402
 from rdo_study import load  # noqa: E402
 
 
-def curves(weights: Path, images: list, qualities: list[float]) -> dict:
+def curves(weights: Path, images: list, qualities: list[float], effort: int = 0) -> dict:
     codec = api.Codec.from_weights_file(weights, "cpu")
     out: dict = {"bpp": [], "psnr": [], "dec_s": 0.0, "enc_s": 0.0}
     for name, img in images:
         bpps, ps = [], []
         for q in qualities:
             t = time.perf_counter()
-            data = codec.encode(img, quality=q)
+            data = codec.encode(img, quality=q, effort=effort)
             out["enc_s"] += time.perf_counter() - t
             t = time.perf_counter()
             dec = codec.decode(data)
@@ -60,11 +60,13 @@ def main() -> None:
     ap.add_argument("--upsample", type=int, default=1)
     ap.add_argument("--crop", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--effort", type=int, default=0, help="encoder effort of both sides (1: RDOQ, the default of "
+                    "`recompress`; needed where the candidate changes the tables RDOQ prices with)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     images = [(n, from_pil(load(n, a.upsample, a.crop))) for n in a.images]
-    base, cand = curves(a.base, images, a.qualities), curves(a.cand, images, a.qualities)
+    base, cand = curves(a.base, images, a.qualities, a.effort), curves(a.cand, images, a.qualities, a.effort)
     per = [bd_rate(base["bpp"][k], base["psnr"][k], cand["bpp"][k], cand["psnr"][k]) for k in range(len(images))]
     summary = {"bd_rate_pct": float(np.mean(per)), "per_image": dict(zip(a.images, per)),
                "decode_time_ratio": cand["dec_s"] / base["dec_s"], "encode_time_ratio": cand["enc_s"] / base["enc_s"]}

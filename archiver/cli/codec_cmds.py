@@ -1,4 +1,4 @@
-"""Codec front door: ``archiver encode|decode|info|train|eval|register-model|models``. Thin wrappers
+"""Codec front door: ``archiver encode|decode|info|train|fit-tables|eval|register-model|models``. Thin wrappers
 over archiver.codec (and, for ``models --db``, the ledger)."""
 
 from __future__ import annotations
@@ -203,6 +203,48 @@ def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, ma
                 console.print(f"training: step {step}/{total} | {info}", highlight=False)
 
         run(cfg, cb)
+    console.print(f"weights written to {escape(str(out))}")
+
+
+@click.command("fit-tables")
+@click.argument("weights", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="training image folder (repeatable); never the evaluation set")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="output .safetensors")
+@click.option("--crops", default=48, show_default=True, type=click.IntRange(2, 10_000), help="training crops coded")
+@click.option("--crop", default=384, show_default=True, help="crop size, a multiple of 64")
+@click.option("--rounds", default=2, show_default=True, type=click.IntRange(1, 5),
+              help="count, fit, and count again with the fitted tables (RDOQ prices its choices with them)")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--threads", default=0, show_default=True, help="torch CPU threads (0: one per core)")
+@effort_option
+def fit_tables(weights: Path, data, out: Path, crops: int, crop: int, rounds: int, seed: int, threads: int,
+               effort: int | None) -> None:
+    """Fit WEIGHTS' y CDF tables to the symbols the encoder writes on training crops (the step
+    before register-model; the decoder is unchanged, only the tables' contents)."""
+    import torch
+
+    from ..codec.default import DEFAULT_EFFORT
+    from ..table_fit import fit_weights_file
+
+    if crop % 64:
+        raise click.UsageError("--crop must be a multiple of 64")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    eff = DEFAULT_EFFORT if effort is None else effort
+    with _progress() as prog:
+        task = prog.add_task("coding crops", total=None, info="")
+
+        def cb(r: int, done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total, info=f"round {r}/{rounds}")
+
+        try:
+            fit = fit_weights_file(weights, out, list(data), crops=crops, crop=crop, effort=eff, rounds=rounds,
+                                   seed=seed, progress=cb)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+    console.print(f"{fit.symbols:,} symbols (effort {eff}): {fit.change_pct:+.2f} % bits against the Gaussian "
+                  f"tables; held out (fitted on half the crops, priced on the other half) {fit.heldout_pct:+.2f} %")
     console.print(f"weights written to {escape(str(out))}")
 
 
@@ -437,4 +479,4 @@ def finetune(source, new_id, base_model, sample, holdout, minutes, seed, force, 
         raise SystemExit(1)
 
 
-COMMANDS = [encode, decode, info, train, evaluate, register_model, models, finetune]
+COMMANDS = [encode, decode, info, train, fit_tables, evaluate, register_model, models, finetune]

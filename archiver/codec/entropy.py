@@ -187,10 +187,13 @@ class TileCoder:
 
     @torch.no_grad()
     def encode(self, y_g: Tensor, hasher: "hashlib._Hash", code: bool = True,
-               rdo: RdoParams | None = None) -> CodedTile:
+               rdo: RdoParams | None = None,
+               observe: Callable[[int, Tensor, Tensor], None] | None = None) -> CodedTile:
         """Code one tile's gained latent ``y_g`` (1, M, h, w). ``code=False`` only computes the
         decoded latents (``y_hat``), for the quality search. ``rdo``: choose each symbol by rate
         and distortion (rdo.py) instead of rounding it; the decoder is the same either way.
+        ``observe(slice, symbols, indexes)`` sees every y symbol with its scale index, flat and
+        in coding order, whether or not ``code`` (``archiver.table_fit`` counts them).
         Keeps no state between calls, so several threads may code with one model
         (``workers.codec_slots``)."""
         m = self.model
@@ -222,6 +225,8 @@ class TileCoder:
                 weight = rdo.weight[:, i * sc:(i + 1) * sc]
                 sym = choose(y_i - mu, idx, weight, rates, SYMBOL_LIMIT)
             if not checkerboard:
+                if observe is not None:
+                    observe(i, sym.reshape(-1), idx.reshape(-1))
                 if code:
                     self._code(enc, sym.reshape(-1), idx.reshape(-1))
             else:
@@ -241,6 +246,8 @@ class TileCoder:
                         mu_f = torch.where(mask, mu_k, mu_f)
                     else:
                         sym_k, idx_k = sym, idx
+                    if observe is not None:
+                        observe(i, sym_k.reshape(-1)[pos], idx_k.reshape(-1)[pos])
                     if code:
                         self._code(enc, sym_k.reshape(-1)[pos], idx_k.reshape(-1)[pos])
                     done = torch.where(mask, sym_k, done)

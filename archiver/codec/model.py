@@ -48,6 +48,9 @@ def quality_to_lambda(q: float, preset: "Preset | None" = None) -> float:
 
 
 SCALE_RULES = ("up", "nearest")
+#: where the y symbols' CDF tables come from: "gaussian" (built from the scale table at export)
+#: or "fitted" (measured on the symbols the encoder writes, ``archiver.table_fit``; shipped as is)
+Y_TABLES = ("gaussian", "fitted")
 DESIGNS = ("compact", "complete")
 CONTEXTS = ("channel", "checkerboard")
 
@@ -98,6 +101,10 @@ class Preset:
     # passes; 2 and 3 split the first quarter again, once or twice, so that only an eighth or a
     # sixteenth of the positions is coded without any decoded neighbour
     split_depth: int = 1
+    # "gaussian": each scale index's table is the quantised Gaussian of that scale (what the
+    # model trains under); "fitted": the tables were fitted to the symbols the encoder writes
+    # (``archiver fit-tables``) and ship as they are. Same offsets and lengths, same decoder.
+    y_tables: str = "gaussian"
 
     def __post_init__(self) -> None:
         if self.scale_rule not in SCALE_RULES:
@@ -110,6 +117,8 @@ class Preset:
             raise ValueError(f"split_anchors must be in 0..{self.slices}")
         if self.split_anchors and self.context != "checkerboard":
             raise ValueError("split_anchors needs the checkerboard context")
+        if self.y_tables not in Y_TABLES:
+            raise ValueError(f"unknown y_tables {self.y_tables!r}; known: {Y_TABLES}")
         if self.split_depth not in (1, 2, 3):
             raise ValueError("split_depth must be 1, 2 or 3")
         if self.split_depth > 1 and not self.split_anchors:
@@ -535,9 +544,11 @@ class ConvNeXtCharm(nn.Module):
         return self.entropy_bottleneck.loss()
 
     def update_tables(self) -> None:
-        """Build the CDF tables that ship with the weights (never rebuilt on a decoding machine)."""
+        """Build the CDF tables that ship with the weights (never rebuilt on a decoding machine).
+        Fitted y tables (``preset.y_tables``) are kept as they are once they exist."""
         self.entropy_bottleneck.update(force=True)
-        self.gaussian_conditional.update_scale_table(self.scale_table.tolist(), force=True)
+        if self.preset.y_tables == "gaussian" or self.gaussian_conditional._quantized_cdf.numel() == 0:
+            self.gaussian_conditional.update_scale_table(self.scale_table.tolist(), force=True)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
