@@ -42,11 +42,13 @@ $PY benchmarks/rdo_study.py --model "$NEW" --images $(for i in $(seq -w 1 24); d
   --out "$R/rdo-study-kodak2x-all24-$NEW.json" > "$LOG/rdo-2x-all24.txt" 2>&1 & rdo=$!
 wait $floor; wait $rdo
 date
-# 3. NEW against OLD, weights to weights: Kodak 24 x 4 qualities, and the three-image 2x proxy
+# 3. NEW against OLD, weights to weights: Kodak 24 x 4 qualities, and the three-image 2x proxy, at
+#    effort 1, the default (through compact-v11 these ran at effort 0; fitted y tables change what
+#    RDOQ chooses, so the default effort is the one that counts)
 W=archiver/codec/weights
-$PY benchmarks/weights_compare.py "$W/$OLD.safetensors" "$W/$NEW.safetensors" --threads 2 \
+$PY benchmarks/weights_compare.py "$W/$OLD.safetensors" "$W/$NEW.safetensors" --threads 2 --effort 1 \
   --out "$R/$NEW-vs-${OLD#compact-}-kodak.json" > "$LOG/vs-old-kodak.txt" 2>&1
-$PY benchmarks/weights_compare.py "$W/$OLD.safetensors" "$W/$NEW.safetensors" --threads 2 \
+$PY benchmarks/weights_compare.py "$W/$OLD.safetensors" "$W/$NEW.safetensors" --threads 2 --effort 1 \
   --images kodim03 kodim23 kodim05 --upsample 2 --crop 1024 --qualities 20 40 60 \
   --out "$R/$NEW-vs-${OLD#compact-}-kodak2x.json" > "$LOG/vs-old-kodak2x.txt" 2>&1
 date

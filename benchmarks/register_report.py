@@ -118,7 +118,8 @@ def bars(new: str, old: str) -> list[str]:
         if d is None:
             return "-"
         per = d["summary"]["per_image"].values()
-        return f"{_pct(d['summary']['bd_rate_pct'], True)} ({_pct(min(per))} … {_pct(max(per))})"
+        effort = d.get("args", {}).get("effort", "0")  # files before the eleventh session: effort 0
+        return f"{_pct(d['summary']['bd_rate_pct'], True)} ({_pct(min(per))} … {_pct(max(per))}; effort {effort})"
 
     out = [f"| measure | {new} | {old} | bar |", "|---|---:|---:|---:|",
            f"| Kodak 24 × 8 q vs {old}, effort 0 / 1 | {_pct(_bd(e0, f'kodak-{old}.json'), True)} / "

@@ -81,7 +81,7 @@ def test_finetune_publishes_to_s3_store_and_a_fresh_process_decodes(tmp_path: Pa
     res = finetune(cfg, st, progress=lambda phase, d, t, i: phases.add(phase.split()[0]))
     bd = res.record["measured"]["bd_rate_pct"]  # a few steps: either sign; --force registers it regardless
     assert res.registered and res.reason.startswith("better" if bd is not None and bd < 0 else "forced")
-    assert {"fetching", "measuring", "training"} <= phases
+    assert {"fetching", "measuring", "training", "fitting"} <= phases
 
     rec = res.record
     src = rec["source"]
@@ -102,6 +102,8 @@ def test_finetune_publishes_to_s3_store_and_a_fresh_process_decodes(tmp_path: Pa
     stored = json.loads(s3_client.get_object(Bucket=bucket, Key="models/site-a1.json")["Body"].read())
     assert stored["sha256"] == hashlib.sha256(blob).hexdigest() == rec["sha256"]
     assert stored["preset"]["context"] == "checkerboard" and stored["created"]
+    # its y tables were fitted on the training part's crops (table_fit), and the record says so
+    assert stored["preset"]["y_tables"] == "fitted" and rec["training"]["table_fit"]["symbols"] > 0
 
     # ids are never reused: not the store's, not the package's
     with pytest.raises(FinetuneError) as e:
