@@ -95,6 +95,9 @@ class TrainConfig:
     # least-squares linear predictor from its decoded neighbours (context_fit.py) before training,
     # instead of leaving it a no-op that gradient descent barely moves
     fit_context: bool = False
+    # > 0: train on the symbols effort 1's RDOQ would write at this strength (api.RDO_STRENGTH is
+    # 1.5), not on rounded ones (ConvNeXtCharm._train_quantize); 0: rounding, as always before
+    rdo_strength: float = 0.0
 
 
 LR_FLOOR = 0.05  # the cosine schedule ends at this fraction of the peak lr
@@ -322,6 +325,7 @@ def train(cfg: TrainConfig, progress=None, sampler: CropSampler | None = None) -
     else:
         model = build_model(cfg.preset)
     model.to(dev).train()
+    model.train_rdo_strength = cfg.rdo_strength
     if cfg.train_only:
         for n, p in model.named_parameters():
             p.requires_grad_(n.startswith(cfg.train_only))

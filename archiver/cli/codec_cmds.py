@@ -178,9 +178,12 @@ def info(src: Path, as_json: bool) -> None:
               help="share of crops cut smaller and enlarged to --crop (smooth, camera-like content)")
 @click.option("--upsample-max", default=2.0, show_default=True, type=click.FloatRange(1.0, 4.0),
               help="largest enlargement factor of those crops (drawn uniformly from 1 to this)")
+@click.option("--rdo-strength", default=0.0, show_default=True, type=click.FloatRange(0.0, 100.0),
+              help="train on the symbols effort 1's RDOQ writes at this strength (the encoder's is 1.5) "
+                   "instead of rounded ones (0)")
 def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, max_minutes, seed, schedule,
           warmup, q_sampling, threads, entropy_lr_scale, extend_to, fit_context, train_only, upsample_prob,
-          upsample_max) -> None:
+          upsample_max, rdo_strength) -> None:
     """Train the variable-rate model; logs loss/bpp/PSNR to OUT.log.jsonl."""
     from ..train import TrainConfig, train as run
 
@@ -191,7 +194,7 @@ def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, ma
                       schedule=schedule, warmup=warmup, q_sampling=q_sampling, threads=threads,
                       entropy_lr_scale=entropy_lr_scale, extend_to=extend_to,
                       upsample_prob=upsample_prob, upsample_max=upsample_max, train_only=tuple(train_only),
-                      fit_context=fit_context)
+                      fit_context=fit_context, rdo_strength=rdo_strength)
     ticker = _ticker()
     with _progress() as prog:
         task = prog.add_task("training", total=steps, info="")

@@ -381,6 +381,9 @@ class ConvNeXtCharm(nn.Module):
         self.gaussian_conditional = GaussianConditional(None)
         self.register_buffer("scale_table", torch.tensor(scale_table(), dtype=torch.float32))
         self.refresh_scale_bounds()
+        # training only (not part of the preset, never shipped): > 0 makes ``forward`` choose each
+        # symbol as effort 1's RDOQ does (``_train_quantize``) instead of rounding it
+        self.train_rdo_strength = 0.0
 
     # ---- variable rate -------------------------------------------------------------------
     def gains(self, q: Tensor) -> tuple[Tensor, Tensor]:
@@ -507,9 +510,37 @@ class ConvNeXtCharm(nn.Module):
         self._lut = None
 
     # ---- training --------------------------------------------------------------------------
+    def _train_quantize(self, r: Tensor, scale: Tensor, weight: Tensor | None) -> Tensor:
+        """The symbols of residuals ``r`` (straight-through gradients). ``weight`` None: rounding,
+        as effort 0 writes them. Otherwise each symbol is the one of the two integers around
+        ``r`` with the smaller ``weight * (r - s)**2 + bits(s)``, bits from the discrete Gaussian
+        of ``scale``: what effort 1 (``rdo.choose``, with the shipped tables) writes, so that the
+        synthesis, LRP and the later passes' contexts train on the symbols the default encoder
+        produces (they were trained on rounding, and RDOQ moves symbols toward zero)."""
+        if weight is None:
+            return ste(r, round_half_up)
+        with torch.no_grad():
+            lo = torch.floor(r)
+            hi = lo + 1.0
+            gc = self.gaussian_conditional
+            s = scale.clamp(min=SCALE_MIN)
+
+            def cost(v: Tensor) -> Tensor:
+                bits = -torch.log2(gc._likelihood(v, s).clamp(min=1e-9))
+                return weight * (r - v) ** 2 + bits
+
+            sym = torch.where(cost(hi) < cost(lo), hi, lo)
+        return r + (sym - r).detach()
+
     def forward(self, x: Tensor, q: Tensor) -> dict[str, Tensor]:
         """Training/evaluation pass with noise-based rate estimates (no entropy coding)."""
         gain, inv_gain = self.gains(q)
+        weights: list[Tensor | None] = [None] * self.preset.slices
+        if self.training and self.train_rdo_strength > 0:
+            p = self.preset
+            lam = p.lambda_min * (p.lambda_max / p.lambda_min) ** (q.clamp(0.0, 100.0) / 100.0)
+            w = (self.train_rdo_strength * lam * 255.0**2 / 3.0)[:, None, None, None] * inv_gain.detach() ** 2
+            weights = list(w.chunk(p.slices, dim=1))
         y = self.g_a(x)
         yg = y.float() * gain
         z = self.h_a(yg).float()
@@ -528,12 +559,12 @@ class ConvNeXtCharm(nn.Module):
                 for k, mask in enumerate(masks):
                     mu_k, scale_k = self.pass_params(i, k, len(masks), done, mu, scale, mu_f)
                     if k < len(masks) - 1:
-                        done = torch.where(mask, ste(y_i - mu_k, round_half_up), done)
+                        done = torch.where(mask, self._train_quantize(y_i - mu_k, scale_k, weights[i]), done)
                     mu_f, scale_f = torch.where(mask, mu_k, mu_f), torch.where(mask, scale_k, scale_f)
                 mu, scale = mu_f, scale_f
             _, lik = self.gaussian_conditional(y_i, scale, means=mu)
             liks.append(lik)
-            y_hat_i = to_grid(ste(y_i - mu, round_half_up) + mu)
+            y_hat_i = to_grid(self._train_quantize(y_i - mu, scale, weights[i]) + mu)
             y_hat_i = y_hat_i + self.lrp(i, mean_sup, y_hat_i)
             decoded.append(y_hat_i)
         y_hat = torch.cat(decoded, dim=1)
