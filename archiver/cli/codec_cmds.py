@@ -220,7 +220,9 @@ def train(data, out, preset, resume, steps, batch, crop, lr, device, compile, ma
               help="count, fit, and count again with the fitted tables (RDOQ prices its choices with them)")
 @click.option("--seed", default=7, show_default=True)
 @click.option("--threads", default=0, show_default=True, help="torch CPU threads (0: one per core)")
-@effort_option
+@click.option("--effort", type=click.IntRange(min(EFFORTS), max(EFFORTS)), default=None,
+              help="the encoder effort whose symbols the tables are fitted to [default: the package's "
+                   "default effort, 1]")
 def fit_tables(weights: Path, data, out: Path, crops: int, crop: int, rounds: int, seed: int, threads: int,
                effort: int | None) -> None:
     """Fit WEIGHTS' y CDF tables to the symbols the encoder writes on training crops (the step
