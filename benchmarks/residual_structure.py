@@ -66,6 +66,16 @@ def collect(model, sampler, slices: list[int], batches: int, batch: int) -> dict
     return {key: {n: torch.cat(v, 1).double() for n, v in rec.items()} for key, rec in out.items()}
 
 
+def model_and_sampler(weights: Path, crop: int, seed: int) -> tuple:
+    """The weights file's model (eval mode) and a sampler of training crops cut as training cuts
+    them (60 % enlarged up to 4x): the setup of this study and of ``activity_study.py``."""
+    model = build_model(file_preset(weights)[0])
+    load_checkpoint(model, weights)
+    model.eval()
+    images = [p for i in range(7) for p in find_images([SHARED / "data" / "train" / f"shard-0{i}"])]
+    return model, CropSampler(images, crop, seed=seed, upsample_prob=0.6, upsample_max=4.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("weights", type=Path)
@@ -81,11 +91,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = build_model(file_preset(args.weights)[0])
-    load_checkpoint(model, args.weights)
-    model.eval()
-    images = [p for i in range(7) for p in find_images([SHARED / "data" / "train" / f"shard-0{i}"])]
-    sampler = CropSampler(images, args.crop, seed=args.seed, upsample_prob=0.6, upsample_max=4.0)
+    model, sampler = model_and_sampler(args.weights, args.crop, args.seed)
     data = collect(model, sampler, args.slices, args.batches, args.batch)
     for (i, k), d in sorted(data.items()):
         total_before = total_after = 0.0
@@ -94,7 +100,7 @@ def main() -> None:
             r, s, t = d["r"][ch], d["s"][ch], d["t"][ch]
             keep = t.abs().sum(0) > 0
             t = t[:, keep]
-            coef = torch.linalg.lstsq(t, r[:, None]).solution[:, 0] if t.shape[1] else torch.zeros(0)
+            coef = torch.linalg.lstsq(t, r[:, None]).solution[:, 0] if t.shape[1] else t.new_zeros(0)
             before = _bits(model, r, s)
             after = min(_bits(model, r - t @ coef, s * g) for g in GAMMAS)
             after = min(after, before)
