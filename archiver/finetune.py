@@ -274,20 +274,15 @@ def fit_user_tables(weights: Path, sampler: Any, cfg: FinetuneConfig,
     """Fit the fine-tuned weights' y tables (``archiver.table_fit``) on crops of the training part
     (never the held-out part), at the default effort, and rewrite ``weights`` with them."""
     from .codec.default import DEFAULT_EFFORT
-    from .codec.registry import file_preset, load_weights_file, save_weights
-    from .table_fit import fit_tables
-
-    model, _ = load_weights_file(weights, "cpu")
-    meta = {k: v for k, v in file_preset(weights)[1].items() if k != "preset"}
+    from .table_fit import fit_file
 
     def cb(r: int, done: int, total: int) -> None:
         if progress:
             progress("fitting tables", (r - 1) * total + done, 2 * total, f"round {r}/2")
 
-    fit = fit_tables(model, sampler.batch(cfg.fit_crops), effort=DEFAULT_EFFORT, rounds=2, progress=cb)
-    save_weights(model, weights, meta)
-    return {"crops": cfg.fit_crops, "crop": sampler.crop, "symbols": fit.symbols,
-            "change_pct": round(fit.change_pct, 3), "heldout_pct": round(fit.heldout_pct, 3)}
+    record = {"crops": cfg.fit_crops, "crop": sampler.crop}
+    fit = fit_file(weights, weights, sampler.batch(cfg.fit_crops), DEFAULT_EFFORT, rounds=2, progress=cb, record=record)
+    return {**record, **fit.summary()}
 
 
 def finetune(cfg: FinetuneConfig, settings: Settings, progress: Progress | None = None,

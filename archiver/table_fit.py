@@ -35,11 +35,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .codec.api import RDO_STRENGTH
+from .codec.api import RDO_STRENGTH, rdo_params
 from .codec.compressai_imports import GaussianConditional
 from .codec.entropy import TileCoder
-from .codec.model import ConvNeXtCharm, quality_to_lambda
-from .codec.rdo import RdoParams, distortion_weight
+from .codec.model import ConvNeXtCharm
 from .codec.registry import file_preset, load_weights_file, save_weights
 from .train import CropSampler, find_images
 
@@ -64,6 +63,11 @@ class TableFit:
     @property
     def change_pct(self) -> float:
         return 100.0 * (self.bits_fitted / self.bits_gaussian - 1.0)
+
+    def summary(self) -> dict:
+        """The figures a fitted file (and a fine-tuned model's record) keeps."""
+        return {"symbols": self.symbols, "change_pct": round(self.change_pct, 3),
+                "heldout_pct": round(self.heldout_pct, 3)}
 
 
 def gaussian_tables(model: ConvNeXtCharm) -> tuple[Tensor, Tensor, Tensor]:
@@ -125,11 +129,8 @@ def count_symbols(model: ConvNeXtCharm, images: Sequence[Tensor], qualities: Seq
             counts.half = j % 2
             for q in qualities:
                 gain, inv_gain = model.gains(torch.tensor([float(q)]))
-                rdo = None
-                if effort > 0:
-                    lam = quality_to_lambda(float(q), model.preset)
-                    rdo = RdoParams(weight=distortion_weight(lam, inv_gain, strength, model.slice_ch))
-                coder.encode(y * gain, hashlib.sha256(), code=False, rdo=rdo, observe=counts.observe)
+                coder.encode(y * gain, hashlib.sha256(), code=False, rdo=rdo_params(model, q, inv_gain, effort, strength),
+                             observe=counts.observe)
                 done += 1
                 if progress is not None:
                     progress(done, todo)
@@ -205,22 +206,31 @@ def fit_weights_file(src: Path, out: Path, data: list[Path], crops: int = 48, cr
     crops from ``data`` (cut as training cuts them, 60 % enlarged up to 4x: camera-like smooth
     content as well as detail) and write the result to ``out``, keeping ``src``'s metadata and
     recording the fit's figures in it."""
-    model, _ = load_weights_file(src, "cpu")
     files = find_images(data)  # none: SystemExit with the folders named
-    if crop % model.preset.z_stride:
-        raise ValueError(f"crop must be a multiple of {model.preset.z_stride}")
+    z_stride = file_preset(src)[0].z_stride
+    if crop % z_stride:
+        raise ValueError(f"crop must be a multiple of {z_stride}")
     sampler = CropSampler(files, crop, seed, upsample_prob=0.6, upsample_max=4.0)
     if not sampler.images:
         raise ValueError(f"no image under {', '.join(map(str, data))} is at least {crop} px on each side")
-    fit = fit_tables(model, sampler.batch(crops), qualities, effort, rounds, progress=progress)
-    _, meta = file_preset(src)
-    meta = {k: v for k, v in meta.items() if k != "preset"}
-    meta["table_fit"] = json.dumps({"crops": crops, "crop": crop, "effort": effort, "rounds": rounds, "seed": seed,
-                                    "qualities": list(qualities), "symbols": fit.symbols,
-                                    "change_pct": round(fit.change_pct, 3), "heldout_pct": round(fit.heldout_pct, 3)})
+    return fit_file(src, out, sampler.batch(crops), effort, rounds, qualities, progress,
+                    record={"crops": crops, "crop": crop, "seed": seed})
+
+
+def fit_file(src: Path, out: Path, crops: Sequence[Tensor], effort: int = 1, rounds: int = 2,
+             qualities: Sequence[float] = FIT_QUALITIES, progress: Callable[[int, int, int], None] | None = None,
+             record: dict | None = None) -> TableFit:
+    """Fit the y tables of weights file ``src`` on ``crops`` and write the result to ``out`` (may
+    be ``src``), keeping ``src``'s metadata and adding the fit's figures (with ``record``) as
+    ``table_fit``: the one way ``fit-tables`` and ``archiver finetune`` write a fitted file."""
+    model, _ = load_weights_file(src, "cpu")
+    fit = fit_tables(model, crops, qualities, effort, rounds, progress=progress)
+    meta = {k: v for k, v in file_preset(src)[1].items() if k != "preset"}
+    meta["table_fit"] = json.dumps({**(record or {}), "effort": effort, "rounds": rounds,
+                                    "qualities": list(qualities), **fit.summary()})
     save_weights(model, out, meta)
     return fit
 
 
-__all__ = ["FIT_QUALITIES", "SymbolCounts", "TableFit", "count_symbols", "fit_tables", "fit_weights_file", "fitted_cdfs",
-           "gaussian_tables", "install", "price"]
+__all__ = ["FIT_QUALITIES", "SymbolCounts", "TableFit", "count_symbols", "fit_file", "fit_tables", "fit_weights_file",
+           "fitted_cdfs", "gaussian_tables", "install", "price"]

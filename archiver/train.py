@@ -40,7 +40,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from .codec.complete import transform_parameters
-from .codec.model import ConvNeXtCharm, Preset, build_model, load_state
+from .codec.model import ConvNeXtCharm, Preset, build_model, load_state, quality_lambdas
 from .codec.registry import EXACT_PREFIXES, file_preset, save_weights
 from .errors import WeightsIntegrityError
 
@@ -281,10 +281,7 @@ def rd_loss(model: ConvNeXtCharm, x: torch.Tensor, q: torch.Tensor) -> dict[str,
     bits = (torch.log(out["y_lik"]).flatten(1).sum(1) + torch.log(out["z_lik"]).flatten(1).sum(1)) / -math.log(2)
     bpp = bits / px
     mse = ((out["x_hat"].float() - x) ** 2).flatten(1).mean(1)
-    # quality_to_lambda as a tensor op: no host round trip, and torch.compile sees one graph
-    p = model.preset
-    lam = p.lambda_min * (p.lambda_max / p.lambda_min) ** (q.clamp(0.0, 100.0) / 100.0)
-    loss = (lam * 255.0**2 * mse + bpp).mean()
+    loss = (quality_lambdas(q, model.preset) * 255.0**2 * mse + bpp).mean()
     psnr = -10 * torch.log10(mse.clamp_min(1e-10))
     return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean(), "psnr": psnr.mean()}
 

@@ -25,10 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from archiver.codec.registry import file_preset  # noqa: E402
-from archiver.codec.model import build_model  # noqa: E402
-from archiver.train import CropSampler, find_images, load_checkpoint  # noqa: E402
-from residual_structure import SHARED, collect  # noqa: E402
+from residual_structure import collect, model_and_sampler  # noqa: E402
 
 #: activity bucket edges (sum of |offset| over the window): 0, 1, 2-3, 4-7, 8-15, 16+
 EDGES = torch.tensor([0.5, 1.5, 3.5, 7.5, 15.5])
@@ -59,11 +56,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    model = build_model(file_preset(a.weights)[0])
-    load_checkpoint(model, a.weights)
-    model.eval()
-    files = [p for i in range(7) for p in find_images([SHARED / "data" / "train" / f"shard-0{i}"])]
-    sampler = CropSampler(files, a.crop, seed=a.seed, upsample_prob=0.6, upsample_max=4.0)
+    model, sampler = model_and_sampler(a.weights, a.crop, a.seed)
     with torch.no_grad():
         data = collect(model, sampler, a.slices, a.batches, a.batch)
     n_idx = len(model.scale_table)

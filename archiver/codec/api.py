@@ -437,6 +437,16 @@ class QualityHints:
             del seen[:-self.keep]
 
 
+def rdo_params(model, quality: float, inv_gain: torch.Tensor, effort: int,
+               strength: float | tuple[float, ...] = RDO_STRENGTH) -> RdoParams | None:
+    """The RDOQ setting of ``effort`` at ``quality`` for ``model`` (None: plain rounding, effort
+    0): what ``Codec`` encodes with, and what ``archiver.table_fit`` counts symbols with."""
+    if effort <= 0:
+        return None
+    lam = quality_to_lambda(quality, model.preset)
+    return RdoParams(weight=distortion_weight(lam, inv_gain, strength, model.slice_ch))
+
+
 class Codec:
     #: lambda' multiplier of RDOQ at effort 1 (a tuple: one per slice); a study
     #: (benchmarks/rdo_study.py) sets another
@@ -515,10 +525,7 @@ class Codec:
 
     def _rdo(self, quality: float, inv_gain: torch.Tensor, effort: int) -> RdoParams | None:
         """The RDOQ setting of ``effort`` at ``quality`` (None: plain rounding, effort 0)."""
-        if effort <= 0:
-            return None
-        lam = quality_to_lambda(quality, self.model.preset)
-        return RdoParams(weight=distortion_weight(lam, inv_gain, self.rdo_strength, self.model.slice_ch))
+        return rdo_params(self.model, quality, inv_gain, effort, self.rdo_strength)
 
     def _timed(self, fn):
         t = time.perf_counter()

@@ -30,6 +30,7 @@ from .exact import (GRID, UNIT_LIMIT, ExactBlock, ExactDepthwise, ExactMLPHead, 
                     fast_exact, float32_allowed, grid_units_f32, round_half_up, ste, to_grid)
 from .complete import CompleteAnalysis, CompleteSynthesis
 from .layers import Analysis, HyperAnalysis, Synthesis
+from .rdo import distortion_weight
 
 # Quality q in [0, 100] <-> rate-distortion trade-off lambda (loss = lambda * 255^2 * MSE + bpp).
 LAMBDA_MIN = 0.0016
@@ -45,6 +46,13 @@ def quality_to_lambda(q: float, preset: "Preset | None" = None) -> float:
     lo, hi = (preset.lambda_min, preset.lambda_max) if preset is not None else (LAMBDA_MIN, LAMBDA_MAX)
     q = min(max(float(q), 0.0), 100.0)
     return lo * (hi / lo) ** (q / 100.0)
+
+
+def quality_lambdas(q: Tensor, preset: "Preset") -> Tensor:
+    """``quality_to_lambda`` of every quality in ``q`` as one tensor op (training: no host round
+    trip, and torch.compile sees one graph)."""
+    lo, hi = preset.lambda_min, preset.lambda_max
+    return lo * (hi / lo) ** (q.clamp(0.0, 100.0) / 100.0)
 
 
 SCALE_RULES = ("up", "nearest")
@@ -537,10 +545,9 @@ class ConvNeXtCharm(nn.Module):
         gain, inv_gain = self.gains(q)
         weights: list[Tensor | None] = [None] * self.preset.slices
         if self.training and self.train_rdo_strength > 0:
-            p = self.preset
-            lam = p.lambda_min * (p.lambda_max / p.lambda_min) ** (q.clamp(0.0, 100.0) / 100.0)
-            w = (self.train_rdo_strength * lam * 255.0**2 / 3.0)[:, None, None, None] * inv_gain.detach() ** 2
-            weights = list(w.chunk(p.slices, dim=1))
+            lam = quality_lambdas(q, self.preset)[:, None, None, None]
+            w = distortion_weight(lam, inv_gain.detach(), self.train_rdo_strength).to(inv_gain.dtype)
+            weights = list(w.chunk(self.preset.slices, dim=1))
         y = self.g_a(x)
         yg = y.float() * gain
         z = self.h_a(yg).float()
