@@ -64,7 +64,8 @@ def main() -> None:
 
     from archiver.codec.api import DEFAULT_MODEL
     from archiver.codec.exact import float_twin, round_half_up, ste, to_grid
-    from archiver.codec.model import SCALE_RULES, build_model
+    from archiver.codec.model import build_model
+    from archiver.codec.presets import SCALE_RULES
     from archiver.codec.registry import load_model
     from archiver.train import find_images
 

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..codec.default import EFFORTS
+from ..codec.presets import EXTENDABLE, PRESETS
 from ..errors import ArchiverError
 from .options import effort_option
 from .consoles import LogTicker, err_console as console, fail, table_console
@@ -147,7 +148,7 @@ def info(src: Path, as_json: bool) -> None:
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="image folder (repeatable); e.g. ../shared/data/train/shard-00")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="output .safetensors")
-@click.option("--preset", default="complete8", type=click.Choice(["complete8-cb", "complete8-cb-split1", "complete8-cb-split1d2", "complete8-cb-split1d3", "complete8-cb-split", "complete8", "complete16", "compact", "paper"]), show_default=True)
+@click.option("--preset", default="complete8", type=click.Choice(list(PRESETS)), show_default=True)
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="start from these weights")
 @click.option("--steps", default=1000, show_default=True)
 @click.option("--batch", default=8, show_default=True)
@@ -165,8 +166,7 @@ def info(src: Path, as_json: bool) -> None:
 @click.option("--threads", default=0, show_default=True, help="torch CPU threads (0: one per core)")
 @click.option("--entropy-lr-scale", default=1.0, show_default=True,
               help="lr factor of the entropy model (h_s, slice transforms, LRP, z density)")
-@click.option("--extend-to", default=None, type=click.Choice(["complete8-cb", "complete8-cb-split1", "complete8-cb-split1d2",
-                                                                      "complete8-cb-split1d3", "complete8-cb-split"]),
+@click.option("--extend-to", default=None, type=click.Choice(EXTENDABLE),
               help="with --resume: grow the resumed model into this preset (adds the checkerboard context, "
                    "splits the anchors' pass of slice 0 or of every slice, or splits slice 0's first quarter again)")
 @click.option("--fit-context", is_flag=True,
