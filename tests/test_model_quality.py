@@ -28,7 +28,8 @@ from shared_paths import KODAK  # noqa: E402
 # trained on, slice 0's first quarter split twice more with fitted contexts) 1.192 / 35.50 and
 # 3.543 / 44.73; compact-v12 (compact-v11 with fitted y tables) 1.178 / 35.50 and 3.531 / 44.73
 # (its ceilings are tighter: 5 % above what it measured); compact-v13 (compact-v11 trained on,
-# fitted y tables) 1.176 / 35.51 and 3.523 / 44.72
+# fitted y tables) 1.176 / 35.51 and 3.523 / 44.72; compact-v14 (compact-v13's network trained on,
+# fitted y tables) 1.175 / 35.50 and 3.516 / 44.72
 EXPECTED = [
     ("compact-v1", 20.0, 0.25, 20.6),
     ("compact-v1", 80.0, 0.82, 21.4),
@@ -56,6 +57,8 @@ EXPECTED = [
     ("compact-v12", 80.0, 3.71, 44.5),
     ("compact-v13", 20.0, 1.24, 35.2),
     ("compact-v13", 80.0, 3.70, 44.5),
+    ("compact-v14", 20.0, 1.24, 35.2),
+    ("compact-v14", 80.0, 3.70, 44.5),
 ]
 _codecs: dict[str, Codec] = {}
 
