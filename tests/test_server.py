@@ -29,6 +29,7 @@ import pytest
 from PIL import Image
 
 from archiver.codec.default import DEFAULT_MODEL
+from archiver.settings import ServerSettings
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
@@ -312,7 +313,8 @@ def test_concurrent_requests_are_bounded_not_refused(server: str, archive: dict[
     requests, refilled at 10/s) and, on a fast machine, spent it fast enough that the fourth
     request here was rate limited (429); so the bucket is given the time to refill first."""
     url = f"{server}/objects/{archive['bucket']}/cats/a.png"
-    time.sleep(20 / 10 + 0.5)  # ServerSettings.token_burst / token_rate_per_s, defaults
+    limits = ServerSettings()  # the server fixture runs on the defaults
+    time.sleep(limits.token_burst / limits.token_rate_per_s + 0.5)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda f: get(url, params={"format": f}, timeout=120),
                                 ["png", "jpeg", "webp", "png"]))
