@@ -32,6 +32,46 @@ def _section(tag: bytes, payload: bytes) -> bytes:
     return head + payload + struct.pack(">I", zlib.crc32(head + payload))
 
 
+_MODES = ("RGB", "L", "RGBA", "LA", "P", "1")  # version 4's mode codes, in the docstring's order
+
+
+def meta_payload(meta: dict, version: int) -> bytes:
+    """META as container ``version`` carries it: JSON up to version 3, binary fields from 4."""
+    if version < 4:
+        return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def short(text: str) -> bytes:
+        return bytes([len(text)]) + text.encode("latin-1")
+
+    extra = json.dumps(meta["extra"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return (short(meta["model_id"]) + bytes.fromhex(meta["weights_sha256"])
+            + struct.pack(">dIIB", meta["quality"], meta["width"], meta["height"], _MODES.index(meta["mode"]))
+            + short(meta["content_type"]) + struct.pack(">Q", meta["original_bytes"])
+            + bytes.fromhex(meta["original_sha256"]) + struct.pack(">HI", meta["tile_size"], meta["n_tiles"])
+            + bytes.fromhex(meta["latent_sha256"]) + (extra if meta["extra"] else b""))
+
+
+def meta_fields(payload: bytes, version: int) -> dict:
+    """The inverse of ``meta_payload`` for a well-formed META (nothing is checked)."""
+    if version < 4:
+        return json.loads(payload)
+    n = payload[0]
+    m: dict = {"model_id": payload[1:1 + n].decode(), "weights_sha256": payload[1 + n:33 + n].hex()}
+    pos = 33 + n
+    m["quality"], m["width"], m["height"], mode = struct.unpack(">dIIB", payload[pos:pos + 17])
+    m["mode"] = _MODES[mode]
+    pos += 17
+    n = payload[pos]
+    m["content_type"] = payload[pos + 1:pos + 1 + n].decode()
+    pos += 1 + n
+    (m["original_bytes"],) = struct.unpack(">Q", payload[pos:pos + 8])
+    m["original_sha256"] = payload[pos + 8:pos + 40].hex()
+    m["tile_size"], m["n_tiles"] = struct.unpack(">HI", payload[pos + 40:pos + 46])
+    m["latent_sha256"] = payload[pos + 46:pos + 78].hex()
+    m["extra"] = json.loads(payload[pos + 78:]) if payload[pos + 78:] else {}
+    return m
+
+
 def tile_payload(row: int, col: int, z: bytes, ys: list[bytes], checks: list[bytes] | None = None) -> bytes:
     """A TILE payload; with ``checks`` (container version 2) the 4-byte tile checks come first."""
     p = struct.pack(">HH", row, col)
@@ -51,7 +91,7 @@ def container(meta: dict, tiles: list[bytes], version: int = 1) -> bytes:
     """A container from META fields and raw TILE payloads, CRCs computed as a forger would."""
     head = MAGIC + struct.pack(">H", version)
     out = head + struct.pack(">I", zlib.crc32(head))
-    out += _section(b"META", json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+    out += _section(b"META", meta_payload(meta, version))
     for t in tiles:
         out += _section(b"TILE", t)
     return out + _section(b"IEND", b"")
@@ -168,7 +208,7 @@ def rebuild(data: bytes, *, meta: dict | None = None, version: int | None = None
     old_version = struct.unpack(">H", data[8:10])[0]
     version = old_version if version is None else version
     secs = _sections(data)
-    m = json.loads(secs[0][1])
+    m = meta_fields(secs[0][1], old_version)
     m.update(meta or {})
     src_tiles = [p for t, p in secs if t == b"TILE"]
     others = [(t, p) for t, p in secs[1:] if t not in (b"TILE", b"IEND")]
@@ -183,7 +223,7 @@ def rebuild(data: bytes, *, meta: dict | None = None, version: int | None = None
         payloads.append(p + rest)
     head = MAGIC + struct.pack(">H", version)
     out = head + struct.pack(">I", zlib.crc32(head))
-    out += _section(b"META", json.dumps(m, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+    out += _section(b"META", meta_payload(m, version))
     out += b"".join(_section(t, p) for t, p in others)
     out += b"".join(_section(b"TILE", p) for p in payloads)
     return out + _section(b"IEND", b"")
@@ -192,7 +232,7 @@ def rebuild(data: bytes, *, meta: dict | None = None, version: int | None = None
 def copied_tile(data: bytes, rows: int, cols: int) -> bytes:
     """The issue's forgery: the one tile of a genuine one-tile container copied to every position
     of a ``rows`` x ``cols`` grid (META says so; its latent checksum is the genuine one's)."""
-    m = json.loads(_sections(data)[0][1])
+    m = meta_fields(_sections(data)[0][1], struct.unpack(">H", data[8:10])[0])
     t = m["tile_size"]
     assert m["n_tiles"] == 1 and m["width"] == m["height"] == t, "needs a one-tile container of a full tile"
     return rebuild(data, meta=dict(width=cols * t, height=rows * t, n_tiles=rows * cols),

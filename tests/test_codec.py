@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import io
 import math
-import json
 import shutil
 import struct
 import zlib
@@ -400,15 +399,18 @@ def test_worst_case_forged_streams_are_refused_cleanly(codec: Codec, crop_rgb: I
 
 def test_forged_dimensions_and_model(codec: Codec, crop_rgb: Image.Image) -> None:
     data = codec.encode(crop_rgb, quality=40)
+    from forged import meta_fields, meta_payload
+
     off, tag, n = _sections(data)[0]
-    meta = json.loads(data[off + 8 : off + 8 + n])
+    version = cx.read_version(data)
+    meta = meta_fields(data[off + 8 : off + 8 + n], version)
     for field, value in [("width", 60000), ("height", 0), ("n_tiles", 7), ("tile_size", 100)]:
         forged = dict(meta, **{field: value})
-        blob = json.dumps(forged, sort_keys=True, separators=(",", ":")).encode()
+        blob = meta_payload(forged, version)
         with pytest.raises(ContainerError):
             codec.decode(_reforge(data, off, tag, blob))
     for field, value, code in [("model_id", "compact-v0", "model_mismatch"), ("weights_sha256", "0" * 64, "weights_mismatch")]:
-        blob = json.dumps(dict(meta, **{field: value}), sort_keys=True, separators=(",", ":")).encode()
+        blob = meta_payload(dict(meta, **{field: value}), version)
         with pytest.raises(ContainerError) as e:
             codec.decode(_reforge(data, off, tag, blob))
         assert e.value.code == code

@@ -84,7 +84,7 @@ def code_of(data: bytes, **kw) -> str:
 
 
 # --- round trips --------------------------------------------------------------------------------
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 @pytest.mark.parametrize("mode,alpha", [("RGB", False), ("L", False), ("1", False), ("RGBA", True),
                                         ("LA", True), ("P", True), ("P", False)])
 def test_round_trip(mode: str, alpha: bool, version: int) -> None:
@@ -97,9 +97,9 @@ def test_round_trip(mode: str, alpha: bool, version: int) -> None:
 
 
 def test_the_writer_writes_the_current_version_with_tile_checks() -> None:
-    assert cx.VERSION == 3 and cx.READABLE_VERSIONS == (1, 2, 3)
+    assert cx.VERSION == 4 and cx.READABLE_VERSIONS == (1, 2, 3, 4)
     data = cx.pack(make_container())
-    assert data.startswith(b"\x89CXA\r\n\x1a\n\x00\x03")
+    assert data.startswith(b"\x89CXA\r\n\x1a\n\x00\x04")
     assert cx.unpack(data).tiles[1].checks == [bytes([0, 1, i, 9]) for i in range(3)]
     with pytest.raises(ContainerError, match="version 1 has no tile checks"):
         cx.pack(dataclasses.replace(make_container(version=2), version=1))
@@ -112,15 +112,17 @@ def _with_digests(c: cx.Container) -> cx.Container:
     return dataclasses.replace(c, tiles=tiles)
 
 
-def test_version_3_checks_are_bound_to_the_header_and_the_tile_index() -> None:
-    """From an encoder's digests, pack derives version 3's checks from the SHA-256 of every byte
+@pytest.mark.parametrize("version", [3, 4])
+def test_version_3_and_4_checks_are_bound_to_the_header_and_the_tile_index(version: int) -> None:
+    """From an encoder's digests, pack derives version 3's (and 4's) checks from the SHA-256 of every byte
     before the first TILE, the tile's index and the checkpoint (the layout in the docstring,
     recomputed here with hashlib)."""
     import hashlib
 
-    c = _with_digests(make_container("RGBA", alpha=True))
+    c = _with_digests(make_container("RGBA", alpha=True, version=version))
     data = cx.pack(c)
     back = cx.unpack(data)
+    assert back.version == version
     first_tile = data.index(b"TILE", data.index(b"ALPH"))
     hd = hashlib.sha256(data[:first_tile]).digest()
     assert back.header_digest == hd
@@ -141,8 +143,9 @@ def test_version_3_checks_are_bound_to_the_header_and_the_tile_index() -> None:
     assert cx.unpack(cx.pack(dataclasses.replace(c, version=1))).tile_check(0) == (None, None)
 
 
-def test_a_v3_container_packs_back_to_its_own_bytes() -> None:
-    data = cx.pack(_with_digests(make_container()))
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_v3_or_v4_container_packs_back_to_its_own_bytes(version: int) -> None:
+    data = cx.pack(_with_digests(make_container(version=version)))
     assert cx.pack(cx.unpack(data)) == data
 
 
@@ -191,7 +194,7 @@ def test_independent_writer_version_2_layout() -> None:
 
 def test_read_meta_needs_only_the_prefix() -> None:
     data = cx.pack(make_container())
-    meta_end = 14 + 8 + len(cx.read_meta(data).to_json()) + 4
+    meta_end = 14 + 8 + len(cx.read_meta(data).to_bytes()) + 4
     assert cx.read_meta(data[:meta_end]).width == 130
     with pytest.raises(ContainerError) as ei:
         cx.read_meta(data[:meta_end - 1])
@@ -276,8 +279,9 @@ def test_text_mode_transfer_damage_is_named() -> None:
 
 
 def test_unknown_version() -> None:
-    data = header(version=4) + build()[14:]  # version 2 became known with issue 16, 3 with issue 27
-    with pytest.raises(ContainerError, match="version 4") as ei:
+    # version 2 became known with issue 16, 3 with issue 27, 4 with compact-v15
+    data = header(version=5) + build()[14:]
+    with pytest.raises(ContainerError, match="version 5") as ei:
         cx.unpack(data)
     assert ei.value.code == "unsupported_version"
     with pytest.raises(ContainerError):
@@ -286,6 +290,108 @@ def test_unknown_version() -> None:
 
 def test_empty_input() -> None:
     assert code_of(b"") == "truncated"
+
+
+# --- version 4: META as binary fields ---------------------------------------------------------------
+V4_MODES = ("RGB", "L", "RGBA", "LA", "P", "1")
+
+
+def meta_v4(d: dict, *, mode_code: int | None = None, extra_raw: bytes | None = None) -> bytes:
+    """Version 4's META payload, written from the layout in the module docstring."""
+    def short(text: str) -> bytes:
+        raw = text.encode("latin-1")
+        return bytes([len(raw)]) + raw
+
+    if extra_raw is None:
+        extra_raw = (json.dumps(d["extra"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+                     if d["extra"] else b"")
+    return b"".join([
+        short(d["model_id"]), bytes.fromhex(d["weights_sha256"]), struct.pack(">d", d["quality"]),
+        struct.pack(">II", d["width"], d["height"]),
+        bytes([V4_MODES.index(d["mode"]) if mode_code is None else mode_code]), short(d["content_type"]),
+        struct.pack(">Q", d["original_bytes"]), bytes.fromhex(d["original_sha256"]),
+        struct.pack(">HI", d["tile_size"], d["n_tiles"]), bytes.fromhex(d["latent_sha256"]), extra_raw])
+
+
+def build_v4(raw_meta: bytes, d: dict | None = None, version: int = 4) -> bytes:
+    d = meta_dict() if d is None else d
+    rows, cols = -(-d["height"] // d["tile_size"]), -(-d["width"] // d["tile_size"])
+    tiles = b"".join(tile(r, c, checks=(bytes([r, c, 0, 0]),)) for r in range(rows) for c in range(cols))
+    return header(version=version) + section(b"META", raw_meta) + tiles + section(b"IEND", b"")
+
+
+def test_independent_writer_version_4_binary_meta() -> None:
+    """The same META fields as a version-3 JSON META, in the binary layout; pack writes the very
+    bytes the independent writer wrote."""
+    for d in (meta_dict(), meta_dict(extra={}, mode="L"), meta_dict(mode="1", quality=0.0, extra={"z": [1, "é"]})):
+        data = build_v4(meta_v4(d), d)
+        c = cx.unpack(data)
+        assert c.version == 4 and c.meta == cx.unpack(build(d)).meta == cx.read_meta(data)
+        assert c.tiles[4].checks == [bytes([1, 1, 0, 0])]
+        assert cx.pack(c) == data
+
+
+def test_version_4_meta_is_a_third_of_the_json() -> None:
+    """A typical encoder's META (model id, content type, no extra): 149 bytes instead of 421."""
+    meta = cx.ContainerMeta(**meta_dict(model_id="compact-v15", content_type="image/png", extra={},
+                                        width=768, height=512, tile_size=1024, n_tiles=1))
+    assert len(meta.to_bytes(4)) == 149 and len(meta.to_bytes(3)) == len(meta.to_json()) == 421
+    assert meta.to_bytes() == meta.to_bytes(cx.VERSION) == meta.to_bytes(4)
+
+
+_V4 = meta_dict(extra={})
+_V4_FIXED = len(meta_v4(_V4))
+
+
+@pytest.mark.parametrize("raw,code,what", [
+    (meta_v4(_V4, mode_code=6), "bad_meta", "mode code 6"),
+    (meta_v4(_V4, mode_code=255), "bad_meta", "mode code 255"),
+    (meta_v4(meta_dict(extra={}, model_id="has space")), "bad_meta", "model_id"),
+    (meta_v4(meta_dict(extra={}, model_id="caf\xe9")), "bad_meta", "model_id"),
+    (meta_v4(meta_dict(extra={}, model_id="")), "bad_meta", "model_id"),
+    (meta_v4(meta_dict(extra={}, model_id="m" * 129)), "bad_meta", "model_id"),
+    (meta_v4(meta_dict(extra={}, content_type="")), "bad_meta", "content_type"),
+    (meta_v4(_V4, extra_raw=b"{}"), "bad_meta", "extra"),
+    (meta_v4(_V4, extra_raw=b'{"b":1,"a":2}'), "bad_meta", "extra"),
+    (meta_v4(_V4, extra_raw=b'{"a": 1}'), "bad_meta", "extra"),
+    (meta_v4(_V4, extra_raw=b"[1]"), "bad_meta", "extra"),
+    (meta_v4(_V4, extra_raw=b'{"z":"\\u00e9"}'), "bad_meta", "extra"),
+    (meta_v4(_V4, extra_raw=b'{"a":1}xx'), "bad_meta", "JSON"),
+    (meta_v4(_V4, extra_raw=b'{"a":NaN}'), "bad_meta", "JSON"),
+    (meta_v4(_V4, extra_raw=b'{"a":1,"a":1}'), "bad_meta", "JSON"),
+    (meta_v4(meta_dict(extra={}, quality=float("nan"))), "bad_meta", "quality"),
+    (meta_v4(meta_dict(extra={}, quality=float("inf"))), "bad_meta", "quality"),
+    (meta_v4(meta_dict(extra={}, quality=100.5)), "bad_meta", "quality"),
+    (meta_v4(meta_dict(extra={}, quality=-1.0)), "bad_meta", "quality"),
+    (meta_v4(meta_dict(extra={}, width=0)), "absurd_dimensions", "0x70"),
+    (meta_v4(meta_dict(extra={}, width=70000, n_tiles=2188)), "absurd_dimensions", "70000"),
+    (meta_v4(meta_dict(extra={}, n_tiles=5)), "bad_meta", "n_tiles"),
+    (meta_v4(meta_dict(extra={}, tile_size=100, n_tiles=2)), "bad_meta", "tile_size"),
+    (meta_v4(meta_dict(extra={}, tile_size=2048, n_tiles=1)), "tile_too_large", "2048"),
+    (json.dumps(_V4, sort_keys=True, separators=(",", ":")).encode(), "bad_meta", ""),
+    (b"", "bad_meta", "model_id"),
+])
+def test_forged_version_4_meta(raw: bytes, code: str, what: str) -> None:
+    for read in (cx.unpack, cx.read_meta):
+        with pytest.raises(ContainerError) as ei:
+            read(build_v4(raw))
+        assert ei.value.code == code and what in str(ei.value), str(ei.value)
+
+
+def test_version_4_meta_cut_anywhere_is_refused() -> None:
+    raw = meta_v4(_V4)
+    for n in range(len(raw)):
+        with pytest.raises(ContainerError, match="end inside field") as ei:
+            cx.read_meta(build_v4(raw[:n]))
+        assert ei.value.code == "bad_meta"
+    assert cx.read_meta(build_v4(raw)).extra == {}
+
+
+def test_meta_encoding_follows_the_header_version() -> None:
+    """A binary META under a version-3 header is not JSON, and a JSON META under a version-4 header
+    is not the binary layout: both refused, neither read as the other."""
+    assert code_of(build_v4(meta_v4(meta_dict()), version=3)) == "bad_meta"
+    assert code_of(build_v4(json.dumps(meta_dict(), sort_keys=True, separators=(",", ":")).encode())) == "bad_meta"
 
 
 # --- forged META (valid CRC, bad content) ----------------------------------------------------------

@@ -53,31 +53,31 @@ def test_the_default_model_never_wrote_version_2() -> None:
     (a downgrade that strips or unbinds the tile checks) is refused from the header."""
     default = Codec.load(registry.DEFAULT_MODEL, "cpu")
     assert default.model_id not in cx.LEGACY_WRITERS[2]
-    v3 = (ROOT / "tests/data/golden/container-v3" / default.model_id / "rgb-96x64-q60.cxa").read_bytes()
-    assert default.decode(v3).meta.quality == 60.0
+    now = (ROOT / f"tests/data/golden/container-v{cx.VERSION}" / default.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    assert default.decode(now).meta.quality == 60.0
     for version in (1, 2):
         with pytest.raises(ContainerError, match="downgraded") as e:
-            default.decode(forged.rebuild(v3, version=version))
+            default.decode(forged.rebuild(now, version=version))
         assert e.value.code == "unsupported_version"
 
 
 @pytest.fixture(scope="module")
 def honest_both(codec: Codec) -> dict[int, bytes]:
     """An honest one-tile 1024x1024 container (kodim01 enlarged), for real z streams and checks,
-    as the encoder writes it (version 3) and the same tile written as version 2 (what the encoder
+    as the encoder writes it (version 4) and the same tile written as version 2 (what the encoder
     wrote before issue 27: the pack call is watched to get the tile's checkpoint digests)."""
     img = Image.open(KODAK / "kodim01.png").convert("RGB").resize((1024, 1024), Image.BICUBIC)
     seen: list[cx.Container] = []
     pack = cx.pack
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cx, "pack", lambda c: seen.append(c) or pack(c))
-        v3 = codec.encode(img, quality=40)
-    return {3: v3, 2: pack(dataclasses.replace(seen[0], version=2))}
+        now = codec.encode(img, quality=40)
+    return {cx.VERSION: now, 2: pack(dataclasses.replace(seen[0], version=2))}
 
 
 @pytest.fixture(scope="module")
 def honest_1024(honest_both: dict[int, bytes]) -> bytes:
-    return honest_both[3]
+    return honest_both[cx.VERSION]
 
 
 #: a model that wrote container version 1 (before issue 16): version-1 forgeries must name one, or
@@ -124,7 +124,7 @@ def test_tiny_streams_for_a_whole_tile_cost_next_to_nothing(codec: Codec, v1_cod
 @pytest.mark.parametrize("side", [2048, 4096])
 def test_a_declared_huge_tile_is_refused_before_allocation(codec: Codec, tmp_path: Path, side: int) -> None:
     """A 4096² tile is valid in the format's byte layout and asked the old decoder for > 10 GB."""
-    for version in (1, 2, 3):
+    for version in (1, 2, 3, 4):
         data = forged.tiny_streams(codec.model_id, codec.weights_sha256, side, version=version)
         r = forged.measure(data, codec.model_id, tmp_path, threads=1)
         _assert_cheap(r, "tile_too_large")
@@ -182,8 +182,8 @@ def test_wrong_number_of_tile_checks_is_refused(codec: Codec, honest_1024: bytes
         assert e.value.code == "bad_section"
 
 
-# --- honest containers: both versions decode, new ones carry checks -------------------------------
-def test_new_containers_are_version_3_and_decode_like_versions_1_and_2(codec: Codec, v1_codec: Codec) -> None:
+# --- honest containers: every version decodes, new ones carry checks -------------------------------
+def test_new_containers_are_version_4_and_decode_like_versions_1_to_3(codec: Codec, v1_codec: Codec) -> None:
     img = Image.open(KODAK / "kodim05.png").convert("RGB").crop((0, 0, 160, 96))
     for c_ in (codec, v1_codec):
         seen: list[cx.Container] = []
@@ -192,13 +192,15 @@ def test_new_containers_are_version_3_and_decode_like_versions_1_and_2(codec: Co
             mp.setattr(cx, "pack", lambda c: seen.append(c) or pack(c))
             data = c_.encode(img, quality=50)
         c = cx.unpack(data)
-        assert c.version == 3 and [len(t.checks) for t in c.tiles] == [c_.coder.n_checks()]
+        assert c.version == 4 and [len(t.checks) for t in c.tiles] == [c_.coder.n_checks()]
+        v3 = pack(dataclasses.replace(seen[0], version=3))  # what the encoder wrote before compact-v15: JSON META
         v2 = pack(dataclasses.replace(seen[0], version=2))  # what the encoder wrote before issue 27
         v1 = pack(cx.Container(meta=c.meta, tiles=[cx.TilePayload(t.row, t.col, t.z, t.y) for t in c.tiles],
                                version=1))
-        assert len(v2) == len(data) and len(v1) == len(data) - 2 - 4 * c_.coder.n_checks()
+        assert len(v3) - len(data) == len(c.meta.to_json()) - len(c.meta.to_bytes(4)) > 250
+        assert len(v2) == len(v3) and len(v1) == len(v3) - 2 - 4 * c_.coder.n_checks()
         want = c_.decode(data).rgb
-        assert np.array_equal(c_.decode(v2).rgb, want)
+        assert np.array_equal(c_.decode(v3).rgb, want) and np.array_equal(c_.decode(v2).rgb, want)
         if c_.model_id in cx.LEGACY_WRITERS[1]:
             assert np.array_equal(c_.decode(v1).rgb, want)
         else:  # compact-v6 never wrote version 1: a v1 claim is a downgrade
@@ -315,7 +317,7 @@ def test_decode_keeps_the_old_positional_signature(codec: Codec) -> None:
     assert codec.decode(data, 64 * 64).image.size == (64, 64)
     assert decode_container(data, runtime_for(), "cpu", 64 * 64).image.size == (64, 64)
     header = data[:14]
-    assert struct.unpack(">H", header[8:10])[0] == cx.VERSION == 3
+    assert struct.unpack(">H", header[8:10])[0] == cx.VERSION == 4
 
 
 # --- issue 27: copied or moved tiles, edited headers, downgrades ----------------------------------
@@ -353,7 +355,7 @@ def _refused(codec: Codec, data: bytes, code: str, match: str | None = None) -> 
 
 def test_a_copied_or_moved_tile_of_a_genuine_container_fails_at_its_first_check(small_codec: Codec,
                                                                                  two_tiles: bytes) -> None:
-    assert cx.unpack(two_tiles).version == 3 and small_codec.decode(two_tiles).rgb.shape == (64, 128, 3)
+    assert cx.unpack(two_tiles).version == 4 and small_codec.decode(two_tiles).rgb.shape == (64, 128, 3)
     # tile 0 copied over tile 1: tile 0 decodes, tile 1 fails after its z (one tile's work)
     _refused(small_codec, forged.rebuild(two_tiles, tiles=[(0, 0, 0), (0, 0, 1)]), "latent_mismatch",
              r"tile \(0,1\).*after z")
@@ -366,10 +368,11 @@ def test_a_copied_or_moved_tile_of_a_genuine_container_fails_at_its_first_check(
 
 @pytest.mark.parametrize("edit", [{"quality": 0.0}, {"quality": 59.0}, {"mode": "L"}, {"content_type": "image/jpeg"},
                                   {"original_sha256": "0" * 64}, {"extra": {"x": 1}}])
-def test_an_edited_header_is_refused_with_a_code(codec: Codec, edit: dict) -> None:
+@pytest.mark.parametrize("version", [3, 4])
+def test_an_edited_header_is_refused_with_a_code(codec: Codec, edit: dict, version: int) -> None:
     """The issue: with the CRC recomputed, quality 60 -> 0 gave a 12 dB image with exit 0. In
-    version 3 every META byte is covered (as are ICCP, EXIF and ALPH): refused after the first z."""
-    data = (ROOT / "tests/data/golden/container-v3" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    versions 3 and 4 every META byte is covered (as are ICCP, EXIF and ALPH): refused after the first z."""
+    data = (ROOT / f"tests/data/golden/container-v{version}" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
     assert codec.decode(data).meta.quality == 60.0
     _refused(codec, forged.rebuild(data, meta=edit), "latent_mismatch", "after z")
 
@@ -387,11 +390,15 @@ def test_an_edited_alpha_plane_is_refused(codec: Codec) -> None:
 
 
 def test_downgrades_are_refused(codec: Codec) -> None:
-    """v3 -> v2 keeps checks that are no v2 checks (refused after z); v3 or v2 -> v1 of a model that
-    never wrote version 1 (compact-v6 and later) is refused from the header."""
+    """v4 -> v3 (META rewritten as JSON) keeps checks bound to another header, and v3 -> v2 keeps
+    checks that are no v2 checks (both refused after z); v3 or v2 -> v1 of a model that never wrote
+    version 1 (compact-v6 and later) is refused from the header."""
     assert codec.model_id not in cx.LEGACY_WRITERS[1]
+    v4 = (ROOT / "tests/data/golden/container-v4" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
     v3 = (ROOT / "tests/data/golden/container-v3" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
     v2 = (ROOT / "tests/data/golden/container-v2" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    assert cx.unpack(forged.rebuild(v4, version=3)).meta == cx.unpack(v4).meta
+    _refused(codec, forged.rebuild(v4, version=3), "latent_mismatch", "after z")
     _refused(codec, forged.rebuild(v3, version=2), "latent_mismatch", "after z")
     _refused(codec, forged.rebuild(v3, version=1), "unsupported_version", "downgraded")
     _refused(codec, forged.rebuild(v2, version=1), "unsupported_version", "downgraded")
@@ -400,7 +407,7 @@ def test_downgrades_are_refused(codec: Codec) -> None:
 
 def test_legacy_versions_get_a_default_time_budget(codec: Codec) -> None:
     """Versions 1 and 2 cannot tell a copied tile (their checks are not bound): their decode gets a
-    budget proportional to the declared pixels unless the caller gives one; version 3 needs none."""
+    budget proportional to the declared pixels unless the caller gives one; versions 3 and 4 need none."""
     golden = ROOT / "tests/data/golden"
     v2 = (golden / "container-v2" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
     v3 = (golden / "container-v3" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
@@ -408,6 +415,8 @@ def test_legacy_versions_get_a_default_time_budget(codec: Codec) -> None:
     _refused_kw(codec, v2, "decode_timeout", legacy_s_per_mp=spent)
     assert codec.decode(v2, legacy_s_per_mp=spent, time_budget_s=600).rgb.shape == (64, 96, 3)  # the caller's wins
     assert codec.decode(v3, legacy_s_per_mp=spent).rgb.shape == (64, 96, 3)
+    v4 = (golden / "container-v4" / codec.model_id / "rgb-96x64-q60.cxa").read_bytes()
+    assert codec.decode(v4, legacy_s_per_mp=spent).rgb.shape == (64, 96, 3)
     assert np.array_equal(codec.decode(v2).rgb, codec.decode(v3).rgb)
 
 

@@ -111,7 +111,7 @@ def info(src: Path, as_json: bool) -> None:
     """Show a container's header without decoding it."""
     from dataclasses import asdict
 
-    from ..codec.container import read_meta
+    from ..codec.container import read_meta, read_version
 
     from ..lossless import Tier, is_jpegxl, probe_jpeg, reconstruct
 
@@ -133,6 +133,7 @@ def info(src: Path, as_json: bool) -> None:
         fail(e)
     if meta is not None:
         d = {"tier": Tier.LOSSY.value, **asdict(meta)}
+        d["container_version"] = read_version(data)
         d["container_bytes"] = len(data)
         d["bpp"] = round(len(data) * 8 / (meta.width * meta.height), 4)
     if as_json:
