@@ -31,6 +31,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -300,6 +301,19 @@ def sample_qualities(how: str, n: int, dev: torch.device) -> torch.Tensor:
     raise ValueError(f"unknown q sampling {how!r} (uniform or high)")
 
 
+#: the parameters no symbol depends on: the synthesis runs after the entropy path, on the decoded
+#: latents (the gains, LRP and every context do shape the symbols: RDOQ weighs distortion through
+#: the inverse gain, and LRP's output feeds the next slices' contexts)
+SYMBOL_FREE_PREFIX = "g_s."
+
+
+def symbol_free(model: torch.nn.Module, train_only: Sequence[str]) -> bool:
+    """Whether training only the parameters named by the ``train_only`` prefixes leaves every
+    symbol the encoder writes unchanged (so fitted y tables stay valid)."""
+    names = [n for n, _ in model.named_parameters() if n.startswith(tuple(train_only))]
+    return bool(names) and all(n.startswith(SYMBOL_FREE_PREFIX) for n in names)
+
+
 def train(cfg: TrainConfig, progress=None, sampler: CropSampler | None = None) -> Path:
     """Run training and write ``cfg.out`` (safetensors) plus ``cfg.out.with_suffix('.log.jsonl')``.
 
@@ -309,6 +323,7 @@ def train(cfg: TrainConfig, progress=None, sampler: CropSampler | None = None) -
         torch.set_num_threads(cfg.threads)
     dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if cfg.device == "auto" else cfg.device))
+    kept_meta: dict[str, str] = {}
     if cfg.resume and cfg.extend_to:
         model = build_model(cfg.extend_to)
         grow_checkpoint(model, cfg.resume)
@@ -316,9 +331,14 @@ def train(cfg: TrainConfig, progress=None, sampler: CropSampler | None = None) -
         model = build_model(cfg.resume_preset or checkpoint_preset(cfg.resume))
         load_checkpoint(model, cfg.resume)
         if model.preset.y_tables != "gaussian":
-            # fitted y tables (table_fit) describe the weights they were fitted to; training moves
-            # the weights, so what it writes carries Gaussian tables again (fit anew before shipping)
-            model.preset = dataclasses.replace(model.preset, y_tables="gaussian")
+            if cfg.train_only and symbol_free(model, cfg.train_only):
+                # only the synthesis trains: every symbol, hence every stream, stays the same, and
+                # the fitted tables (and the record of their fit) still describe them
+                kept_meta = {k: v for k, v in file_preset(cfg.resume)[1].items() if k == "table_fit"}
+            else:
+                # fitted y tables (table_fit) describe the weights they were fitted to; training moves
+                # the weights, so what it writes carries Gaussian tables again (fit anew before shipping)
+                model.preset = dataclasses.replace(model.preset, y_tables="gaussian")
     else:
         model = build_model(cfg.preset)
     model.to(dev).train()
@@ -352,7 +372,7 @@ def train(cfg: TrainConfig, progress=None, sampler: CropSampler | None = None) -
         _fit_grown_contexts(model, cfg, sampler, log_path)
     if cfg.steps == 0:
         model.eval()
-        save_weights(model, cfg.out, {"steps": "0"})
+        save_weights(model, cfg.out, {"steps": "0", **kept_meta})
         return cfg.out
     t0 = time.time()
     use_amp = cfg.amp and dev.type == "cuda"
@@ -385,7 +405,7 @@ def train(cfg: TrainConfig, progress=None, sampler: CropSampler | None = None) -
             done = step == cfg.steps or (cfg.max_minutes and time.time() - t0 > cfg.max_minutes * 60)
             if step % cfg.save_every == 0 or done:
                 model.eval()
-                save_weights(model, cfg.out, {"steps": str(step)})
+                save_weights(model, cfg.out, {"steps": str(step), **kept_meta})
                 model.train()
             if done:
                 break

@@ -15,7 +15,7 @@ Where, by container format version (``archiver.codec.container.VERSION``, what t
   version 1, and these are the proof that version-1 archives still decode bit-exactly.
 * ``tests/data/golden/container-v<N>/<model>/`` for N >= 2: written by this script for the
   current version (container v2, issue 16: per-tile checks; v3, issue 27: checks bound to the
-  header and the tile index; v4, with compact-v15: META as binary fields). When the format version is bumped
+  header and the tile index; v4, issue 24, 2026-12-07: META as binary fields). When the format version is bumped
   again, run this script for every registered model: it writes a new ``container-v<N>`` set
   beside the old ones, which stay.
 """

@@ -279,7 +279,7 @@ def test_text_mode_transfer_damage_is_named() -> None:
 
 
 def test_unknown_version() -> None:
-    # version 2 became known with issue 16, 3 with issue 27, 4 with compact-v15
+    # version 2 became known with issue 16, 3 with issue 27, 4 with issue 24 (2026-12-07)
     data = header(version=5) + build()[14:]
     with pytest.raises(ContainerError, match="version 5") as ei:
         cx.unpack(data)

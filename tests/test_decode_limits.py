@@ -193,7 +193,7 @@ def test_new_containers_are_version_4_and_decode_like_versions_1_to_3(codec: Cod
             data = c_.encode(img, quality=50)
         c = cx.unpack(data)
         assert c.version == 4 and [len(t.checks) for t in c.tiles] == [c_.coder.n_checks()]
-        v3 = pack(dataclasses.replace(seen[0], version=3))  # what the encoder wrote before compact-v15: JSON META
+        v3 = pack(dataclasses.replace(seen[0], version=3))  # what the encoder wrote until 2026-12-07: JSON META
         v2 = pack(dataclasses.replace(seen[0], version=2))  # what the encoder wrote before issue 27
         v1 = pack(cx.Container(meta=c.meta, tiles=[cx.TilePayload(t.row, t.col, t.z, t.y) for t in c.tiles],
                                version=1))

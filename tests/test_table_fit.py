@@ -109,3 +109,33 @@ def test_the_command_writes_fitted_weights_with_its_figures(tmp_path: Path) -> N
     bad = CliRunner().invoke(main, ["fit-tables", str(resolve("compact-v11").file), "--data", str(tmp_path),
                                     "--out", str(tmp_path / "g.safetensors")])
     assert bad.exit_code != 0 and "no training images" in bad.output
+
+
+def test_training_only_the_synthesis_keeps_the_fitted_tables_and_every_symbol(fitted, tmp_path: Path) -> None:
+    """The synthesis runs after the entropy path: training only g_s (e.g. on RDOQ's symbols) leaves
+    every stream as it was, so the fitted tables stay (and stay valid) while the decoded image
+    moves. Any other parameter in the set sends the file back to Gaussian tables."""
+    from archiver.codec import container as cx
+    from archiver.train import TrainConfig, symbol_free, train
+
+    path, _, model = fitted
+    assert symbol_free(model, ("g_s",)) and not symbol_free(model, ("g_s", "lrp_tf"))
+    assert not symbol_free(model, ("log_inv_gain",)) and not symbol_free(model, ("nothing",))
+    out = tmp_path / "gs.safetensors"
+    train(TrainConfig(data=[TRAIN], out=out, resume=path, steps=3, batch=1, crop=128, threads=2, lr=1e-3,
+                      warmup=0, train_only=("g_s",), rdo_strength=1.5))
+    assert file_preset(out)[0].y_tables == "fitted"
+    with safe_open(str(path), framework="pt") as a, safe_open(str(out), framework="pt") as b:
+        moved = [k for k in a.keys() if not torch.equal(a.get_tensor(k), b.get_tensor(k))]
+    assert moved and all(k.startswith("g_s.") for k in moved), moved
+    im = Image.open(KODAK / "kodim23.png").convert("RGB").crop((128, 64, 320, 256))
+    before, after = Codec.from_weights_file(path, "cpu"), Codec.from_weights_file(out, "cpu")
+    da, db = before.encode(im, quality=50, effort=1), after.encode(im, quality=50, effort=1)
+    a, b = cx.unpack(da), cx.unpack(db)
+    assert [(t.z, t.y) for t in a.tiles] == [(t.z, t.y) for t in b.tiles]
+    assert a.meta.latent_sha256 == b.meta.latent_sha256 and a.meta.weights_sha256 != b.meta.weights_sha256
+    assert not (before.decode(da).rgb == after.decode(db).rgb).all()
+    other = tmp_path / "lrp.safetensors"
+    train(TrainConfig(data=[TRAIN], out=other, resume=path, steps=0, batch=1, crop=128, threads=2,
+                      train_only=("g_s", "lrp_tf")))
+    assert file_preset(other)[0].y_tables == "gaussian"

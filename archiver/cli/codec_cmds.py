@@ -174,7 +174,8 @@ def info(src: Path, as_json: bool) -> None:
               help="with --extend-to a split-anchor preset: start each new split-anchor or lattice context as the "
                    "least-squares linear predictor from its decoded neighbours, not as a no-op (with --steps 0: only that)")
 @click.option("--train-only", multiple=True, metavar="PREFIX",
-              help="train only parameters whose names start with PREFIX (repeatable), e.g. anchor_tf.")
+              help="train only parameters whose names start with PREFIX (repeatable), e.g. anchor_tf; with only g_s "
+                   "(the synthesis: no symbol changes) a resumed file's fitted y tables are kept")
 @click.option("--upsample-prob", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="share of crops cut smaller and enlarged to --crop (smooth, camera-like content)")
 @click.option("--upsample-max", default=2.0, show_default=True, type=click.FloatRange(1.0, 4.0),

@@ -4,7 +4,7 @@ Archives must decode years later on any machine, and must fail *loudly and speci
 damaged, so the format is deliberately simple and strict (all integers big-endian)::
 
     magic      8 bytes  b"\\x89CXA\\r\\n\\x1a\\n"
-    version    u16      = 4 (written from compact-v15 on; versions 1, 2 and 3 are still read, see below)
+    version    u16      = 4 (written since 2026-12-07, issue 24; versions 1, 2 and 3 are still read, see below)
     header_crc u32      CRC-32 of magic + version
     sections   repeated: tag (4 ASCII letters) | length u32 | payload | crc u32
                (the CRC-32 covers tag + length + payload)
