@@ -45,9 +45,10 @@ def test_register_report_names_what_is_missing_and_goes_on() -> None:
 
 def test_quality_floor_prints_the_registered_rows() -> None:
     out = run("benchmarks/quality_floor.py", "compact-v9")
-    # measured at registration: 1.225 bpp / 35.51 dB (q20); library versions move it by hundredths
+    # measured at registration: 1.225 bpp / 35.51 dB (q20) in container version 3; version 4's META
+    # is 273 bytes (0.033 bpp on this 256x256 crop) smaller: 1.192. Library versions move it by hundredths
     bpp, db = re.search(r"compact-v9 q20: ([\d.]+) bpp / ([\d.]+) dB", out).groups()
-    assert abs(float(bpp) - 1.225) < 0.02 and abs(float(db) - 35.51) < 0.1
+    assert abs(float(bpp) - 1.192) < 0.02 and abs(float(db) - 35.51) < 0.1
     assert "('compact-v9', 20.0, 1.28, 35.2)," in out
     assert "('compact-v9', 80.0, 3.72, 44.5)," in out
     assert "OUTSIDE" not in out
