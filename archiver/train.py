@@ -331,7 +331,7 @@ def train(cfg: TrainConfig, progress=None, sampler: CropSampler | None = None) -
         model = build_model(cfg.resume_preset or checkpoint_preset(cfg.resume))
         load_checkpoint(model, cfg.resume)
         if model.preset.y_tables != "gaussian":
-            if cfg.train_only and symbol_free(model, cfg.train_only):
+            if symbol_free(model, cfg.train_only):
                 # only the synthesis trains: every symbol, hence every stream, stays the same, and
                 # the fitted tables (and the record of their fit) still describe them
                 kept_meta = {k: v for k, v in file_preset(cfg.resume)[1].items() if k == "table_fit"}

@@ -82,8 +82,8 @@ def main() -> None:
            "meta_bytes": {"v4": sorted({r["v4_meta"] for r in rows}), "v3": sorted({r["v3_meta"] for r in rows})},
            "per_quality": per_q, "rows": rows, "seconds": round(time.time() - t0, 1)}
     if a.curve and a.anchor:
-        curve = json.loads(a.curve.read_text())["results"]
-        cq = json.loads(a.curve.read_text())["settings"]["qualities"]
+        measured = json.loads(a.curve.read_text())
+        curve, cq = measured["results"], measured["settings"]["qualities"]
         if [float(q) for q in cq] != [float(q) for q in a.qualities]:
             raise SystemExit(f"--curve was measured at {cq}, not at --qualities {a.qualities}")
         ar, ad, _ = read_curve(a.anchor)

@@ -35,20 +35,26 @@ def _section(tag: bytes, payload: bytes) -> bytes:
 _MODES = ("RGB", "L", "RGBA", "LA", "P", "1")  # version 4's mode codes, in the docstring's order
 
 
-def meta_payload(meta: dict, version: int) -> bytes:
-    """META as container ``version`` carries it: JSON up to version 3, binary fields from 4."""
+def meta_payload(meta: dict, version: int, *, mode_code: int | None = None, extra_raw: bytes | None = None) -> bytes:
+    """META as container ``version`` carries it: JSON up to version 3, binary fields from 4 (written
+    from the layout in the container docstring; ``mode_code`` and ``extra_raw`` replace what those
+    fields would hold, for forgeries)."""
     if version < 4:
         return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     def short(text: str) -> bytes:
-        return bytes([len(text)]) + text.encode("latin-1")
+        raw = text.encode("latin-1")
+        return bytes([len(raw)]) + raw
 
-    extra = json.dumps(meta["extra"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if extra_raw is None:
+        extra_raw = (json.dumps(meta["extra"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+                     if meta["extra"] else b"")
+    mode = _MODES.index(meta["mode"]) if mode_code is None else mode_code
     return (short(meta["model_id"]) + bytes.fromhex(meta["weights_sha256"])
-            + struct.pack(">dIIB", meta["quality"], meta["width"], meta["height"], _MODES.index(meta["mode"]))
+            + struct.pack(">dIIB", meta["quality"], meta["width"], meta["height"], mode)
             + short(meta["content_type"]) + struct.pack(">Q", meta["original_bytes"])
             + bytes.fromhex(meta["original_sha256"]) + struct.pack(">HI", meta["tile_size"], meta["n_tiles"])
-            + bytes.fromhex(meta["latent_sha256"]) + (extra if meta["extra"] else b""))
+            + bytes.fromhex(meta["latent_sha256"]) + extra_raw)
 
 
 def meta_fields(payload: bytes, version: int) -> dict:

@@ -293,24 +293,11 @@ def test_empty_input() -> None:
 
 
 # --- version 4: META as binary fields ---------------------------------------------------------------
-V4_MODES = ("RGB", "L", "RGBA", "LA", "P", "1")
-
-
 def meta_v4(d: dict, *, mode_code: int | None = None, extra_raw: bytes | None = None) -> bytes:
-    """Version 4's META payload, written from the layout in the module docstring."""
-    def short(text: str) -> bytes:
-        raw = text.encode("latin-1")
-        return bytes([len(raw)]) + raw
+    """Version 4's META payload, from the independent writer in ``tests/forged.py``."""
+    from forged import meta_payload
 
-    if extra_raw is None:
-        extra_raw = (json.dumps(d["extra"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-                     if d["extra"] else b"")
-    return b"".join([
-        short(d["model_id"]), bytes.fromhex(d["weights_sha256"]), struct.pack(">d", d["quality"]),
-        struct.pack(">II", d["width"], d["height"]),
-        bytes([V4_MODES.index(d["mode"]) if mode_code is None else mode_code]), short(d["content_type"]),
-        struct.pack(">Q", d["original_bytes"]), bytes.fromhex(d["original_sha256"]),
-        struct.pack(">HI", d["tile_size"], d["n_tiles"]), bytes.fromhex(d["latent_sha256"]), extra_raw])
+    return meta_payload(d, 4, mode_code=mode_code, extra_raw=extra_raw)
 
 
 def build_v4(raw_meta: bytes, d: dict | None = None, version: int = 4) -> bytes:

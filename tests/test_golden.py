@@ -102,7 +102,7 @@ def test_version_3_streams_only_bind_the_tile_checks(model_id: str, codecs: dict
         assert np.array_equal(codec.decode(v2_path.read_bytes()).rgb, codec.decode(v3_path.read_bytes()).rgb)
 
 
-V3_MODELS = sorted(p.name for p in golden_dir("x", 3).parent.iterdir())
+V3_MODELS = sorted(p.name for p in (GOLDEN / "container-v3").iterdir())
 #: cases whose version-4 stream was encoded from other latents than the version-3 one: the
 #: encoder's float analysis is not bit-exact across machines (only the decoder's entropy path is),
 #: and on the machine that wrote the version-4 set it rounded a latent of this case differently

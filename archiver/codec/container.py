@@ -428,8 +428,8 @@ def _meta_dict_from_binary(payload: bytes) -> dict[str, Any]:
     return d
 
 
-def _parse_meta(payload: bytes | memoryview, max_pixels: int, max_tile_size: int = MAX_TILE_SIZE,
-                version: int = 3) -> ContainerMeta:
+def _parse_meta(payload: bytes | memoryview, version: int, max_pixels: int,
+                max_tile_size: int = MAX_TILE_SIZE) -> ContainerMeta:
     if len(payload) > MAX_META_BYTES:
         raise _bad_meta(f"{len(payload)} bytes, over the {MAX_META_BYTES}-byte limit")
     d = _meta_dict_from_binary(bytes(payload)) if version >= 4 else _strict_json(payload)
@@ -607,7 +607,7 @@ def _first_meta(data: memoryview, max_pixels: int,
     if sec.tag != b"META":
         raise ContainerError(f"the first section must be META, found {sec.tag.decode()!r} at offset {sec.offset}",
                              code="bad_section")
-    return _parse_meta(sec.payload, max_pixels, max_tile_size, version), pos, version
+    return _parse_meta(sec.payload, version, max_pixels, max_tile_size), pos, version
 
 
 def read_meta(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
