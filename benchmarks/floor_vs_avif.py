@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--avif-from", type=Path, default=None,
                     help="reuse the AVIF side of an earlier result (same images, floor and preset): AVIF's search "
                          "is deterministic for one libavif, and most of this script's time")
+    ap.add_argument("--search-steps", type=int, default=None,
+                    help="the quality search's grid (2**N points on [0, 100]) instead of api.SEARCH_STEPS")
     a = ap.parse_args()
     import numpy as np
     import torch
@@ -51,6 +53,12 @@ def main() -> None:
     from shared_paths import KODAK
 
     torch.set_num_threads(a.threads)
+    if a.search_steps is not None:
+        from archiver.codec import api
+
+        # the searches take the grid as a default argument: set it for this run
+        api.smallest_quality.__defaults__ = (a.search_steps, None, 0.0)
+        api.predicted_quality.__defaults__ = (a.search_steps, 0.0, 3)
     if a.model and a.weights:
         ap.error("give --model or --weights, not both")
     codec = Codec.from_weights_file(a.weights, "cpu") if a.weights else Codec.load(a.model or DEFAULT_MODEL, "cpu")
@@ -88,7 +96,7 @@ def main() -> None:
     ratios = sorted(r["ours_bytes"] / r["avif_bytes"] for r in both)
     summary = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"), "floor_db": a.floor,
                "effort": a.effort, "avif_preset": a.preset, "model": codec.model_id,
-               "weights": str(a.weights) if a.weights else None, "images": len(both),
+               "weights": str(a.weights) if a.weights else None, "search_steps": a.search_steps, "images": len(both),
                "avif_from": str(a.avif_from) if a.avif_from else None,
                "ours_smaller_on": smaller, "total_bytes_ratio": round(total, 4),
                "median_ratio": round(ratios[len(ratios) // 2], 4), "rows": rows}

@@ -53,11 +53,12 @@ RDO_STRENGTH = 1.5  # lambda' multiplier of RDOQ (rdo.py): 0.7 / 1.0 / 1.5 / 2.5
 #: archive is refused on a slower or loaded machine, while copied-tile forgeries stay bounded
 LEGACY_SECONDS_PER_MEGAPIXEL = 120.0
 LEGACY_BASE_S = 60.0
-#: bisection steps on [0, 100]: a grid of 512 qualities (0.195 apart, about 0.03 dB at 40 dB).
-#: 7 steps (0.78 apart) overshot the target by 0.068 dB on average over Kodak at 40 dB; 9 steps
-#: overshoot by 0.015 dB and store 0.65 % fewer bytes, for 0.4 more probes per image
-#: (docs/BENCHMARKS.md, *Search grid*)
-SEARCH_STEPS = 9
+#: bisection steps on [0, 100]: a grid of 2048 qualities (0.049 apart, under 0.01 dB at 40 dB).
+#: 7 steps (0.78 apart) overshot the target by 0.068 dB on average over Kodak at 40 dB; 9 steps by
+#: 0.014 dB and stored 0.65 % fewer bytes; 11 steps overshoot by 0.004 dB and store another 0.12 %
+#: fewer, for 0.33 more exact probes per image (the predicted search needs about as many guesses
+#: on any grid; docs/BENCHMARKS.md, *Search grid*)
+SEARCH_STEPS = 11
 
 
 class TargetNotReached(ArchiverError):
