@@ -47,18 +47,14 @@ def main() -> None:
 
     from archiver.baselines import baseline_codecs, smallest_at_floor
     from archiver.codec import Codec
+    from archiver.codec.api import SEARCH_STEPS
     from archiver.codec.default import DEFAULT_MODEL
     from archiver.images import from_pil
     from archiver.metrics import psnr
     from shared_paths import KODAK
 
     torch.set_num_threads(a.threads)
-    if a.search_steps is not None:
-        from archiver.codec import api
-
-        # the searches take the grid as a default argument: set it for this run
-        api.smallest_quality.__defaults__ = (a.search_steps, None, 0.0)
-        api.predicted_quality.__defaults__ = (a.search_steps, 0.0, 3)
+    steps = SEARCH_STEPS if a.search_steps is None else a.search_steps
     if a.model and a.weights:
         ap.error("give --model or --weights, not both")
     codec = Codec.from_weights_file(a.weights, "cpu") if a.weights else Codec.load(a.model or DEFAULT_MODEL, "cpu")
@@ -73,7 +69,7 @@ def main() -> None:
     for p in sorted(KODAK.glob("*.png"))[: a.images]:
         img = Image.open(p).convert("RGB")
         t = time.perf_counter()
-        res = codec.encode_detailed(from_pil(img), target_psnr=a.floor, effort=a.effort)
+        res = codec.encode_detailed(from_pil(img), target_psnr=a.floor, effort=a.effort, search_steps=steps)
         ours_s = time.perf_counter() - t
         ours_db = psnr(np.asarray(img), codec.decode(res.data).rgb)  # the floor, verified on the real decode
         row = {"image": p.stem, "ours_bytes": len(res.data), "ours_psnr": round(ours_db, 3),
@@ -96,7 +92,7 @@ def main() -> None:
     ratios = sorted(r["ours_bytes"] / r["avif_bytes"] for r in both)
     summary = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"), "floor_db": a.floor,
                "effort": a.effort, "avif_preset": a.preset, "model": codec.model_id,
-               "weights": str(a.weights) if a.weights else None, "search_steps": a.search_steps, "images": len(both),
+               "weights": str(a.weights) if a.weights else None, "search_steps": steps, "images": len(both),
                "avif_from": str(a.avif_from) if a.avif_from else None,
                "ours_smaller_on": smaller, "total_bytes_ratio": round(total, 4),
                "median_ratio": round(ratios[len(ratios) // 2], 4), "rows": rows}

@@ -39,14 +39,11 @@ def main() -> None:
     images = sorted(KODAK.glob("kodim*.png"))[: a.limit]
     rows = []
     for steps in a.steps:
-        # the searches take the grid as a default argument: set it for this run
-        api.smallest_quality.__defaults__ = (steps, None, 0.0)
-        api.predicted_quality.__defaults__ = (steps, 0.0, 3)
         total, seconds, probes, over = 0, 0.0, 0, []
         for path in images:
             img = Image.open(path).convert("RGB")
             t = time.perf_counter()
-            r = codec.encode_detailed(img, target_psnr=a.target, effort=a.effort)
+            r = codec.encode_detailed(img, target_psnr=a.target, effort=a.effort, search_steps=steps)
             seconds += time.perf_counter() - t
             total += len(r.data)
             probes += r.probes

@@ -586,14 +586,16 @@ class Codec:
 
     def encode_detailed(self, image: Image.Image | LoadedImage, quality: float | None = None,
                         target_psnr: float | None = None, quality_hint: float | None = None,
-                        hint_spread: float = 0.0, search: str = "predicted", effort: int = 0) -> EncodeResult:
+                        hint_spread: float = 0.0, search: str = "predicted", effort: int = 0,
+                        search_steps: int = SEARCH_STEPS) -> EncodeResult:
         """Encode; with ``target_psnr`` return the smallest quality whose decoded image meets it
         (``quality_hint``, where the search starts, only changes how many probes that takes).
         ``search``: "predicted" (``predicted_quality``: about two exact probes) or "bisect"
         (``smallest_quality`` alone); both return the same grid quality for PSNR rising with
         quality. ``effort`` (``EFFORTS``): 0 rounds every latent, as every release before it did;
         higher efforts spend encoder time on rate-distortion optimisation (rdo.py). Every effort
-        writes the same container version, decoded by the same decoder."""
+        writes the same container version, decoded by the same decoder. ``search_steps``: the
+        search's grid, 2**steps qualities on [0, 100] (benchmarks compare grids with it)."""
         if search not in ("predicted", "bisect"):
             raise ValueError(f"unknown search {search!r}")
         if effort not in EFFORTS:
@@ -626,9 +628,9 @@ class Codec:
 
         if target_psnr is not None and search == "predicted":
             quality = predicted_quality(quality_psnr, lambda q: self._predicted_psnr(img, latents, q), target_psnr,
-                                        spread=hint_spread)
+                                        search_steps, spread=hint_spread)
         elif target_psnr is not None:
-            quality = smallest_quality(quality_psnr, target_psnr, hint=quality_hint, spread=hint_spread)
+            quality = smallest_quality(quality_psnr, target_psnr, search_steps, hint=quality_hint, spread=hint_spread)
         assert quality is not None
         quality = float(min(max(quality, 0.0), 100.0))
         if code_probes and quality in kept:
