@@ -302,6 +302,12 @@ def test_target_psnr_is_met_and_smallest(codec: Codec, crop_rgb: Image.Image) ->
     # the predicted search (the default, issue 25) returns bisection's stream with fewer exact probes
     predicted = codec.encode_detailed(crop_rgb, target_psnr=target)
     assert predicted.data == res.data and predicted.probes < res.probes
+    # a coarser grid (search_steps, what benchmarks compare grids with) answers on its own grid
+    # points, never below the fine grid's smallest quality, and both searches agree on it
+    coarse = codec.encode_detailed(crop_rgb, target_psnr=target, search="bisect", search_steps=4)
+    assert coarse.quality % (100 / 2**4) == 0 and coarse.quality >= res.quality
+    assert psnr(orig, codec.decode(coarse.data).rgb) >= target - 0.01
+    assert codec.encode_detailed(crop_rgb, target_psnr=target, search_steps=4).data == coarse.data
 
 
 def test_gray_psnr_is_measured_on_delivered_pixels(codec: Codec) -> None:
