@@ -807,7 +807,9 @@ def test_cancel_stops_the_workers(stack: Stack, worker: dict[str, Proc], monkeyp
     from archiver import jobs
     from archiver.cli.job_cmds import cancel
 
-    sources = {f"c{i}.png": noise_png(200 + i, 128, 128) for i in range(10)}
+    # 384x384 objects: at 128x128 an idle fresh clone's worker finished all ten between the first
+    # result and the cancel, so the job was "finished" before the test could cancel it
+    sources = {f"c{i}.png": noise_png(200 + i, 384, 384) for i in range(10)}
     bucket = stack.bucket(sources)
     st = stack.settings()
     job_id = jobs.submit(bucket, ACCEPT, chunk_size=1, runtime=runtime_for(st), enqueue=celery_enqueue(st))
