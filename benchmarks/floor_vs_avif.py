@@ -2,6 +2,7 @@
 
     python benchmarks/floor_vs_avif.py [--floor 40] [--effort 1] [--preset all] [--threads 1]
                                        [--model ID | --weights W.safetensors] [--out benchmarks/results/floor-vs-avif.json]
+                                       [--avif-from EARLIER.json] [--search-steps N] [--rdo-strength S]
 
 Why: BD-rate averages over a PSNR range, but an archive works at one floor, and the buyer's pilot
 compares, per photo, the smallest file each codec makes that still meets it. This is that
@@ -40,6 +41,8 @@ def main() -> None:
                          "is deterministic for one libavif, and most of this script's time")
     ap.add_argument("--search-steps", type=int, default=None,
                     help="the quality search's grid (2**N points on [0, 100]) instead of api.SEARCH_STEPS")
+    ap.add_argument("--rdo-strength", type=float, default=None,
+                    help="RDOQ's strength at effort 1 instead of api.RDO_STRENGTH (a study setting)")
     a = ap.parse_args()
     import numpy as np
     import torch
@@ -58,6 +61,8 @@ def main() -> None:
     if a.model and a.weights:
         ap.error("give --model or --weights, not both")
     codec = Codec.from_weights_file(a.weights, "cpu") if a.weights else Codec.load(a.model or DEFAULT_MODEL, "cpu")
+    if a.rdo_strength is not None:
+        codec.rdo_strength = a.rdo_strength
     avif = next(c for c in baseline_codecs(a.preset) if c.name == "avif")
     earlier = {}
     if a.avif_from:
@@ -92,7 +97,8 @@ def main() -> None:
     ratios = sorted(r["ours_bytes"] / r["avif_bytes"] for r in both)
     summary = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"), "floor_db": a.floor,
                "effort": a.effort, "avif_preset": a.preset, "model": codec.model_id,
-               "weights": str(a.weights) if a.weights else None, "search_steps": steps, "images": len(both),
+               "weights": str(a.weights) if a.weights else None, "search_steps": steps,
+               "rdo_strength": codec.rdo_strength, "images": len(both),
                "avif_from": str(a.avif_from) if a.avif_from else None,
                "ours_smaller_on": smaller, "total_bytes_ratio": round(total, 4),
                "median_ratio": round(ratios[len(ratios) // 2], 4), "rows": rows}
