@@ -34,7 +34,9 @@ from shared_paths import KODAK  # noqa: E402
 # version 3) 1.142 / 35.45 and 3.483 / 44.66 (these rows encode at effort 0, the symbols its
 # synthesis was not tuned to: 0.05-0.06 dB below compact-v14's 35.50 / 44.72 at the same bytes);
 # compact-v16 (the training checkpoint 4,092 steps on, fitted y tables, synthesis tuned to effort 1's
-# symbols) 1.136 / 35.45 and 3.487 / 44.63, also at effort 0
+# symbols) 1.136 / 35.45 and 3.487 / 44.63, also at effort 0; compact-v17 (its training checkpoint
+# 1,817 steps on, fitted y tables, synthesis tuned at uniformly drawn qualities) 1.135 / 35.46 and
+# 3.477 / 44.64, at effort 0
 EXPECTED = [
     ("compact-v1", 20.0, 0.25, 20.6),
     ("compact-v1", 80.0, 0.82, 21.4),
@@ -68,6 +70,8 @@ EXPECTED = [
     ("compact-v15", 80.0, 3.66, 44.4),
     ("compact-v16", 20.0, 1.20, 35.2),
     ("compact-v16", 80.0, 3.67, 44.4),
+    ("compact-v17", 20.0, 1.19, 35.2),
+    ("compact-v17", 80.0, 3.65, 44.4),
 ]
 _codecs: dict[str, Codec] = {}
 
