@@ -36,7 +36,9 @@ from shared_paths import KODAK  # noqa: E402
 # compact-v16 (the training checkpoint 4,092 steps on, fitted y tables, synthesis tuned to effort 1's
 # symbols) 1.136 / 35.45 and 3.487 / 44.63, also at effort 0; compact-v17 (its training checkpoint
 # 1,817 steps on, fitted y tables, synthesis tuned at uniformly drawn qualities) 1.135 / 35.46 and
-# 3.477 / 44.64, at effort 0
+# 3.477 / 44.64, at effort 0; compact-v18 (its training checkpoint 2,164 steps on, the last 1,900 at
+# uniformly drawn qualities, fitted y tables, synthesis tuned at uniformly drawn qualities) 1.131 / 35.47
+# and 3.475 / 44.63, at effort 0
 EXPECTED = [
     ("compact-v1", 20.0, 0.25, 20.6),
     ("compact-v1", 80.0, 0.82, 21.4),
@@ -72,6 +74,8 @@ EXPECTED = [
     ("compact-v16", 80.0, 3.67, 44.4),
     ("compact-v17", 20.0, 1.19, 35.2),
     ("compact-v17", 80.0, 3.65, 44.4),
+    ("compact-v18", 20.0, 1.19, 35.2),
+    ("compact-v18", 80.0, 3.65, 44.4),
 ]
 _codecs: dict[str, Codec] = {}
 

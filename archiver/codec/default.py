@@ -5,7 +5,7 @@ CLI's help texts read it from here, the registry re-exports it; so shipping a ne
 this one line plus ``config/archiver.toml`` (see docs/MODEL.md, GPU runbook step 2).
 """
 
-DEFAULT_MODEL = "compact-v17"
+DEFAULT_MODEL = "compact-v18"
 
 #: encoder effort levels (``Codec.encode_detailed(effort=...)``, the ``effort`` setting): 0 rounds
 #: every latent (every release before issue 24), 1 adds rate-distortion optimised quantisation
